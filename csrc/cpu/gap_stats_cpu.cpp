@@ -1,0 +1,601 @@
+// CPU kernel of gcnprune::gap_stats (schema in csrc/ops.cpp).
+//
+// x is viewed as [N, C, S] (S = H*W, L or 1) with arbitrary strides. One pass over x, in chunks
+// that stay in L1: each chunk is reduced twice (sum/abs/zeros/max, then the sum of squared
+// deviations from the chunk mean, re-read from L1), and chunk moments are merged into per-channel
+// float64 moments with the parallel-variance (Chan) formula. So the variance is accurate for
+// data with a large offset (x = 1000 + noise), and memory traffic is one read of x.
+//
+// Two layouts are handled without copies:
+//   A "plane-contiguous" (stride(S) == 1, e.g. NCHW contiguous): vectors run along S inside one
+//     (n, c) plane and are reduced horizontally at the end of a chunk.
+//   B "channel-contiguous" (stride(C) == 1, e.g. channels_last, [N, C]): vectors run across 16
+//     neighbouring channels, rows are the S positions (then the samples); no horizontal reduction.
+// Other strides are copied to one of these first.
+//
+// Work is split over (sample block, channel group) tasks with at::parallel_for; a sample block
+// holds all N samples unless there are too few channel groups to keep the threads busy.
+// Each task owns float64 moments for its channels; blocks are merged at the end (Chan again).
+//
+// Vector code: 32-byte GCC/Clang vector-extension types (8 floats or 4 doubles per vector;
+// acc_t = float, or double for float64 input; fp16/bf16 are widened to float on load). Why not
+// at::vec::Vectorized: the extension is built without -mavx2 (a portable wheel), where
+// Vectorized<float> is ATen's generic array implementation, and GCC left its operators as
+// out-of-line calls (0.4 GB/s measured). Builtin vector operators always inline, so the same
+// kernel body is compiled twice: for the baseline ISA, and inside a function with
+// __attribute__((target("avx2,fma,f16c"))) that is picked at run time when the CPU has AVX2.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace gcnprune {
+namespace {
+
+#if defined(__GNUC__) || defined(__clang__)
+#define GAP_INLINE inline __attribute__((always_inline))
+#else
+#define GAP_INLINE inline
+#endif
+
+// Bytes of x reduced per chunk (read twice: the second read hits L1).
+constexpr int64_t kChunkBytes = 16384;
+
+template <typename scalar_t>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+// Running moments of one channel, float64.
+struct Moments {
+  double n = 0;         // elements
+  double sum = 0;       // sum of x (the mean is sum / n, so +-inf behave like a plain sum)
+  double mean = 0;      // running mean used by the variance merge
+  double m2 = 0;        // sum of squared deviations from `mean`
+  double abs_sum = 0;   // sum of |x| (NaN iff some x is NaN: used to flag max as NaN)
+  double zeros = 0;     // number of x == 0
+  double max = -std::numeric_limits<double>::infinity();
+};
+
+// Merge a chunk (nb elements, sum, m2 around its own mean, ...) into `a` (Chan et al.).
+GAP_INLINE void merge_chunk(Moments& a, double nb, double sum_b, double m2_b, double abs_b,
+                            double zeros_b, double max_b) {
+  const double mean_b = sum_b / nb;
+  if (a.n == 0) {
+    a.mean = mean_b;
+    a.m2 = m2_b;
+  } else {
+    const double n = a.n + nb;
+    const double delta = mean_b - a.mean;
+    a.mean += delta * (nb / n);
+    a.m2 += m2_b + delta * delta * (a.n * nb / n);
+  }
+  a.n += nb;
+  a.sum += sum_b;
+  a.abs_sum += abs_b;
+  a.zeros += zeros_b;
+  a.max = std::max(a.max, max_b);
+}
+
+GAP_INLINE void merge_moments(Moments& a, const Moments& b) {
+  if (b.n == 0) return;
+  if (a.n == 0) {
+    a = b;
+    return;
+  }
+  const double n = a.n + b.n;
+  const double delta = b.mean - a.mean;
+  a.mean += delta * (b.n / n);
+  a.m2 += b.m2 + delta * delta * (a.n * b.n / n);
+  a.n = n;
+  a.sum += b.sum;
+  a.abs_sum += b.abs_sum;
+  a.zeros += b.zeros;
+  a.max = std::max(a.max, b.max);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector types never cross a non-inlined call
+#endif
+
+// 32-byte vectors of acc_t and the matching integer lanes (comparison results).
+template <typename acc_t>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  static constexpr int64_t kSize = 8;
+  static constexpr int32_t kAbsMask = 0x7fffffff;
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(32)));
+  typedef int64_t I __attribute__((vector_size(32)));
+  static constexpr int64_t kSize = 4;
+  static constexpr int64_t kAbsMask = 0x7fffffffffffffffLL;
+};
+
+template <typename acc_t>
+GAP_INLINE typename Simd<acc_t>::V splat(acc_t a) {
+  return typename Simd<acc_t>::V{} + a;
+}
+
+template <typename acc_t>
+GAP_INLINE typename Simd<acc_t>::V vabs(typename Simd<acc_t>::V v) {
+  using I = typename Simd<acc_t>::I;
+  return (typename Simd<acc_t>::V)((I)v & Simd<acc_t>::kAbsMask);
+}
+
+// max without NaN propagation (like maxps); a NaN in the data is flagged through sum |x|.
+template <typename acc_t>
+GAP_INLINE typename Simd<acc_t>::V vmax(typename Simd<acc_t>::V v, typename Simd<acc_t>::V m) {
+  return v > m ? v : m;
+}
+
+// Simd<acc_t>::kSize consecutive elements of p as acc_t lanes.
+template <typename scalar_t, typename acc_t>
+GAP_INLINE typename Simd<acc_t>::V load_lanes(const scalar_t* p) {
+  using V = typename Simd<acc_t>::V;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    typedef uint16_t U16 __attribute__((vector_size(16)));
+    typedef uint32_t U32 __attribute__((vector_size(32)));
+    U16 h;
+    std::memcpy(&h, p, sizeof(U16));
+    return (V)(__builtin_convertvector(h, U32) << 16);  // bf16 is the top half of a float
+#if defined(__FLT16_MAX__)
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    typedef _Float16 H8 __attribute__((vector_size(16)));
+    H8 h;
+    std::memcpy(&h, p, sizeof(H8));
+    return __builtin_convertvector(h, V);  // vcvtph2ps with F16C
+#endif
+  } else {
+    V v;
+    for (int64_t i = 0; i < Simd<acc_t>::kSize; ++i) v[i] = static_cast<acc_t>(p[i]);
+    return v;
+  }
+}
+
+// The first `count` lanes from p (count may be <= 0 or >= kSize); other lanes are 0.
+template <typename scalar_t, typename acc_t>
+GAP_INLINE typename Simd<acc_t>::V load_lanes_partial(const scalar_t* p, int64_t count) {
+  if (count >= Simd<acc_t>::kSize) return load_lanes<scalar_t, acc_t>(p);
+  typename Simd<acc_t>::V v = {};
+  for (int64_t i = 0; i < count; ++i) v[i] = static_cast<acc_t>(p[i]);
+  return v;
+}
+
+template <typename V>
+GAP_INLINE double hsum(V v) {
+  double s = 0;
+  for (size_t i = 0; i < sizeof(V) / sizeof(v[0]); ++i) s += static_cast<double>(v[i]);
+  return s;
+}
+
+template <typename V>
+GAP_INLINE double hmax(V v) {
+  double m = static_cast<double>(v[0]);
+  for (size_t i = 1; i < sizeof(V) / sizeof(v[0]); ++i) m = std::max(m, static_cast<double>(v[i]));
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout A: one contiguous run of `len` elements of one channel (len * sizeof <= kChunkBytes).
+// Returns its sum; merges its moments into `mom`.
+template <typename scalar_t, typename acc_t>
+GAP_INLINE double reduce_contiguous_chunk(const scalar_t* p, int64_t len, Moments& mom) {
+  using V = typename Simd<acc_t>::V;
+  using I = typename Simd<acc_t>::I;
+  constexpr int64_t kVS = Simd<acc_t>::kSize;
+  const V ninf = splat<acc_t>(-std::numeric_limits<acc_t>::infinity());
+  V s0 = {}, s1 = {}, a0 = {}, a1 = {}, m0 = ninf, m1 = ninf;
+  I z0 = {}, z1 = {};  // -(number of zeros) per lane: comparisons give -1 for true
+  int64_t i = 0;
+  for (; i + 2 * kVS <= len; i += 2 * kVS) {
+    const V v0 = load_lanes<scalar_t, acc_t>(p + i);
+    const V v1 = load_lanes<scalar_t, acc_t>(p + i + kVS);
+    s0 += v0;
+    s1 += v1;
+    a0 += vabs<acc_t>(v0);
+    a1 += vabs<acc_t>(v1);
+    z0 += (v0 == 0);
+    z1 += (v1 == 0);
+    m0 = vmax<acc_t>(v0, m0);
+    m1 = vmax<acc_t>(v1, m1);
+  }
+  for (; i + kVS <= len; i += kVS) {
+    const V v0 = load_lanes<scalar_t, acc_t>(p + i);
+    s0 += v0;
+    a0 += vabs<acc_t>(v0);
+    z0 += (v0 == 0);
+    m0 = vmax<acc_t>(v0, m0);
+  }
+  const int64_t vec_end = i;
+  double sum = hsum(s0 + s1), abs_sum = hsum(a0 + a1);
+  double zeros = -hsum(z0 + z1), mx = hmax(vmax<acc_t>(m0, m1));
+  for (; i < len; ++i) {
+    const acc_t v = static_cast<acc_t>(p[i]);
+    sum += v;
+    abs_sum += std::abs(v);
+    zeros += v == acc_t(0);
+    mx = std::max(mx, static_cast<double>(v));
+  }
+  // Second pass (from L1): squared deviations from the chunk mean.
+  const double mean = sum / static_cast<double>(len);
+  const acc_t mean_a = static_cast<acc_t>(mean);
+  const V mv = splat<acc_t>(mean_a);
+  V q0 = {}, q1 = {};
+  i = 0;
+  for (; i + 2 * kVS <= vec_end; i += 2 * kVS) {
+    const V d0 = load_lanes<scalar_t, acc_t>(p + i) - mv;
+    const V d1 = load_lanes<scalar_t, acc_t>(p + i + kVS) - mv;
+    q0 += d0 * d0;
+    q1 += d1 * d1;
+  }
+  for (; i < vec_end; i += kVS) {
+    const V d0 = load_lanes<scalar_t, acc_t>(p + i) - mv;
+    q0 += d0 * d0;
+  }
+  double m2 = hsum(q0 + q1);
+  for (; i < len; ++i) {
+    const double d = static_cast<double>(static_cast<acc_t>(p[i]) - mean_a);
+    m2 += d * d;
+  }
+  // Centre on the float64 mean rather than its acc_t rounding.
+  const double shift = mean - static_cast<double>(mean_a);
+  m2 -= static_cast<double>(len) * shift * shift;
+  merge_chunk(mom, static_cast<double>(len), sum, m2, abs_sum, zeros, mx);
+  return sum;
+}
+
+// Planes (n, c) for n in [n0, n1), c in [c0, c1); x is plane-contiguous (stride(S) == 1).
+template <typename scalar_t, typename acc_t>
+GAP_INLINE void reduce_planes(const scalar_t* x, int64_t n0, int64_t n1, int64_t c0, int64_t c1,
+                              int64_t S, int64_t sN, int64_t sC, int64_t C, acc_t* gap,
+                              Moments* mom) {
+  const int64_t chunk = std::max<int64_t>(64, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t)));
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const scalar_t* p = x + n * sN + c * sC;
+      double plane_sum = 0;
+      for (int64_t s = 0; s < S; s += chunk) {
+        plane_sum += reduce_contiguous_chunk<scalar_t, acc_t>(p + s, std::min(chunk, S - s),
+                                                              mom[c]);
+      }
+      gap[n * C + c] = static_cast<acc_t>(plane_sum / static_cast<double>(S));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One vector of a channel group: all lanes (kFull) or the first `count` (others 0).
+template <typename scalar_t, typename acc_t, bool kFull>
+GAP_INLINE typename Simd<acc_t>::V load_group_half(const scalar_t* p, int64_t count) {
+  if constexpr (kFull) {
+    return load_lanes<scalar_t, acc_t>(p);
+  } else {
+    return load_lanes_partial<scalar_t, acc_t>(p, count);
+  }
+}
+
+// Layout B: lanes are `lanes` (<= 2 * kSize) neighbouring channels starting at x (stride 1).
+// One chunk: samples [na, nb) x positions [sa, sb) (either one sample, or whole samples).
+// `gsum` holds per-lane float64 sums of the current sample across chunks; when a chunk ends a
+// sample (sb == S), its GAP row is written.
+template <typename scalar_t, typename acc_t, bool kFull>
+GAP_INLINE void reduce_rows_chunk(const scalar_t* x, int64_t lanes, int64_t na, int64_t nb,
+                                  int64_t sa, int64_t sb, int64_t S, int64_t sN, int64_t sS,
+                                  int64_t C, acc_t* gap /* + c0 */, double* gsum,
+                                  Moments* mom /* + c0 */) {
+  using V = typename Simd<acc_t>::V;
+  using I = typename Simd<acc_t>::I;
+  constexpr int64_t kVS = Simd<acc_t>::kSize;
+  const V ninf = splat<acc_t>(-std::numeric_limits<acc_t>::infinity());
+  V c0 = {}, c1 = {}, a0 = {}, a1 = {}, m0 = ninf, m1 = ninf;
+  I z0 = {}, z1 = {};
+  const bool ends_sample = sb == S;
+  for (int64_t n = na; n < nb; ++n) {
+    const scalar_t* row = x + n * sN + sa * sS;
+    V p0 = {}, p1 = {};
+    for (int64_t s = sa; s < sb; ++s, row += sS) {
+      const V v0 = load_group_half<scalar_t, acc_t, kFull>(row, lanes);
+      const V v1 = load_group_half<scalar_t, acc_t, kFull>(row + kVS, lanes - kVS);
+      p0 += v0;
+      p1 += v1;
+      a0 += vabs<acc_t>(v0);
+      a1 += vabs<acc_t>(v1);
+      z0 += (v0 == 0);
+      z1 += (v1 == 0);
+      m0 = vmax<acc_t>(v0, m0);
+      m1 = vmax<acc_t>(v1, m1);
+    }
+    c0 += p0;
+    c1 += p1;
+    if (ends_sample) {
+      acc_t* g = gap + n * C;
+      const double inv = 1.0 / static_cast<double>(S);
+      for (int64_t l = 0; l < lanes; ++l) {
+        const double ps = static_cast<double>(l < kVS ? p0[l] : p1[l - kVS]);
+        g[l] = static_cast<acc_t>((gsum[l] + ps) * inv);
+        gsum[l] = 0;
+      }
+    } else {
+      for (int64_t l = 0; l < lanes; ++l) {
+        gsum[l] += static_cast<double>(l < kVS ? p0[l] : p1[l - kVS]);
+      }
+    }
+  }
+  const double rows = static_cast<double>((nb - na) * (sb - sa));
+  V mv0, mv1;
+  for (int64_t l = 0; l < kVS; ++l) {
+    mv0[l] = static_cast<acc_t>(static_cast<double>(c0[l]) / rows);
+    mv1[l] = static_cast<acc_t>(static_cast<double>(c1[l]) / rows);
+  }
+  // Second pass (rows are still in L1): squared deviations from the per-lane chunk mean.
+  V q0 = {}, q1 = {};
+  for (int64_t n = na; n < nb; ++n) {
+    const scalar_t* row = x + n * sN + sa * sS;
+    for (int64_t s = sa; s < sb; ++s, row += sS) {
+      const V d0 = load_group_half<scalar_t, acc_t, kFull>(row, lanes) - mv0;
+      const V d1 = load_group_half<scalar_t, acc_t, kFull>(row + kVS, lanes - kVS) - mv1;
+      q0 += d0 * d0;
+      q1 += d1 * d1;
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l) {
+    const bool lo = l < kVS;
+    const int64_t k = lo ? l : l - kVS;
+    const double sum = lo ? c0[k] : c1[k];
+    const double shift = sum / rows - static_cast<double>(lo ? mv0[k] : mv1[k]);
+    const double m2 = static_cast<double>(lo ? q0[k] : q1[k]) - rows * shift * shift;
+    const double zeros = -static_cast<double>(lo ? z0[k] : z1[k]);
+    merge_chunk(mom[l], rows, sum, m2, lo ? a0[k] : a1[k], zeros, lo ? m0[k] : m1[k]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+GAP_INLINE void reduce_group_chunk(const scalar_t* x, int64_t g, int64_t group, int64_t na,
+                                   int64_t nb, int64_t sa, int64_t sb, int64_t S, int64_t sN,
+                                   int64_t sS, int64_t C, acc_t* gap, double* gsum,
+                                   Moments* mom) {
+  const int64_t c0 = g * group;
+  const int64_t lanes = std::min(group, C - c0);
+  if (lanes == group) {
+    reduce_rows_chunk<scalar_t, acc_t, true>(x + c0, lanes, na, nb, sa, sb, S, sN, sS, C,
+                                             gap + c0, gsum, mom + c0);
+  } else {
+    reduce_rows_chunk<scalar_t, acc_t, false>(x + c0, lanes, na, nb, sa, sb, S, sN, sS, C,
+                                              gap + c0, gsum, mom + c0);
+  }
+}
+
+// Channel groups [g0, g1) (of `group` channels each) for samples [n0, n1); x is
+// channel-contiguous (stride(C) == 1).
+template <typename scalar_t, typename acc_t>
+GAP_INLINE void reduce_channel_groups(const scalar_t* x, int64_t n0, int64_t n1, int64_t g0,
+                                      int64_t g1, int64_t group, int64_t S, int64_t sN,
+                                      int64_t sS, int64_t C, acc_t* gap, Moments* mom) {
+  const int64_t max_rows =
+      std::max<int64_t>(1, kChunkBytes / (group * static_cast<int64_t>(sizeof(scalar_t))));
+  double gsum[64];  // group <= 2 * Simd<acc_t>::kSize = 16
+  std::fill(gsum, gsum + 64, 0.0);
+  if (S <= max_rows) {
+    const int64_t per_chunk = std::max<int64_t>(1, max_rows / S);  // whole samples per chunk
+    for (int64_t na = n0; na < n1; na += per_chunk) {
+      const int64_t nb = std::min(n1, na + per_chunk);
+      for (int64_t g = g0; g < g1; ++g) {
+        reduce_group_chunk<scalar_t, acc_t>(x, g, group, na, nb, 0, S, S, sN, sS, C, gap, gsum,
+                                            mom);
+      }
+    }
+  } else {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t sa = 0; sa < S; sa += max_rows) {
+          reduce_group_chunk<scalar_t, acc_t>(x, g, group, n, n + 1, sa,
+                                              std::min(S, sa + max_rows), S, sN, sS, C, gap,
+                                              gsum, mom);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+struct Plan {
+  bool channel_contiguous;  // layout B
+  int64_t N, C, S, sN, sC, sS;
+  int64_t group;            // channels per group (layout B) or 1 (layout A)
+  int64_t groups, block, nblocks;
+};
+
+// Tasks [begin, end) of the (sample block, channel group) grid; `mom` is [nblocks, C].
+template <typename scalar_t>
+GAP_INLINE void gap_stats_tasks_impl(const scalar_t* x, const Plan& pl, int64_t begin,
+                                     int64_t end, typename AccType<scalar_t>::type* gap,
+                                     Moments* mom) {
+  using acc_t = typename AccType<scalar_t>::type;
+  for (int64_t t = begin; t < end;) {
+    const int64_t b = t / pl.groups;
+    const int64_t g0 = t % pl.groups;
+    const int64_t g1 = std::min(pl.groups, g0 + (end - t));
+    const int64_t n0 = b * pl.block, n1 = std::min(pl.N, n0 + pl.block);
+    Moments* m = mom + b * pl.C;
+    if (pl.channel_contiguous) {
+      reduce_channel_groups<scalar_t, acc_t>(x, n0, n1, g0, g1, pl.group, pl.S, pl.sN, pl.sS,
+                                             pl.C, gap, m);
+    } else {
+      reduce_planes<scalar_t, acc_t>(x, n0, n1, g0, g1, pl.S, pl.sN, pl.sC, pl.C, gap, m);
+    }
+    t += g1 - g0;
+  }
+}
+
+// One instantiation per ISA: everything it calls is force-inlined, so the whole loop nest is
+// compiled for that ISA. (No lambdas in the hot path: a lambda body would not inherit the
+// target attribute.) The AVX2 variant is only called when the CPU has AVX2, FMA and F16C.
+template <typename scalar_t>
+void gap_stats_tasks_base(const scalar_t* x, const Plan& pl, int64_t begin, int64_t end,
+                          typename AccType<scalar_t>::type* gap, Moments* mom) {
+  gap_stats_tasks_impl<scalar_t>(x, pl, begin, end, gap, mom);
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(_M_X64)) && \
+    !defined(__AVX2__)
+#define GAP_HAVE_AVX2_VARIANT 1
+template <typename scalar_t>
+__attribute__((target("avx2,fma,f16c"))) void gap_stats_tasks_avx2(
+    const scalar_t* x, const Plan& pl, int64_t begin, int64_t end,
+    typename AccType<scalar_t>::type* gap, Moments* mom) {
+  gap_stats_tasks_impl<scalar_t>(x, pl, begin, end, gap, mom);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+  }();
+  return has;
+}
+#endif
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gap_stats_cpu(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() >= 2 && x_in.dim() <= 4,
+              "gap_stats: x must have shape [N, C], [N, C, L] or [N, C, H, W], got ",
+              x_in.sizes());
+  const auto dtype = x_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              "gap_stats: x must be float32, float16, bfloat16 or float64, got ", dtype);
+  TORCH_CHECK(x_in.device().is_cpu(), "gap_stats (CPU kernel): x must be a CPU tensor");
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t N = x_in.size(0), C = x_in.size(1);
+  // [N, C, S] view (a view for contiguous and channels_last NCHW: flatten(2) merges H, W).
+  at::Tensor x = x_in.dim() == 2 ? x_in.unsqueeze(2) : x_in.dim() == 4 ? x_in.flatten(2) : x_in;
+  const int64_t S = x.size(2);
+  auto opts = x_in.options().dtype(acc_dtype);
+  at::Tensor gap = at::empty({N, C}, opts);
+  at::Tensor mean = at::empty({C}, opts), var = at::empty({C}, opts);
+  at::Tensor abs_mean = at::empty({C}, opts), zero_frac = at::empty({C}, opts);
+  at::Tensor maxv = at::empty({C}, opts);
+  if (N == 0 || S == 0 || C == 0) {
+    // No elements: GAP of empty planes is NaN, per-channel statistics are NaN.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (auto* t : {&gap, &mean, &var, &abs_mean, &zero_frac, &maxv}) t->fill_(nan);
+    return {gap, mean, var, abs_mean, zero_frac, maxv};
+  }
+
+  const bool plane_contig = S == 1 || x.stride(2) == 1;
+  const bool chan_contig = C == 1 || x.stride(1) == 1;
+  bool layout_b;
+  if (chan_contig && (!plane_contig || S < 16)) {
+    layout_b = true;
+  } else if (plane_contig) {
+    layout_b = false;
+  } else if (S < 16) {  // neither: copy to channel-contiguous ([N, S, C] memory)
+    x = x.transpose(1, 2).contiguous().transpose(1, 2);
+    layout_b = true;
+  } else {
+    x = x.contiguous();
+    layout_b = false;
+  }
+
+  Plan pl;
+  pl.channel_contiguous = layout_b;
+  pl.N = N;
+  pl.C = C;
+  pl.S = S;
+  pl.sN = x.stride(0);
+  pl.sC = x.stride(1);
+  pl.sS = x.stride(2);
+  pl.group = 1;
+  if (layout_b) {
+    pl.group = dtype == at::kDouble ? 2 * Simd<double>::kSize : 2 * Simd<float>::kSize;
+  }
+  pl.groups = (C + pl.group - 1) / pl.group;
+  // Split the samples only when there are too few channel groups for the threads.
+  const int64_t threads = at::get_num_threads();
+  int64_t nblocks = 1;
+  if (pl.groups < 4 * threads) {
+    nblocks = std::min<int64_t>(N, (4 * threads + pl.groups - 1) / pl.groups);
+  }
+  pl.block = (N + nblocks - 1) / nblocks;
+  pl.nblocks = (N + pl.block - 1) / pl.block;
+
+  std::vector<Moments> mom(static_cast<size_t>(pl.nblocks * C));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gap_stats_cpu", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    acc_t* gp = gap.mutable_data_ptr<acc_t>();
+    Moments* mp = mom.data();
+    const int64_t work_per_task =
+        std::max<int64_t>(1, pl.block * pl.S * (pl.channel_contiguous ? pl.group : 1));
+    const int64_t grain = std::max<int64_t>(1, 32768 / work_per_task);
+#ifdef GAP_HAVE_AVX2_VARIANT
+    const bool avx2 = cpu_has_avx2();
+#else
+    const bool avx2 = false;
+#endif
+    at::parallel_for(0, pl.nblocks * pl.groups, grain, [&](int64_t begin, int64_t end) {
+#ifdef GAP_HAVE_AVX2_VARIANT
+      if (avx2) {
+        gap_stats_tasks_avx2<scalar_t>(xp, pl, begin, end, gp, mp);
+        return;
+      }
+#endif
+      (void)avx2;
+      gap_stats_tasks_base<scalar_t>(xp, pl, begin, end, gp, mp);
+    });
+  });
+
+  // Merge the sample blocks per channel and finish.
+  AT_DISPATCH_FLOATING_TYPES(acc_dtype, "gap_stats_cpu_finish", [&] {
+    scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* vp = var.mutable_data_ptr<scalar_t>();
+    scalar_t* ap = abs_mean.mutable_data_ptr<scalar_t>();
+    scalar_t* zp = zero_frac.mutable_data_ptr<scalar_t>();
+    scalar_t* xp = maxv.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1024, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        Moments m = mom[c];
+        for (int64_t b = 1; b < pl.nblocks; ++b) merge_moments(m, mom[b * C + c]);
+        const double n = m.n;
+        mp[c] = static_cast<scalar_t>(m.sum / n);
+        const double v = m.m2 / n;
+        vp[c] = static_cast<scalar_t>(std::isnan(v) ? v : std::max(v, 0.0));
+        ap[c] = static_cast<scalar_t>(m.abs_sum / n);
+        zp[c] = static_cast<scalar_t>(m.zeros / n);
+        xp[c] = static_cast<scalar_t>(std::isnan(m.abs_sum)
+                                          ? std::numeric_limits<double>::quiet_NaN()
+                                          : m.max);
+      }
+    });
+  });
+  return {gap, mean, var, abs_mean, zero_frac, maxv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gcnprune, CPU, m) { m.impl("gap_stats", &gap_stats_cpu); }
+
+}  // namespace gcnprune

@@ -1,0 +1,301 @@
+// CPU kernels of gcnprune::cosine_similarity and gcnprune::knn_graph.
+//
+// Layout: f [C, B] (any float dtype, any strides) -> normalized rows xn [C, B] contiguous in the
+// compute dtype (float32, or float64 for float64 input). See knn_graph_common.h for semantics.
+//
+// knn_graph never materializes C x C. Within each segment it enumerates the upper-triangular
+// tiles (I <= J) of T x T rows; a worker takes a tile from a shared counter, computes
+// S = xn[I] xn[J]^T with one single-threaded GEMM, and feeds every pair (i < j) to BOTH rows'
+// running top-k (each pair is computed once, so the two directions of an edge carry the same
+// value, and only half the GEMM work is done). Each worker keeps private top-k heaps for all rows
+// (no locks); the heaps are merged per row at the end, then the graph is symmetrized and
+// converted to CSR. Memory: O(threads * C * k + threads * T^2).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "cpu/knn_graph_common.h"
+
+namespace gcnprune {
+namespace {
+
+using knn_detail::normalized_rows;
+
+constexpr int64_t kDefaultTileCpu = 512;
+
+// (av, aj) ranks before (bv, bj): larger similarity first, ties to the lower column index.
+template <typename scalar_t>
+inline bool ranks_before(scalar_t av, int64_t aj, scalar_t bv, int64_t bj) {
+  return av > bv || (av == bv && aj < bj);
+}
+
+// Running top-k of every row: a binary heap per row whose root is the WORST kept entry, so a
+// candidate is rejected with one comparison against thr[r] (-inf until the heap is full).
+template <typename scalar_t>
+struct RowTopK {
+  int64_t k = 0;
+  std::vector<scalar_t> val;  // [C * k]
+  std::vector<int64_t> idx;   // [C * k]
+  std::vector<int64_t> cnt;   // [C] entries kept
+  std::vector<scalar_t> thr;  // [C] root value once full, else -inf
+
+  void init(int64_t rows, int64_t k_) {
+    k = k_;
+    val.resize(rows * k);
+    idx.resize(rows * k);
+    cnt.assign(rows, 0);
+    thr.assign(rows, -std::numeric_limits<scalar_t>::infinity());
+  }
+
+  // Offer candidate (v, j) to row r; cheap callers pre-filter with v >= thr[r].
+  void push(int64_t r, scalar_t v, int64_t j) {
+    scalar_t* hv = val.data() + r * k;
+    int64_t* hi = idx.data() + r * k;
+    int64_t n = cnt[r];
+    if (n < k) {  // sift up: a parent must rank after (be worse than) its children
+      int64_t p = n;
+      while (p > 0) {
+        int64_t q = (p - 1) / 2;
+        if (!ranks_before(hv[q], hi[q], v, j)) break;
+        hv[p] = hv[q];
+        hi[p] = hi[q];
+        p = q;
+      }
+      hv[p] = v;
+      hi[p] = j;
+      cnt[r] = ++n;
+      if (n == k) thr[r] = hv[0];
+      return;
+    }
+    if (!ranks_before(v, j, hv[0], hi[0])) return;
+    int64_t p = 0;  // replace the root, sift down
+    while (true) {
+      int64_t l = 2 * p + 1;
+      if (l >= k) break;
+      int64_t w = l;  // the worse child
+      if (l + 1 < k && ranks_before(hv[l], hi[l], hv[l + 1], hi[l + 1])) w = l + 1;
+      if (!ranks_before(v, j, hv[w], hi[w])) break;
+      hv[p] = hv[w];
+      hi[p] = hi[w];
+      p = w;
+    }
+    hv[p] = v;
+    hi[p] = j;
+    thr[r] = hv[0];
+  }
+};
+
+struct Tile {
+  int64_t a0, ra, b0, rb;  // rows [a0, a0+ra) x columns [b0, b0+rb), a0 <= b0
+};
+
+// Feeds the pairs of one computed tile s [ra, rb] (row-major) to both rows' top-k.
+template <typename scalar_t>
+void scan_tile(const scalar_t* s, const Tile& t, RowTopK<scalar_t>& tk) {
+  const bool diagonal = t.a0 == t.b0;
+  scalar_t* thr_col = tk.thr.data() + t.b0;
+  for (int64_t r = 0; r < t.ra; ++r) {
+    const int64_t i = t.a0 + r;
+    const scalar_t* row = s + r * t.rb;
+    scalar_t thr_row = tk.thr[i];
+    for (int64_t c = diagonal ? r + 1 : 0; c < t.rb; ++c) {
+      const scalar_t v = row[c];
+      // Rarely true once the heaps are full: one well-predicted branch per pair.
+      if (v >= thr_row || v >= thr_col[c]) {
+        const int64_t j = t.b0 + c;
+        if (v >= thr_row) {
+          tk.push(i, v, j);
+          thr_row = tk.thr[i];
+        }
+        if (v >= thr_col[c]) tk.push(j, v, i);
+      }
+    }
+  }
+}
+
+// One segment-aware pass: per-row sorted neighbour lists (best first) in nbr/nbv [C * kk] with
+// counts deg [C].
+template <typename scalar_t>
+void select_neighbours(const at::Tensor& xn, const std::vector<int64_t>& offs, int64_t kk,
+                       int64_t tile, std::vector<int64_t>& nbr, std::vector<scalar_t>& nbv,
+                       std::vector<int64_t>& deg) {
+  const int64_t c = xn.size(0);
+  std::vector<Tile> tiles;
+  for (size_t g = 0; g + 1 < offs.size(); ++g) {
+    const int64_t lo = offs[g], hi = offs[g + 1];
+    if (hi - lo < 2) continue;
+    for (int64_t a = lo; a < hi; a += tile) {
+      for (int64_t b = a; b < hi; b += tile) {
+        tiles.push_back({a, std::min(tile, hi - a), b, std::min(tile, hi - b)});
+      }
+    }
+  }
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                            static_cast<int64_t>(tiles.size())));
+  std::vector<RowTopK<scalar_t>> heaps(nt);
+  std::atomic<int64_t> next{0};
+  at::ThreadLocalState tls;  // inference mode etc. for the GEMMs run by the workers
+  at::parallel_for(0, nt, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard guard(tls);
+    for (int64_t w = begin; w < end; ++w) {
+      RowTopK<scalar_t>& tk = heaps[w];
+      tk.init(c, kk);
+      at::Tensor buf = at::empty({tile * tile}, xn.options());
+      for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size());
+           t = next.fetch_add(1)) {
+        const Tile& tl = tiles[t];
+        at::Tensor s = buf.narrow(0, 0, tl.ra * tl.rb).view({tl.ra, tl.rb});
+        // Inside a parallel region the GEMM runs single-threaded: one worker per tile.
+        at::mm_out(s, xn.narrow(0, tl.a0, tl.ra), xn.narrow(0, tl.b0, tl.rb).t());
+        scan_tile<scalar_t>(s.data_ptr<scalar_t>(), tl, tk);
+      }
+    }
+  });
+  // Merge the workers' heaps row by row: sorted best first, at most kk.
+  nbr.assign(c * kk, 0);
+  nbv.assign(c * kk, 0);
+  deg.assign(c, 0);
+  at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<scalar_t, int64_t>> cand;
+    for (int64_t r = begin; r < end; ++r) {
+      cand.clear();
+      for (int64_t w = 0; w < nt; ++w) {
+        const RowTopK<scalar_t>& tk = heaps[w];
+        if (tk.k == 0) continue;  // worker got no tile (not initialized)
+        for (int64_t e = 0; e < tk.cnt[r]; ++e) {
+          cand.emplace_back(tk.val[r * kk + e], tk.idx[r * kk + e]);
+        }
+      }
+      std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) {
+        return ranks_before(a.first, a.second, b.first, b.second);
+      });
+      const int64_t n = std::min<int64_t>(kk, static_cast<int64_t>(cand.size()));
+      for (int64_t e = 0; e < n; ++e) {
+        nbv[r * kk + e] = cand[e].first;
+        nbr[r * kk + e] = cand[e].second;
+      }
+      deg[r] = n;
+    }
+  });
+}
+
+at::Tensor cosine_similarity_cpu(const at::Tensor& f, bool center) {
+  knn_detail::check_features(f);
+  at::Tensor xn = normalized_rows(f, center);
+  const int64_t c = xn.size(0);
+  at::Tensor out = at::empty({c, c}, xn.options());
+  if (c == 0) return out;
+  // Upper block rows [I, I:] with one wide GEMM each, then mirror: ~half the flops of xn xn^T,
+  // and the result is exactly symmetric.
+  const int64_t tile = std::max<int64_t>(knn_detail::tile_size(1024), 1);
+  for (int64_t a = 0; a < c; a += tile) {
+    const int64_t ra = std::min(tile, c - a);
+    at::Tensor block = out.narrow(0, a, ra).narrow(1, a, c - a);
+    at::mm_out(block, xn.narrow(0, a, ra),
+               xn.narrow(0, a, c - a).t());
+    if (a + ra < c) {
+      out.narrow(0, a + ra, c - a - ra).narrow(1, a, ra)
+          .copy_(out.narrow(0, a, ra).narrow(1, a + ra, c - a - ra).t());
+    }
+  }
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "cosine_similarity_cpu", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t a = (i / tile) * tile;  // lower triangle of the diagonal tile
+        for (int64_t j = a; j < i; ++j) o[i * c + j] = o[j * c + i];
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cpu(
+    const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center) {
+  knn_detail::check_features(f);
+  TORCH_CHECK_VALUE(k >= 0, "k: must be >= 0, got ", k);
+  const int64_t c = f.size(0);
+  std::vector<int64_t> offs = knn_detail::segment_offsets(segments, c, f);
+  at::Tensor xn = normalized_rows(f, center);
+  int64_t max_len = 0;
+  for (size_t g = 0; g + 1 < offs.size(); ++g) max_len = std::max(max_len, offs[g + 1] - offs[g]);
+  const int64_t kk = std::min<int64_t>(k, std::max<int64_t>(max_len - 1, 0));
+  at::Tensor indptr = at::zeros({c + 1}, f.options().dtype(at::kLong));
+  if (kk == 0) {
+    return {indptr, at::empty({0}, indptr.options()), at::empty({0}, xn.options())};
+  }
+  const int64_t tile = knn_detail::tile_size(kDefaultTileCpu);
+  at::Tensor indices, values;
+  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "knn_graph_cpu", [&] {
+    std::vector<int64_t> nbr, deg;
+    std::vector<scalar_t> nbv;
+    select_neighbours<scalar_t>(xn, offs, kk, tile, nbr, nbv, deg);
+    // Symmetrize: row r holds its own picks plus every j that picked r; then sort + dedupe.
+    std::vector<int64_t> start(c + 1, 0);
+    for (int64_t r = 0; r < c; ++r) {
+      start[r + 1] += deg[r];
+      for (int64_t e = 0; e < deg[r]; ++e) start[nbr[r * kk + e] + 1] += 1;
+    }
+    for (int64_t r = 0; r < c; ++r) start[r + 1] += start[r];
+    std::vector<std::pair<int64_t, scalar_t>> edges(start[c]);
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t r = 0; r < c; ++r) {
+      for (int64_t e = 0; e < deg[r]; ++e) {
+        const int64_t j = nbr[r * kk + e];
+        const scalar_t v = nbv[r * kk + e];
+        edges[fill[r]++] = {j, v};
+        edges[fill[j]++] = {r, v};
+      }
+    }
+    std::vector<int64_t> uniq(c, 0);
+    at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        auto first = edges.begin() + start[r], last = edges.begin() + start[r + 1];
+        std::sort(first, last, [](const auto& a, const auto& b) { return a.first < b.first; });
+        int64_t n = 0;
+        for (auto it = first; it != last; ++it) {
+          if (n > 0 && (first + n - 1)->first == it->first) {
+            // Same pair from both directions: identical values (each pair computed once).
+            (first + n - 1)->second = std::max((first + n - 1)->second, it->second);
+          } else {
+            *(first + n) = *it;
+            ++n;
+          }
+        }
+        uniq[r] = n;
+      }
+    });
+    int64_t* ip = indptr.data_ptr<int64_t>();
+    for (int64_t r = 0; r < c; ++r) ip[r + 1] = ip[r] + uniq[r];
+    indices = at::empty({ip[c]}, indptr.options());
+    values = at::empty({ip[c]}, xn.options());
+    int64_t* out_i = indices.data_ptr<int64_t>();
+    scalar_t* out_v = values.data_ptr<scalar_t>();
+    at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int64_t e = 0; e < uniq[r]; ++e) {
+          const auto& ed = edges[start[r] + e];
+          out_i[ip[r] + e] = ed.first;
+          out_v[ip[r] + e] = std::max(ed.second, scalar_t(0));
+        }
+      }
+    });
+  });
+  return {indptr, indices, values};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gcnprune, CPU, m) {
+  m.impl("cosine_similarity", &cosine_similarity_cpu);
+  m.impl("knn_graph", &knn_graph_cpu);
+}
+
+}  // namespace gcnprune

@@ -1,0 +1,160 @@
+"""Streaming per-group channel features (method A, step 1).
+
+One pass of data through the model: for every pruning group the representative activation
+(``space.feature_hooks``; [N, C, ...] with C the group's width) is fed to an
+``ops.GapAccumulator``, which keeps the global-average-pooled rows (up to a sample cap) and running
+per-channel statistics. The result per group g:
+
+- ``gap[g]``: F_g, float32 [C_g, B], the GAP value of every channel for each of B samples;
+- ``mean / var / abs_mean / zero_frac / max``: float32 [C_g] each, over all N*H*W positions seen.
+
+Where the space marks a group's feature module as pre-activation (the ReLU is applied functionally
+after it, e.g. ``bn1`` inside a ResNet block), ReLU is applied before accumulation so the features
+describe what the next layer actually receives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+
+from gcnprune_fast import ops
+
+__all__ = ["ChannelFeatures", "collect_features", "split_batch", "iterate_inputs"]
+
+STAT_NAMES = ("mean", "var", "abs_mean", "zero_frac", "max")
+
+
+def split_batch(batch, loader_name: str = "loader") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(inputs, targets)`` from one loader item, or raise a TypeError that says what the
+    loader yielded instead. Inputs must be a tensor [N, ...] and targets a tensor [N]."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        kind = type(batch).__name__
+        extra = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        raise TypeError(f"{loader_name} must yield (inputs, targets) pairs; it yielded a {kind}{extra}")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise TypeError(f"{loader_name} yielded inputs of type {type(x).__name__}"
+                        f"{'' if not isinstance(x, torch.Tensor) else ' with shape ' + str(tuple(x.shape))};"
+                        f" expected a tensor [N, C, H, W]")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"{loader_name} yielded targets {shape}; expected a tensor [N] of class "
+                        f"indices with N = {x.shape[0]}")
+    return x, y
+
+
+def iterate_inputs(loader, loader_name: str = "loader") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield checked ``(inputs, targets)``; raise ValueError if the loader is empty."""
+    empty = True
+    for batch in loader:
+        empty = False
+        yield split_batch(batch, loader_name)
+    if empty:
+        raise ValueError(f"{loader_name} is empty: it yielded no batches")
+
+
+@dataclass
+class ChannelFeatures:
+    """Per-group channel features; lists are indexed by group (``space.groups`` order)."""
+
+    gap: List[torch.Tensor]        # [C_g, B] float32
+    mean: List[torch.Tensor]       # [C_g]
+    var: List[torch.Tensor]
+    abs_mean: List[torch.Tensor]
+    zero_frac: List[torch.Tensor]
+    max: List[torch.Tensor]
+    num_samples: int               # B
+
+    def stats(self, g: int) -> torch.Tensor:
+        """Activation statistics of group g stacked as float32 [C_g, 5] (STAT_NAMES order)."""
+        return torch.stack([getattr(self, n)[g] for n in STAT_NAMES], dim=1)
+
+
+def is_preactivation(group) -> bool:
+    """Whether the group's representative activation still needs its ReLU (the space's flag)."""
+    for attr in ("feature_preactivation", "feature_pre_activation", "preactivation",
+                 "feature_needs_relu", "apply_relu"):
+        value = getattr(group, attr, None)
+        if value is not None:
+            return bool(value)
+    return False
+
+
+@torch.no_grad()
+def collect_features(space, loader, *, max_samples: int = 512, device=None,
+                     progress: bool = False, loader_name: str = "loader") -> ChannelFeatures:
+    """Stream up to ``max_samples`` images from ``loader`` through ``space.model`` (eval mode is
+    the caller's job) and accumulate every group's GAP matrix and activation statistics.
+
+    Raises:
+        ValueError: empty loader, or a group whose activations contain NaN/inf (named).
+        TypeError: a loader that does not yield (inputs, targets).
+    """
+    if int(max_samples) < 2:
+        raise ValueError(f"max_samples must be >= 2, got {max_samples!r}")
+    device = torch.device(device) if device is not None else _model_device(space.model)
+    accs = [ops.GapAccumulator(max_samples=max_samples) for _ in space.groups]
+    relu = [is_preactivation(g) for g in space.groups]
+    bad: List[int] = []
+
+    def hook(g: int, act: torch.Tensor) -> None:
+        if act.dim() < 2 or act.shape[1] != space.groups[g].size:
+            raise RuntimeError(f"group {space.groups[g].name!r}: feature activation has shape "
+                               f"{tuple(act.shape)}, expected [N, {space.groups[g].size}, ...]")
+        act = act.detach()
+        if relu[g]:
+            act = torch.relu(act)
+        if act.dim() == 2:  # a Linear feature: one "pixel" per channel
+            act = act[:, :, None, None]
+        elif act.dim() == 3:
+            act = act[:, :, :, None]
+        if not torch.isfinite(act).all():
+            bad.append(g)
+        accs[g].update(act.float())
+
+    seen = 0
+    bar = _bar(progress, max_samples, "features")
+    with space.feature_hooks(hook):
+        for x, _ in iterate_inputs(loader, loader_name):
+            x = x[: max_samples - seen]
+            space.model(x.to(device))
+            if bad:
+                g = bad[0]
+                raise ValueError(f"non-finite (NaN/inf) activations in group {g} "
+                                 f"({space.groups[g].name!r}, feature module "
+                                 f"{getattr(space.groups[g], 'feature_module', '?')!r}); check the "
+                                 f"model's weights and the input data")
+            seen += x.shape[0]
+            if bar is not None:
+                bar.update(x.shape[0])
+            if seen >= max_samples:
+                break
+    if bar is not None:
+        bar.close()
+    if seen < 2:
+        raise ValueError(f"{loader_name} gave only {seen} sample(s); channel features need >= 2")
+    results = [a.result() for a in accs]
+    return ChannelFeatures(
+        gap=[r.gap.t().contiguous().float().cpu() for r in results],
+        mean=[r.mean.float().cpu() for r in results],
+        var=[r.var.float().cpu() for r in results],
+        abs_mean=[r.abs_mean.float().cpu() for r in results],
+        zero_frac=[r.zero_frac.float().cpu() for r in results],
+        max=[r.max.float().cpu() for r in results],
+        num_samples=int(results[0].gap.shape[0]) if results else 0,
+    )
+
+
+def _model_device(model) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="img", leave=False)

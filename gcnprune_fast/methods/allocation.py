@@ -1,0 +1,285 @@
+"""Budget allocation: turn per-channel scores into keep-masks that meet a FLOPs/params budget.
+
+Three pieces, all driven by ``space.cost_from_counts`` (vectorized over many candidate width
+vectors, so each projection is a handful of tensor ops, not a Python loop over channels):
+
+- :class:`Budget`: the absolute FLOPs / params limits derived from the user's ratios.
+- :func:`project_to_budget`: AMC's "action wall". Starting from any mask, first repair it (at least
+  ``space.min_keep(g)`` channels per group, widths multiples of ``round_to``), then drop the
+  lowest-scored kept channels, globally, until the budget is met. With ``fill=True`` it then adds
+  back the highest-scored dropped channels while the budget still holds, so the budget is used.
+- :func:`allocate`: the baselines' allocation strategies: ``"global"`` (scores standardized per
+  group, one global ranking) and ``"uniform"`` (the same keep ratio in every group).
+
+Masks are lists of bool tensors [C_g], one per group in ``space.groups`` order, True = keep.
+Scores are lists of float tensors [C_g]; higher = more important.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["Budget", "ALLOCATIONS", "standardize", "project_to_budget", "allocate",
+           "min_cost_ratios"]
+
+ALLOCATIONS = ("global", "uniform")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Absolute cost limits. ``flops`` / ``params`` are ratios in (0, 1] of the unpruned model's
+    MACs / parameters (None = unconstrained); ``max_flops`` / ``max_params`` the absolute limits."""
+
+    flops: Optional[float]
+    params: Optional[float]
+    max_flops: float
+    max_params: float
+
+    @classmethod
+    def from_ratios(cls, space, flops: Optional[float] = None,
+                    params: Optional[float] = None) -> "Budget":
+        """Validate the ratios (each None or in (0, 1], not both None) and build the limits."""
+        if flops is None and params is None:
+            raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>")
+        for name, value in (("flops", flops), ("params", params)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"{name} must be a float ratio in (0, 1], got {value!r}")
+            if not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of the "
+                                 f"original model's {name} to keep (e.g. {name}=0.5 keeps at most half)")
+        max_flops = math.inf if flops is None else float(flops) * float(space.base_flops)
+        max_params = math.inf if params is None else float(params) * float(space.base_params)
+        return cls(None if flops is None else float(flops), None if params is None else float(params),
+                   max_flops, max_params)
+
+    def feasible(self, flops, params) -> torch.Tensor:
+        """Elementwise: does a (flops, params) pair (tensors or numbers) meet the budget?"""
+        flops = torch.as_tensor(flops, dtype=torch.float64)
+        params = torch.as_tensor(params, dtype=torch.float64)
+        # A relative slack of 1e-9 absorbs float64 rounding of ratio * base.
+        return (flops <= self.max_flops * (1 + 1e-9)) & (params <= self.max_params * (1 + 1e-9))
+
+    @property
+    def keep_ratio(self) -> float:
+        """The tightest of the given ratios (used for warm starts)."""
+        return min(r for r in (self.flops, self.params) if r is not None)
+
+
+def _sizes(space) -> List[int]:
+    return [int(g.size) for g in space.groups]
+
+
+def _min_keeps(space) -> List[int]:
+    return [int(space.min_keep(i)) for i in range(space.num_groups)]
+
+
+def min_cost_ratios(space) -> tuple:
+    """(flops ratio, params ratio) of the smallest network the space allows (every group at
+    ``space.min_keep``)."""
+    counts = torch.tensor([_min_keeps(space)], dtype=torch.long)
+    f, p = space.cost_from_counts(counts)
+    return float(f[0]) / float(space.base_flops), float(p[0]) / float(space.base_params)
+
+
+def check_budget_reachable(space, budget: Budget) -> None:
+    """Raise ValueError when even the smallest allowed network exceeds the budget."""
+    counts = torch.tensor([_min_keeps(space)], dtype=torch.long)
+    f, p = space.cost_from_counts(counts)
+    if not bool(budget.feasible(f[0], p[0])):
+        fr, pr = float(f[0]) / float(space.base_flops), float(p[0]) / float(space.base_params)
+        raise ValueError(
+            f"budget flops={budget.flops}, params={budget.params} is below what the pruning space "
+            f"allows: keeping min_channels/round_to channels in every group leaves flops ratio "
+            f"{fr:.4f} and params ratio {pr:.4f}; ask for at least these (or lower min_channels / "
+            f"round_to, or ignore fewer layers)")
+
+
+def standardize(scores: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Per-group z-scores (a constant group maps to zeros), float64 [C_g] each."""
+    out = []
+    for s in scores:
+        s = s.detach().to(torch.float64).cpu()
+        std = s.std(unbiased=False) if s.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+        out.append((s - s.mean()) / std if float(std) > 0 else torch.zeros_like(s))
+    return out
+
+
+def _chunks(order: np.ndarray, first: int, step: int) -> List[np.ndarray]:
+    """Split ``order`` into a first chunk of ``first`` items (skipped when 0) then chunks of
+    ``step``."""
+    out, i = [], 0
+    if first > 0:
+        out.append(order[:first])
+        i = first
+    while i < len(order):
+        out.append(order[i:i + step])
+        i += step
+    return out
+
+
+def _prefix_search(space, budget: Budget, counts0: np.ndarray, step_group: np.ndarray,
+                   step_delta: np.ndarray, want_feasible_first: bool) -> int:
+    """Number of steps to take along a fixed sequence of width changes.
+
+    counts after t steps = counts0 + sum of the first t deltas (applied to ``step_group``).
+    Removal (``want_feasible_first=True``): the smallest t whose cost meets the budget (-1 if none).
+    Filling (False): the largest t whose cost still meets the budget (costs grow with t).
+    """
+    num_steps = len(step_group)
+    counts = np.zeros((num_steps + 1, len(counts0)), dtype=np.int64)
+    counts[0] = counts0
+    if num_steps:
+        inc = np.zeros((num_steps, len(counts0)), dtype=np.int64)
+        inc[np.arange(num_steps), step_group] = step_delta
+        counts[1:] = counts0 + np.cumsum(inc, axis=0)
+    f, p = space.cost_from_counts(torch.from_numpy(counts))
+    ok = budget.feasible(f, p).numpy()
+    if want_feasible_first:
+        idx = np.flatnonzero(ok)
+        return int(idx[0]) if idx.size else -1
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) - 1 if bad.size else num_steps
+
+
+def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
+                      budget: Budget, *, round_to: int = 1, fill: bool = False) -> List[torch.Tensor]:
+    """Make ``masks`` feasible (the action wall), optionally using up the remaining budget.
+
+    Args:
+        space: the pruning space (``groups``, ``min_keep``, ``cost_from_counts``).
+        masks: bool [C_g] per group, the proposal (e.g. a Bernoulli sample).
+        scores: float [C_g] per group; comparable ACROSS groups (lowest removed first globally).
+        budget: the cost limits.
+        round_to: widths below the full size are made multiples of this.
+        fill: after the projection, add back the highest-scored dropped channels while feasible.
+
+    Returns:
+        new bool masks [C_g] (CPU); each group keeps >= ``space.min_keep(g)`` channels, each width
+        is the full size or a multiple of ``round_to``, and the cost meets the budget.
+
+    Raises:
+        ValueError: when the budget cannot be met even at the minimum widths.
+    """
+    round_to = max(int(round_to), 1)
+    sizes, min_keeps = _sizes(space), _min_keeps(space)
+    keep = [m.detach().to(torch.bool).cpu().numpy().copy() for m in masks]
+    sc = [s.detach().to(torch.float64).cpu().numpy() for s in scores]
+    # 1. repair: enough channels, aligned widths.
+    for g, (k, s) in enumerate(zip(keep, sc)):
+        n = int(k.sum())
+        if n < min_keeps[g]:
+            dropped = np.flatnonzero(~k)
+            add = dropped[np.argsort(-s[dropped], kind="stable")][:min_keeps[g] - n]
+            k[add] = True
+            n = min_keeps[g]
+        if n != sizes[g] and n % round_to and n > min_keeps[g]:
+            target = max(min_keeps[g], n - n % round_to)
+            kept = np.flatnonzero(k)
+            k[kept[np.argsort(s[kept], kind="stable")][:n - target]] = False
+    # 2. removal sequence: per group, kept channels ascending by score in chunks that keep widths
+    # aligned, never below min_keep; merged globally by chunk mean score.
+    counts0 = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+    steps = []  # (mean score, group, position within group, channel indices)
+    for g, (k, s) in enumerate(zip(keep, sc)):
+        removable = counts0[g] - min_keeps[g]
+        if removable <= 0:
+            continue
+        kept = np.flatnonzero(k)
+        order = kept[np.argsort(s[kept], kind="stable")][:removable]
+        first = int(counts0[g] % round_to) if counts0[g] == sizes[g] else 0
+        # ``order`` stops at min_keep, so a last partial chunk lands exactly on min_keep.
+        for pos, chunk in enumerate(_chunks(order, min(first, removable), round_to)):
+            steps.append((float(s[chunk].mean()), g, pos, chunk))
+    steps.sort(key=lambda t: (t[0], t[1], t[2]))
+    t = _prefix_search(space, budget, counts0, np.array([st[1] for st in steps], dtype=np.int64),
+                       -np.array([len(st[3]) for st in steps], dtype=np.int64), True)
+    if t < 0:
+        fr, pr = min_cost_ratios(space)
+        raise ValueError(f"budget flops={budget.flops}, params={budget.params} cannot be met: the "
+                         f"minimum achievable ratios are flops {fr:.4f}, params {pr:.4f}")
+    for st in steps[:t]:
+        keep[st[1]][st[3]] = False
+    if fill:
+        counts1 = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+        adds = []
+        for g, (k, s) in enumerate(zip(keep, sc)):
+            dropped = np.flatnonzero(~k)
+            if dropped.size == 0:
+                continue
+            order = dropped[np.argsort(-s[dropped], kind="stable")]
+            # keep widths aligned: chunks of round_to; the last one may reach the full size.
+            for pos, chunk in enumerate(_chunks(order, 0, round_to)):
+                adds.append((-float(s[chunk].mean()), g, pos, chunk))
+        adds.sort(key=lambda t: (t[0], t[1], t[2]))
+        # A group's chunks must be added in order; the global sort keeps that (means descend
+        # within a group), ties broken by position.
+        t_add = _prefix_search(space, budget, counts1,
+                               np.array([a[1] for a in adds], dtype=np.int64),
+                               np.array([len(a[3]) for a in adds], dtype=np.int64), False)
+        for a in adds[:max(t_add, 0)]:
+            keep[a[1]][a[3]] = True
+    return [torch.from_numpy(k) for k in keep]
+
+
+def _uniform_counts(space, budget: Budget, round_to: int) -> List[int]:
+    """Widths for the largest common keep ratio q that meets the budget (bisection on q)."""
+    sizes, min_keeps = _sizes(space), _min_keeps(space)
+
+    def counts_for(q: float) -> List[int]:
+        out = []
+        for size, mk in zip(sizes, min_keeps):
+            c = int(math.floor(q * size + 1e-9))
+            if c < size and round_to > 1:
+                c -= c % round_to
+            out.append(min(size, max(mk, c)))
+        return out
+
+    lo, hi = 0.0, 1.0
+    grid = torch.tensor([counts_for(hi)], dtype=torch.long)
+    if bool(budget.feasible(*[v[0] for v in space.cost_from_counts(grid)])):
+        return counts_for(hi)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        f, p = space.cost_from_counts(torch.tensor([counts_for(mid)], dtype=torch.long))
+        if bool(budget.feasible(f[0], p[0])):
+            lo = mid
+        else:
+            hi = mid
+    return counts_for(lo)
+
+
+def allocate(space, scores: Sequence[torch.Tensor], budget: Budget, *, allocation: str = "global",
+             round_to: int = 1) -> List[torch.Tensor]:
+    """Keep-masks from per-channel scores.
+
+    ``"global"``: scores are standardized within each group (so layers with large weights do not
+    win by scale) and channels are removed in one global ranking until the budget holds.
+    ``"uniform"``: every group keeps the same fraction (its top-scored channels), the largest
+    fraction that meets the budget; then the action wall and a fill pass settle rounding effects.
+    """
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r}; expected one of {list(ALLOCATIONS)}")
+    if len(scores) != space.num_groups:
+        raise ValueError(f"scores has {len(scores)} entries, the space has {space.num_groups} groups")
+    for g, (s, grp) in enumerate(zip(scores, space.groups)):
+        if s.shape != (grp.size,):
+            raise ValueError(f"scores[{g}] (group {grp.name!r}) has shape {tuple(s.shape)}, "
+                             f"expected ({grp.size},)")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"scores[{g}] (group {grp.name!r}) contains NaN or inf")
+    z = standardize(scores)
+    if allocation == "global":
+        return project_to_budget(space, space.full_masks(), z, budget, round_to=round_to, fill=True)
+    counts = _uniform_counts(space, budget, round_to)
+    masks = []
+    for s, c in zip(z, counts):
+        m = torch.zeros(s.numel(), dtype=torch.bool)
+        m[torch.argsort(s, descending=True, stable=True)[:c]] = True
+        masks.append(m)
+    return project_to_budget(space, masks, z, budget, round_to=round_to, fill=False)

@@ -1,0 +1,271 @@
+"""Result reports: JSON, Markdown tables and matplotlib plots (Agg backend, no display needed).
+
+Used by ``gcnprune demo`` / ``gcnprune prune`` and ``benchmarks/quality.py``. Rows are plain dicts;
+a column missing from a row prints as ``-``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+
+def _fmt(v, nd: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{nd}f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Optional[Sequence[str]] = None,
+                   digits: int = 4) -> str:
+    """A GitHub Markdown table of ``rows`` (dicts) over ``columns`` (keys), floats with ``digits``."""
+    headers = list(headers or columns)
+    if len(headers) != len(columns):
+        raise ValueError(f"headers has {len(headers)} entries, columns {len(columns)}")
+    cells = [[_fmt(r.get(c), digits) for c in columns] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def _jsonable(obj):
+    """Convert tensors / numpy values / tuples to JSON-friendly Python objects."""
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def write_json(path: str, obj) -> str:
+    """Write ``obj`` as indented JSON (tensors and numpy arrays become lists); returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_jsonable(obj), f, indent=1)
+        f.write("\n")
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_widths(path: str, widths: Dict[str, Sequence[int]], base_widths: Sequence[int],
+                group_names: Optional[Sequence[str]] = None, title: str = "channels kept per group") -> str:
+    """Grouped bar chart of per-group widths: the original model and one bar per method.
+
+    Args:
+        path: output image (``.png``).
+        widths: method name -> kept channels per group (length G each).
+        base_widths: the unpruned group sizes (length G).
+        group_names: labels of the G groups (default ``g0``, ``g1``, ...).
+    """
+    g = len(base_widths)
+    for name, w in widths.items():
+        if len(w) != g:
+            raise ValueError(f"widths[{name!r}] has {len(w)} groups, base_widths {g}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * g + 2), 3.6))
+    series = [("original", list(base_widths))] + [(k, list(v)) for k, v in widths.items()]
+    bar_w = 0.85 / len(series)
+    for i, (name, w) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * bar_w for j in range(g)]
+        ax.bar(xs, w, width=bar_w, label=name, color="lightgray" if i == 0 else None)
+    labels = list(group_names) if group_names else [f"g{j}" for j in range(g)]
+    ax.set_xticks(range(g))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "channel-gcn search reward",
+                      smooth: int = 10) -> str:
+    """Line plot of the per-episode search reward with a moving average over ``smooth`` episodes."""
+    if len(rewards) == 0:
+        raise ValueError("plot_reward_curve: rewards is empty")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    xs = list(range(1, len(rewards) + 1))
+    ax.plot(xs, rewards, lw=0.8, alpha=0.5, label="episode")
+    k = max(1, min(smooth, len(rewards)))
+    avg = [sum(rewards[max(0, i - k + 1):i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(rewards))]
+    ax.plot(xs, avg, lw=1.8, label=f"moving average ({k})")
+    best = [max(rewards[:i + 1]) for i in range(len(rewards))]
+    ax.plot(xs, best, lw=1.2, ls="--", label="best so far")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _group_widths(report: dict) -> Optional[List[int]]:
+    """Per-group kept widths from a ``PruneResult.report`` (key ``widths`` or ``widths_after``)."""
+    for key in ("widths", "widths_after", "group_widths"):
+        w = report.get(key)
+        if w is None:
+            continue
+        if isinstance(w, dict):  # {"after": [...]} or {group_name: width}
+            w = w.get("after", list(w.values()))
+        return [int(x) for x in w]
+    return None
+
+
+def _reward_curve(report: dict) -> Optional[List[float]]:
+    for key in ("reward_curve", "rewards"):
+        v = report.get(key)
+        if v:
+            return [float(x) for x in v]
+    search = report.get("search") or report.get("method_info") or {}
+    if isinstance(search, dict) and search.get("reward_curve"):
+        return [float(x) for x in search["reward_curve"]]
+    return None
+
+
+DEMO_COLUMNS = ("method", "acc_pruned", "acc_finetuned", "flops_kept", "params_kept", "search_time_s",
+                "episodes")
+DEMO_HEADERS = ("method", "acc after pruning", "acc after fine-tuning", "FLOPs kept", "params kept",
+                "search s", "episodes")
+
+
+def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports: Dict[str, dict],
+                            base_widths: Sequence[int], group_names: Optional[Sequence[str]] = None,
+                            title: str = "gcnprune demo") -> Dict[str, str]:
+    """Write ``results.json``, ``results.md``, ``widths.png`` and (if a reward curve exists)
+    ``reward_curve.png`` into ``out_dir``.
+
+    Args:
+        rows: one dict per method with the :data:`DEMO_COLUMNS` keys.
+        meta: run facts (model, dataset, budget, base accuracy, timings) for the header.
+        reports: method -> its ``PruneResult.report`` (widths and reward curve are read from it).
+        base_widths / group_names: the unpruned group sizes and names.
+
+    Returns:
+        file kind -> path of what was written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    files = {}
+    widths = {m: w for m, w in ((m, _group_widths(r)) for m, r in reports.items()) if w is not None}
+    if widths and all(len(w) == len(base_widths) for w in widths.values()):
+        files["widths_plot"] = plot_widths(os.path.join(out_dir, "widths.png"), widths, base_widths,
+                                           group_names)
+    curves = {m: c for m, c in ((m, _reward_curve(r)) for m, r in reports.items()) if c}
+    for m, c in curves.items():
+        name = "reward_curve.png" if len(curves) == 1 else f"reward_curve_{m}.png"
+        files[f"reward_plot_{m}"] = plot_reward_curve(os.path.join(out_dir, name), c,
+                                                      title=f"{m} search reward")
+    md = [f"# {title}", ""]
+    md += [f"- **{k}**: {_fmt(v)}" for k, v in meta.items() if not isinstance(v, (dict, list))]
+    md += ["", markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS), ""]
+    if widths:
+        md += ["## Channels kept per group", "",
+               markdown_table([{"group": (group_names[i] if group_names else f"g{i}"),
+                                "original": base_widths[i], **{m: w[i] for m, w in widths.items()}}
+                               for i in range(len(base_widths))],
+                              ["group", "original", *widths]), ""]
+    for kind, path in files.items():
+        md.append(f"![{kind}]({os.path.basename(path)})")
+    files["markdown"] = os.path.join(out_dir, "results.md")
+    with open(files["markdown"], "w") as f:
+        f.write("\n".join(md) + "\n")
+    files["json"] = write_json(os.path.join(out_dir, "results.json"),
+                               {"meta": meta, "rows": rows, "reports": reports,
+                                "base_widths": list(base_widths),
+                                "group_names": list(group_names) if group_names else None})
+    return files
+
+
+QUALITY_COLUMNS = ("method", "n", "acc_pruned", "acc_bn_recalibrated", "acc_finetuned", "flops_kept",
+                   "params_kept", "search_time_s")
+QUALITY_HEADERS = ("method", "seeds", "acc pruned (mean±sd)", "acc pruned + BN re-est.",
+                   "acc fine-tuned (mean±sd)", "FLOPs kept", "params kept", "search s")
+
+
+def summarize_by_method(rows: List[dict]) -> List[dict]:
+    """Aggregate per-seed rows to one row per method: ``"mean±sd"`` strings for accuracies
+    (percent), means for costs and times; methods in first-seen order."""
+    order, by = [], {}
+    for r in rows:
+        if r["method"] not in by:
+            order.append(r["method"])
+            by[r["method"]] = []
+        by[r["method"]].append(r)
+
+    def pm(vals, scale=100.0):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        m = statistics.fmean(vals) * scale
+        sd = statistics.stdev(vals) * scale if len(vals) > 1 else 0.0
+        return f"{m:.2f}±{sd:.2f}"
+
+    out = []
+    for m in order:
+        rs = by[m]
+        out.append({"method": m, "n": len(rs),
+                    "acc_pruned": pm([r.get("acc_pruned") for r in rs]),
+                    "acc_bn_recalibrated": pm([r.get("acc_bn_recalibrated") for r in rs]),
+                    "acc_finetuned": pm([r.get("acc_finetuned") for r in rs]),
+                    "flops_kept": statistics.fmean(r["flops_kept"] for r in rs),
+                    "params_kept": statistics.fmean(r["params_kept"] for r in rs),
+                    "search_time_s": statistics.fmean(r["search_time_s"] for r in rs)})
+    return out
+
+
+def write_quality_report(out_dir: str, rows: List[dict], meta: dict) -> str:
+    """Write ``quality.json`` (all rows) and ``quality.md`` (per-method summary and per-seed rows)
+    into ``out_dir``; returns the Markdown text."""
+    os.makedirs(out_dir, exist_ok=True)
+    summary = summarize_by_method(rows)
+    md = ["# Quality benchmark", ""]
+    md += [f"- **{k}**: {_fmt(v)}" for k, v in meta.items() if not isinstance(v, (dict, list))]
+    md += ["", "Accuracies in percent (test set), mean ± standard deviation over seeds.", "",
+           markdown_table(summary, QUALITY_COLUMNS, QUALITY_HEADERS, digits=3), "",
+           "## Per seed", "",
+           markdown_table(rows, ["method", "seed", "acc_pruned", "acc_bn_recalibrated", "acc_finetuned",
+                                 "flops_kept", "params_kept", "search_time_s", "episodes"]), ""]
+    text = "\n".join(md)
+    with open(os.path.join(out_dir, "quality.md"), "w") as f:
+        f.write(text + "\n")
+    write_json(os.path.join(out_dir, "quality.json"), {"meta": meta, "summary": summary, "rows": rows})
+    return text
+
+
+__all__ = ["markdown_table", "write_json", "plot_widths", "plot_reward_curve",
+           "write_comparison_report", "summarize_by_method", "write_quality_report"]

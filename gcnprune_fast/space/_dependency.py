@@ -1,0 +1,117 @@
+"""Thin wrapper around torch-pruning's DependencyGraph: the only module that imports torch_pruning.
+
+It traces a model once (on a copy the caller owns), lists the coupled channel groups as plain data
+(module names, roles, index arrays) and applies a group's pruning on a model copy. Nothing outside
+``gcnprune_fast.space`` sees torch-pruning objects.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+
+
+@dataclass
+class DimRef:
+    """One channel dimension of one graph node that belongs to a group.
+
+    ``local[i]`` is an index into the node's dimension, ``root[i]`` the group channel it carries
+    (the root layer's output channel). ``roles`` is a subset of {"in", "out"}: "out" for a layer's
+    output channels, "in" for its input channels; channel-wise ops (BN, ReLU, add, depthwise conv)
+    have both."""
+
+    node_id: int
+    name: Optional[str]  # module name for real modules, None for functional ops
+    module: object  # nn.Module, nn.Parameter or a torch-pruning pseudo op
+    kind: str  # "conv", "depthwise", "linear", "bn", "ln", "gn", "in", "prelu", "mha", "param", "output", "op"
+    roles: frozenset
+    local: np.ndarray
+    root: np.ndarray
+
+
+@dataclass
+class RawGroup:
+    root_name: str
+    size: int
+    dims: List[DimRef] = field(default_factory=list)
+
+
+def _kind(node) -> str:
+    t = tp.ops.OPTYPE
+    m = node.module
+    return {
+        t.CONV: "conv", t.DEPTHWISE_CONV: "depthwise", t.LINEAR: "linear", t.BN: "bn", t.LN: "ln",
+        t.GN: "gn", t.IN: "in", t.PRELU: "prelu", t.MHA: "mha", t.PARAMETER: "param",
+        t.OUTPUT: "output", t.EMBED: "embed", t.LSTM: "lstm",
+    }.get(node.type, "op") if not isinstance(m, tp.ops._OutputOp) else "output"
+
+
+class TracedDependencies:
+    """Dependency graph of ``model`` traced with ``forward_fn(model, example_inputs)``.
+
+    ``model`` is put in eval mode by the tracer, so callers pass a private copy.
+    Attributes: ``groups`` (list[RawGroup]), ``unknown_ops`` (names of ops torch-pruning treated
+    as element-wise without knowing them), ``grad_fn_to_node_id`` (dict), ``nodes`` (id -> node),
+    ``channels_last_dim`` (True when linear layers act on [N, L, C] tensors).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, forward_fn: Callable,
+                 ignored_modules: Sequence[nn.Module] = ()):
+        self.model = model
+        self.dg = tp.DependencyGraph()
+        with warnings.catch_warnings(record=True) as caught, torch.enable_grad():
+            warnings.simplefilter("always")
+            self.dg.build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=True)
+        self.unknown_ops = sorted({str(w.message).split("operation ")[-1].split(" encountered")[0]
+                                   for w in caught if "Unknown operation" in str(w.message)})
+        self.nodes = {id(n): n for n in self.dg.module2node.values()}
+        self.grad_fn_to_node_id = {n.grad_fn: id(n) for n in self.dg.module2node.values()
+                                   if n.grad_fn is not None}
+        self.channels_last_dim = not self.dg._2d_4d
+        module_names = {m: n for n, m in model.named_modules()}
+        self.groups: List[RawGroup] = []
+        for group in self.dg.get_all_groups(ignored_layers=list(ignored_modules),
+                                            root_module_types=ROOT_TYPES):
+            root = group[0].dep.target.module
+            size = self.dg.get_out_channels(root)
+            raw = RawGroup(root_name=module_names[root], size=int(size))
+            merged: Dict[Tuple[int, frozenset], Tuple[list, list]] = {}
+            for item in group.items:
+                node, handler = item.dep.target, item.dep.handler
+                roles = set()
+                if self.dg.is_out_channel_pruning_fn(handler):
+                    roles.add("out")
+                if self.dg.is_in_channel_pruning_fn(handler):
+                    roles.add("in")
+                if not roles:  # pseudo ops: channel-wise
+                    roles = {"in", "out"}
+                key = (id(node), frozenset(roles))
+                loc, rt = merged.setdefault(key, ([], []))
+                loc.extend(int(i) for i in item.idxs)
+                rt.extend(int(i) for i in item.root_idxs)
+            for (nid, roles), (loc, rt) in merged.items():
+                node = self.nodes[nid]
+                pairs = sorted(set(zip(loc, rt)))
+                raw.dims.append(DimRef(
+                    node_id=nid, name=module_names.get(node.module) if isinstance(node.module, nn.Module) else None,
+                    module=node.module, kind=_kind(node), roles=roles,
+                    local=np.array([p[0] for p in pairs], dtype=np.int64),
+                    root=np.array([p[1] for p in pairs], dtype=np.int64)))
+            self.groups.append(raw)
+
+
+def prune_group_inplace(dep_graph: TracedDependencies, root_name: str, remove_idxs: Sequence[int]) -> None:
+    """Remove output channels ``remove_idxs`` of layer ``root_name`` and everything coupled to them,
+    in place on ``dep_graph.model``."""
+    dg = dep_graph.dg
+    root = dep_graph.model.get_submodule(root_name)
+    pruner = dg.get_pruner_of_module(root)
+    group = dg.get_pruning_group(root, pruner.prune_out_channels, [int(i) for i in remove_idxs])
+    group.prune(record_history=False)

@@ -1,0 +1,376 @@
+"""cosine_similarity and knn_graph: native kernels vs the plain-PyTorch reference, graph properties,
+degenerate inputs, tiling, errors, opcheck.
+
+Native and reference compute similarities with different rounding (tiled GEMMs vs one GEMM), so
+near-ties may pick different neighbours. Exact comparisons therefore use float64 or small random
+inputs where ties are far apart; everything else is checked through properties that hold under
+either rounding.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gcnprune_fast.ops import CSRGraph, cosine_similarity, knn_graph, native_available
+from gcnprune_fast.ops import native_cuda_available
+from gcnprune_fast.ops.reference import graph as ref
+
+needs_native = pytest.mark.skipif(not native_available(), reason="native library not built")
+needs_cuda = pytest.mark.skipif(not native_cuda_available(), reason="no CUDA device / CUDA build")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The machine is shared; one intra-op thread keeps tests cheap (the kernels still run their
+    # parallel code paths, with one worker).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _native_knn(f, k, segments=None, center=False) -> CSRGraph:
+    return CSRGraph(*torch.ops.gcnprune.knn_graph(f, k, segments, center))
+
+
+def _bounds(c, segments):
+    if segments is None:
+        return [(0, c)]
+    o = segments.tolist()
+    return list(zip(o[:-1], o[1:]))
+
+
+def assert_graph_properties(g: CSRGraph, f, k, segments=None, center=False, tol=1e-5):
+    """Everything the spec promises that does not depend on rounding of near-ties."""
+    c = f.shape[0]
+    assert g.indptr.dtype == torch.int64 and g.indices.dtype == torch.int64
+    assert g.values.dtype == ref.compute_dtype(f.dtype)
+    assert g.indptr.shape == (c + 1,) and int(g.indptr[0]) == 0
+    assert int(g.indptr[-1]) == g.indices.numel() == g.values.numel()
+    assert bool((g.indptr.diff() >= 0).all())
+    sim = ref.cosine_similarity(f.double(), center)
+    dense = torch.zeros(c, c, dtype=torch.bool)
+    for lo, hi in _bounds(c, segments):
+        n = hi - lo
+        for i in range(lo, hi):
+            cols = g.indices[g.indptr[i]:g.indptr[i + 1]]
+            vals = g.values[g.indptr[i]:g.indptr[i + 1]].double()
+            if cols.numel():
+                assert bool((cols.diff() > 0).all()), f"row {i}: indices not strictly sorted"
+                assert bool((cols >= lo).all() and (cols < hi).all()), f"row {i}: edge leaves segment"
+                assert not bool((cols == i).any()), f"row {i}: self loop"
+                torch.testing.assert_close(vals, sim[i, cols].clamp_min(0), atol=tol, rtol=0)
+            dense[i, cols] = True
+            want = min(k, n - 1)
+            assert cols.numel() >= want, f"row {i}: {cols.numel()} neighbours < {want}"
+            if want > 0:
+                # At least `want` neighbours are as similar as the row's want-th best candidate.
+                others = torch.cat([sim[i, lo:i], sim[i, i + 1:hi]])
+                kth = torch.topk(others, want).values[-1]
+                assert int((sim[i, cols] >= kth - tol).sum()) >= want, f"row {i}: not top-{want}"
+    assert torch.equal(dense, dense.T), "graph is not symmetric"
+    a = g.to_dense()
+    assert torch.equal(a, a.T), "edge weights are not symmetric"
+
+
+# --- cosine_similarity -------------------------------------------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("center", [False, True])
+def test_cosine_similarity_matches_reference(dtype, center, monkeypatch):
+    monkeypatch.setenv("GCNPRUNE_KNN_TILE", "16")  # several block rows
+    f = (torch.randn(53, 7) + 0.3).to(dtype)
+    f[5] = 0  # zero row
+    f[9] = 2.5  # constant row (zero after centering)
+    out = torch.ops.gcnprune.cosine_similarity(f, center)
+    want = ref.cosine_similarity(f, center)
+    assert out.dtype == want.dtype == ref.compute_dtype(dtype)
+    torch.testing.assert_close(out, want)
+    assert torch.equal(out, out.T)
+    assert bool((out[5] == 0).all())
+    if center:
+        assert bool((out[9] == 0).all())
+
+
+def test_cosine_similarity_values():
+    f = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [0.0, 0.0]])
+    s = cosine_similarity(f)
+    r = 2 ** -0.5
+    want = torch.tensor([[1, 0, r, 0], [0, 1, r, 0], [r, r, 1, 0], [0, 0, 0, 0]])
+    torch.testing.assert_close(s, want)
+    torch.testing.assert_close(ref.cosine_similarity(f), want)
+    # center: rows [1, 2, 3] and [3, 2, 1] are perfectly anti-correlated
+    g = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    torch.testing.assert_close(cosine_similarity(g, center=True), torch.tensor([[1.0, -1], [-1, 1]]))
+
+
+def test_cosine_similarity_huge_values_do_not_overflow():
+    f = torch.tensor([[3e30, 4e30], [4e30, 3e30]])
+    torch.testing.assert_close(cosine_similarity(f), torch.tensor([[1.0, 0.96], [0.96, 1.0]]))
+
+
+# --- knn_graph: exact agreement where ties are impossible --------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("center", [False, True])
+def test_knn_graph_matches_reference(dtype, center, monkeypatch):
+    monkeypatch.setenv("GCNPRUNE_KNN_TILE", "8")
+    torch.manual_seed(1)
+    f = torch.randn(40, 9).to(dtype)
+    seg = torch.tensor([0, 3, 3, 4, 25, 40])  # sizes 3, 0, 1, 21, 15
+    for k in [0, 1, 4, 30]:
+        got = _native_knn(f, k, seg, center)
+        want = ref.knn_graph(f, k, seg, center)
+        assert torch.equal(got.indptr, want.indptr)
+        assert torch.equal(got.indices, want.indices)
+        torch.testing.assert_close(got.values, want.values)
+        assert_graph_properties(got, f, k, seg, center)
+
+
+@needs_native
+def test_knn_graph_large_c_many_tiles(monkeypatch):
+    """C = 3000 with tiles of 256 (12 x 12 tile grid, ragged last tile): float64 makes rounding
+    differences (1e-16) far smaller than the gaps between neighbours, so the graphs match exactly."""
+    monkeypatch.setenv("GCNPRUNE_KNN_TILE", "256")
+    torch.manual_seed(0)
+    f = torch.randn(3000, 24, dtype=torch.float64)
+    got = knn_graph(f, 8)
+    want = ref.knn_graph(f, 8)
+    assert torch.equal(got.indptr, want.indptr)
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.values, want.values)
+    # float32: rounding may flip a rare near-tie; the graphs still agree almost everywhere.
+    got32, want32 = knn_graph(f.float(), 8), ref.knn_graph(f.float(), 8)
+    a, b = got32.to_dense() > 0, want32.to_dense() > 0
+    assert (a != b).sum().item() <= 0.001 * a.sum().item()
+
+
+@needs_native
+@pytest.mark.parametrize("tile", ["1", "3", "64"])
+def test_knn_graph_independent_of_tile_size(tile, monkeypatch):
+    torch.manual_seed(2)
+    f = torch.randn(70, 5, dtype=torch.float64)
+    monkeypatch.setenv("GCNPRUNE_KNN_TILE", tile)
+    got = knn_graph(f, 5)
+    monkeypatch.delenv("GCNPRUNE_KNN_TILE")
+    want = knn_graph(f, 5)
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.indptr, want.indptr)
+    torch.testing.assert_close(got.values, want.values)  # GEMM shapes change the rounding
+
+
+def test_knn_graph_small_example():
+    f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    g = knn_graph(f, 1)
+    # picks: 0->1, 1->0, 2->1 (0.11 beats 0), 3->2 (0 beats -0.994 and -1); then the union
+    assert g.indptr.tolist() == [0, 1, 3, 5, 6]
+    assert g.indices.tolist() == [1, 0, 2, 1, 3, 2]
+    s01 = 0.9 / (0.81 + 0.01) ** 0.5
+    s12 = 0.1 / (0.81 + 0.01) ** 0.5
+    torch.testing.assert_close(g.values, torch.tensor([s01, s01, s12, s12, 0.0, 0.0]))
+
+
+def test_knn_graph_block_diagonal_equals_separate_graphs():
+    torch.manual_seed(3)
+    f = torch.randn(30, 4, dtype=torch.float64)
+    seg = torch.tensor([0, 12, 12, 30])
+    g = knn_graph(f, 3, seg).to_dense()
+    a = knn_graph(f[:12], 3).to_dense()
+    b = knn_graph(f[12:], 3).to_dense()
+    assert torch.equal(g, torch.block_diag(a, b))
+
+
+# --- degenerate inputs ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["public", "reference"])
+def test_knn_graph_degenerate_cases(impl):
+    fn = knn_graph if impl == "public" else ref.knn_graph
+    empty = fn(torch.randn(1, 3), 4)  # C = 1
+    assert empty.indptr.tolist() == [0, 0] and empty.nnz == 0
+    assert fn(torch.randn(5, 3), 0).nnz == 0  # k = 0
+    assert fn(torch.randn(0, 3), 2).indptr.tolist() == [0]  # C = 0
+    full = fn(torch.randn(6, 3), 10)  # k >= C - 1: complete graph
+    assert full.indptr.tolist() == [0, 5, 10, 15, 20, 25, 30]
+    one = fn(torch.randn(4, 1), 1)  # B = 1: similarities are +-1
+    assert set(one.values.tolist()) <= {0.0, 1.0}
+    nob = fn(torch.randn(4, 0), 2)  # B = 0: all rows zero norm -> lowest indices, weight 0
+    assert nob.values.abs().sum() == 0 and nob.indptr[-1] > 0
+
+
+@pytest.mark.parametrize("impl", ["public", "reference"])
+def test_knn_graph_zero_rows_tie_break_to_lower_index(impl):
+    fn = knn_graph if impl == "public" else ref.knn_graph
+    f = torch.randn(8, 3, dtype=torch.float64)
+    f[5] = 0
+    g = fn(f, 2)
+    row5 = g.indices[g.indptr[5]:g.indptr[6]].tolist()
+    assert {0, 1} <= set(row5)  # similarity 0 to everyone: the two lowest other indices
+    assert g.values[g.indptr[5]:g.indptr[6]].abs().sum() == 0
+    z = fn(torch.zeros(5, 4), 2)  # all rows zero: every row picks the two lowest other rows
+    assert z.to_dense().ne(0).sum() == 0
+    picks = {(i, j) for i in range(5) for j in ([0, 1] if i > 1 else [x for x in (0, 1, 2) if x != i])}
+    edges = {(i, int(j)) for i in range(5) for j in z.indices[z.indptr[i]:z.indptr[i + 1]]}
+    assert edges == picks | {(j, i) for i, j in picks}
+
+
+def test_knn_graph_constant_rows_centered():
+    f = torch.randn(6, 5)
+    f[2] = 0.1  # constant row: zero after centering -> similarity 0 everywhere
+    g = knn_graph(f, 5, center=True)
+    assert g.values[g.indptr[2]:g.indptr[3]].abs().sum() == 0
+
+
+# --- hypothesis properties --------------------------------------------------------------------
+
+@st.composite
+def knn_inputs(draw):
+    sizes = draw(st.lists(st.integers(0, 9), min_size=1, max_size=4))
+    c = sum(sizes)
+    b = draw(st.integers(1, 5))
+    k = draw(st.integers(0, 10))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    # Small integers make exact duplicates, opposite rows and exact ties likely.
+    f = torch.randint(-2, 3, (c, b), generator=gen).to(dtype)
+    if draw(st.booleans()):
+        f = f + 0.01 * torch.randn(c, b, generator=gen, dtype=dtype)
+    offs = torch.tensor([0] + sizes).cumsum(0)
+    segments = draw(st.sampled_from([None, offs])) if len(sizes) == 1 else offs
+    center = draw(st.booleans())
+    tile = draw(st.sampled_from(["1", "4", "512"]))
+    return f, k, segments, center, tile
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(knn_inputs())
+def test_knn_graph_properties(args):
+    f, k, segments, center, tile = args
+    import os
+    old = os.environ.get("GCNPRUNE_KNN_TILE")
+    os.environ["GCNPRUNE_KNN_TILE"] = tile
+    try:
+        g = knn_graph(f, k, segments, center)
+    finally:
+        if old is None:
+            del os.environ["GCNPRUNE_KNN_TILE"]
+        else:
+            os.environ["GCNPRUNE_KNN_TILE"] = old
+    assert_graph_properties(g, f, k, segments, center)
+    assert_graph_properties(ref.knn_graph(f, k, segments, center), f, k, segments, center)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["public", "native"])
+@pytest.mark.parametrize("f, exc, match", [
+    (torch.randn(3), ValueError, "f:"),
+    (torch.randn(2, 3, 4), ValueError, "f:"),
+    (torch.ones(3, 2, dtype=torch.int64), TypeError, "f:"),
+    (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), ValueError, "f:"),
+    (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), ValueError, "f:"),
+])
+def test_bad_features(impl, f, exc, match):
+    if impl == "native" and not native_available():
+        pytest.skip("native library not built")
+    knn = knn_graph if impl == "public" else torch.ops.gcnprune.knn_graph
+    cos = cosine_similarity if impl == "public" else torch.ops.gcnprune.cosine_similarity
+    with pytest.raises(exc, match=match):
+        knn(f, 2)
+    with pytest.raises(exc, match=match):
+        cos(f)
+
+
+def test_reference_rejects_non_finite():
+    with pytest.raises(ValueError, match="f:"):
+        ref.knn_graph(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), 1)
+
+
+@pytest.mark.parametrize("impl", ["public", "native"])
+@pytest.mark.parametrize("segments, exc, match", [
+    (torch.tensor([0, 2, 4], dtype=torch.int32), TypeError, "segments"),
+    (torch.tensor([[0, 4]]), ValueError, "segments"),
+    (torch.tensor([1, 4]), ValueError, "start at 0"),
+    (torch.tensor([0, 3, 2, 4]), ValueError, "non-decreasing"),
+    (torch.tensor([0, 3]), ValueError, "end at C"),
+    (torch.tensor([0, 5]), ValueError, "end at C"),
+])
+def test_bad_segments(impl, segments, exc, match):
+    if impl == "native" and not native_available():
+        pytest.skip("native library not built")
+    fn = knn_graph if impl == "public" else torch.ops.gcnprune.knn_graph
+    with pytest.raises(exc, match=match):
+        fn(torch.randn(4, 3), 2, segments)
+
+
+def test_bad_k_and_center():
+    f = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="k:"):
+        knn_graph(f, -1)
+    with pytest.raises(TypeError, match="k:"):
+        knn_graph(f, 2.0)
+    with pytest.raises(TypeError, match="center"):
+        knn_graph(f, 2, center=1)
+    with pytest.raises(TypeError, match="f:"):
+        knn_graph(f.numpy(), 2)
+    if native_available():
+        with pytest.raises(ValueError, match="k:"):
+            torch.ops.gcnprune.knn_graph(f, -1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_segments_device_mismatch():
+    with pytest.raises(ValueError, match="segments"):
+        knn_graph(torch.randn(4, 3, device="cuda"), 2, torch.tensor([0, 4]))
+
+
+# --- opcheck ----------------------------------------------------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("center", [False, True])
+def test_opcheck_cosine_similarity(center):
+    torch.library.opcheck(torch.ops.gcnprune.cosine_similarity.default,
+                          (torch.randn(9, 4), center))
+
+
+@needs_native
+def test_opcheck_knn_graph():
+    f = torch.randn(12, 4, dtype=torch.float64)
+    seg = torch.tensor([0, 5, 5, 12])
+    # All default checks, test_aot_dispatch_dynamic included: the fake kernel gives nnz as an
+    # unbacked size (it depends on ties and on the union of i->j and j->i).
+    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f, 3, seg, False))
+    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f.float(), 20, None, True))
+
+
+# --- CUDA -------------------------------------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("tile", ["7", "4096"])
+def test_cuda_matches_cpu(dtype, tile, monkeypatch):
+    monkeypatch.setenv("GCNPRUNE_KNN_TILE", tile)
+    torch.manual_seed(4)
+    f = torch.randn(300, 16, dtype=dtype)
+    seg = torch.tensor([0, 1, 1, 120, 300])
+    for k in [0, 3, 8, 200]:
+        got = knn_graph(f.cuda(), k, seg.cuda(), center=True).to("cpu")
+        want = ref.knn_graph(f.double(), k, seg, center=True) if dtype == torch.float64 else None
+        assert_graph_properties(got, f, k, seg, center=True)
+        if want is not None:
+            assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(cosine_similarity(f.cuda()).cpu(), ref.cosine_similarity(f))
+    z = torch.zeros(6, 3, dtype=dtype, device="cuda")
+    assert torch.equal(knn_graph(z, 2).indices.cpu(), ref.knn_graph(z.cpu(), 2).indices)
+
+
+@needs_cuda
+def test_cuda_opcheck():
+    f = torch.randn(12, 4, device="cuda")
+    torch.library.opcheck(torch.ops.gcnprune.cosine_similarity.default, (f, False))
+    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f, 3, None, False))

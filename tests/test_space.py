@@ -1,0 +1,350 @@
+"""PruningSpace: groups, masked evaluation == surgery, cost model vs an independent counter,
+plans, bad input, and the user's model left untouched."""
+import io
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from gcnprune_fast.models import get_model
+from gcnprune_fast.space import ChannelGroup, PruningSpace, load_pruned
+
+torch.set_num_threads(1)
+
+
+def _randomize_bn(model):
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return model
+
+
+def _build(name):
+    if name == "tv_resnet18":
+        return torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)
+    return get_model(name), torch.randn(2, 3, 32, 32)
+
+
+def _random_masks(space, p=0.5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    masks = []
+    for g in space.groups:
+        m = torch.rand(g.size, generator=gen) < p
+        m[torch.randint(g.size, (1,), generator=gen)] = True  # never empty
+        masks.append(m)
+    return masks
+
+
+def _snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [(n, type(m), m.training) for n, m in model.named_modules()],
+            {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()})
+
+
+def _assert_unchanged(model, snap):
+    state, structure, hooks = snap
+    now = model.state_dict()
+    assert state.keys() == now.keys()
+    for k in state:
+        assert torch.equal(state[k], now[k]), k
+    assert [(n, type(m), m.training) for n, m in model.named_modules()] == structure
+    assert {n: (len(m._forward_hooks), len(m._forward_pre_hooks))
+            for n, m in model.named_modules()} == hooks
+
+
+@pytest.fixture(scope="module")
+def r20():
+    torch.manual_seed(0)
+    model = _randomize_bn(get_model("resnet20")).eval()
+    return model, PruningSpace(model, torch.randn(1, 3, 32, 32))
+
+
+def test_resnet20_groups(r20):
+    model, space = r20
+    # 3 residual streams + one group per block's conv1; the classifier is protected.
+    assert space.num_groups == 12
+    assert all(isinstance(g, ChannelGroup) for g in space.groups)
+    assert [g.index for g in space.groups] == list(range(12))
+    residual = [g for g in space.groups if g.name.startswith("residual")]
+    assert sorted(g.size for g in residual) == [16, 32, 64]
+    stream1 = next(g for g in residual if g.size == 16)
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"} <= set(stream1.producers)
+    assert "layer2.0.shortcut.0" in stream1.consumers and "bn1" in stream1.layers
+    g = next(g for g in space.groups if g.root == "layer2.1.conv1")
+    assert g.name == "layer2.1.conv1" and g.size == 32 and g.consumers == ("layer2.1.conv2",)
+    assert "fc" not in [g.root for g in space.groups]
+    assert space.base_flops == 41_218_698 and space.base_params == 272_474
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2", "simple_cnn", "tv_resnet18"])
+def test_masked_equals_pruned(name):
+    torch.manual_seed(0)
+    model, x = _build(name)
+    model = _randomize_bn(model).eval()
+    snap = _snapshot(model)
+    space = PruningSpace(model, x[:1])
+    for seed in (0, 1):
+        masks = _random_masks(space, p=0.6, seed=seed)
+        pruned = space.prune(masks).eval()
+        with torch.no_grad():
+            with space.masked(masks) as masked_model:
+                assert masked_model is model
+                y_masked = model(x)
+            y_pruned = pruned(x)
+        torch.testing.assert_close(y_masked, y_pruned, rtol=1e-4, atol=1e-5)
+        assert sum(p.numel() for p in pruned.parameters()) == space.cost(masks)[1]
+    _assert_unchanged(model, snap)
+
+
+def test_float_masks_give_taylor_gradients(r20):
+    model, space = r20
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        y0 = model(x)
+    masks = [torch.ones(g.size, requires_grad=True) for g in space.groups]
+    with space.masked(masks):
+        y = model(x)
+    torch.testing.assert_close(y, y0)
+    y.square().sum().backward()
+    assert all(m.grad is not None and m.grad.shape == (g.size,) for m, g in zip(masks, space.groups))
+    assert all(m.grad.abs().sum() > 0 for m in masks)
+    # a second forward/backward in the same context works (masks are applied per call)
+    bool_masks = _random_masks(space, seed=3)
+    float_masks = [m.float() for m in bool_masks]
+    with torch.no_grad():
+        with space.masked(bool_masks):
+            yb = model(x)
+        with space.masked(float_masks):
+            yf = model(x)
+    torch.testing.assert_close(yb, yf)
+
+
+def test_hooks_removed_on_exception(r20):
+    model, space = r20
+    snap = _snapshot(model)
+    with pytest.raises(KeyError):
+        with space.masked(space.full_masks()):
+            raise KeyError("boom")
+    with pytest.raises(KeyError):
+        with space.feature_hooks(lambda g, a: None):
+            raise KeyError("boom")
+    _assert_unchanged(model, snap)
+
+
+def test_feature_hooks(r20):
+    model, space = r20
+    seen = {}
+    with torch.no_grad(), space.feature_hooks(lambda g, a: seen.setdefault(g, a)):
+        model(torch.randn(3, 3, 32, 32))
+    assert sorted(seen) == list(range(space.num_groups))
+    for g in space.groups:
+        a = seen[g.index]
+        assert a.shape[0] == 3 and a.shape[1] == g.size
+        assert g.feature_activation in ("consumed", "post-activation", "pre-activation")
+        if g.feature_activation == "consumed":
+            assert (a >= 0).all()  # block outputs are after the final ReLU
+    stream = next(g for g in space.groups if g.name.startswith("residual") and g.size == 16)
+    assert stream.feature_activation == "consumed" and stream.feature_module.startswith("layer1.")
+    inner = next(g for g in space.groups if g.root == "layer1.0.conv1")
+    assert inner.feature_module == "layer1.0.bn1" and inner.feature_activation == "pre-activation"
+
+
+def test_feature_module_vgg_is_post_relu():
+    space = PruningSpace(get_model("vgg16_bn").eval(), torch.randn(1, 3, 32, 32))
+    g = next(g for g in space.groups if g.root == "features.0")
+    assert g.feature_module == "features.2" and g.feature_activation == "consumed"
+
+
+def test_cost_matches_torch_pruning_counter(r20):
+    import torch_pruning as tp
+    model, space = r20
+    x = torch.randn(1, 3, 32, 32)
+    masks = _random_masks(space, p=0.4, seed=5)
+    flops, params = space.cost(masks)
+    ref_flops, ref_params = tp.utils.count_ops_and_params(space.prune(masks), x)
+    assert flops == pytest.approx(ref_flops, rel=1e-6) and params == ref_params
+    counts = torch.stack([torch.tensor([int(m.sum()) for m in masks]),
+                          torch.tensor([g.size for g in space.groups])])
+    f, p = space.cost_from_counts(counts)
+    assert f.dtype == torch.float64 and f.shape == (2,)
+    assert f[0].item() == pytest.approx(flops) and p[0].item() == pytest.approx(params)
+    assert f[1].item() == pytest.approx(space.base_flops) and p[1].item() == space.base_params
+    f3, _ = space.cost_from_counts(counts.view(2, 1, -1).expand(2, 3, -1))
+    assert f3.shape == (2, 3)
+    with pytest.raises(ValueError, match="counts must have shape"):
+        space.cost_from_counts(torch.ones(5, dtype=torch.long))
+
+
+def test_cost_depthwise_and_concat_models():
+    import torch_pruning as tp
+    for name in ("mobilenet_v2",):
+        model = get_model(name).eval()
+        x = torch.randn(1, 3, 32, 32)
+        space = PruningSpace(model, x)
+        masks = _random_masks(space, p=0.5, seed=2)
+        f, p = space.cost(masks)
+        rf, rp = tp.utils.count_ops_and_params(space.prune(masks), x)
+        assert f == pytest.approx(rf, rel=1e-3) and p == rp
+
+
+class _Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 5, 1)
+        self.bn = nn.BatchNorm2d(11)
+        self.c = nn.Conv2d(11, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        y = F.adaptive_avg_pool2d(F.relu(self.c(y)), 4)
+        return self.fc(torch.flatten(y, 1))
+
+
+def test_concat_and_flatten_linear():
+    import torch_pruning as tp
+    model = _randomize_bn(_Concat()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    space = PruningSpace(model, x[:1])
+    assert sorted(g.root for g in space.groups) == ["a", "b", "c"]
+    masks = _random_masks(space, p=0.5, seed=4)
+    pruned = space.prune(masks)
+    with torch.no_grad(), space.masked(masks):
+        torch.testing.assert_close(model(x), pruned(x), rtol=1e-4, atol=1e-5)
+    f, p = space.cost(masks)
+    rf, rp = tp.utils.count_ops_and_params(pruned, x[:1])
+    assert f == pytest.approx(rf, rel=1e-6) and p == rp
+    c = next(g for g in space.groups if g.root == "c")
+    assert pruned.fc.in_features == 16 * int(masks[c.index].sum())
+
+
+def test_weight_stats_and_filter_matrix(r20):
+    model, space = r20
+    stats = space.weight_stats()
+    assert len(stats) == space.num_groups
+    g = next(g for g in space.groups if g.root == "layer1.0.conv1")
+    w = model.layer1[0].conv1.weight.detach()
+    torch.testing.assert_close(stats[g.index]["l1"], w.abs().sum((1, 2, 3)))
+    torch.testing.assert_close(stats[g.index]["l2"], w.flatten(1).norm(dim=1))
+    torch.testing.assert_close(stats[g.index]["bn_gamma"], model.layer1[0].bn1.weight.detach().abs())
+    fm = space.filter_matrix(g.index)
+    assert fm.shape == (16, 16 * 9)
+    torch.testing.assert_close(fm, w.flatten(1))
+    stream = next(g for g in space.groups if g.name.startswith("residual") and g.size == 16)
+    # stem conv (27) + three conv2 (144 each) filters
+    assert space.filter_matrix(stream.index).shape == (16, 27 + 3 * 144)
+    with pytest.raises(ValueError, match="group index"):
+        space.filter_matrix(99)
+
+
+def test_mask_validation(r20):
+    model, space = r20
+    full = space.full_masks()
+    assert all(m.dtype == torch.bool and m.all() for m in full)
+    with pytest.raises(ValueError, match="expected 12 masks"):
+        space.cost(full[:-1])
+    with pytest.raises(TypeError, match="bool"):
+        space.prune([m.float() for m in full])
+    with pytest.raises(TypeError, match="list of 12 tensors"):
+        space.prune(torch.ones(12, dtype=torch.bool))
+    bad = list(full)
+    bad[3] = torch.ones(full[3].numel() + 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"mask 3 .* must have shape"):
+        space.plan(bad)
+    bad[3] = torch.zeros_like(full[3])
+    with pytest.raises(ValueError, match="keeps zero channels"):
+        space.prune(bad)
+    with pytest.raises(ValueError, match="keeps zero channels"):
+        space.plan(bad)
+
+
+def test_round_to_and_min_channels():
+    model = get_model("resnet20").eval()
+    space = PruningSpace(model, torch.randn(1, 3, 32, 32), round_to=4, min_channels=6)
+    assert all(space.min_keep(g.index) == 8 for g in space.groups)
+    masks = _random_masks(space, p=0.5, seed=7)
+    if all(space.valid_count(i, int(m.sum())) for i, m in enumerate(masks)):
+        masks[0][:] = False
+        masks[0][:5] = True
+    with pytest.raises(ValueError, match="round_to=4"):
+        space.prune(masks)
+    rounded = space.round_masks(masks, scores=[torch.arange(g.size, dtype=torch.float) for g in space.groups])
+    for m, r, g in zip(masks, rounded, space.groups):
+        k = int(r.sum())
+        assert (k % 4 == 0 or k == g.size) and k >= 8 and bool((r | ~m).all())  # only adds
+    pruned = space.prune(rounded)
+    assert all(c.out_channels % 4 == 0 for c in pruned.modules() if isinstance(c, nn.Conv2d))
+    with pytest.raises(ValueError, match="round_to"):
+        PruningSpace(model, torch.randn(1, 3, 32, 32), round_to=0)
+
+
+def test_plan_roundtrip_and_load_pruned(r20, tmp_path):
+    model, space = r20
+    masks = _random_masks(space, p=0.5, seed=11)
+    pruned = space.prune(masks)
+    plan = space.plan(masks)
+    plan = json.loads(json.dumps(plan))
+    assert plan["groups"][0]["kept"] == torch.nonzero(masks[0]).flatten().tolist()
+    torch.save(pruned.state_dict(), tmp_path / "w.pt")
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    fresh = get_model("resnet20")
+    rebuilt = load_pruned(fresh, plan, state).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), pruned.eval()(x))
+    assert fresh.layer1[0].conv1.out_channels == 16  # the fresh original is not modified
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_pruned(get_model("resnet20", num_classes=5), plan, state)
+    with pytest.raises(ValueError, match="plan is for"):
+        load_pruned(get_model("simple_cnn"), plan)
+    with pytest.raises(ValueError, match="state_dict does not fit"):
+        load_pruned(get_model("resnet20"), plan, get_model("resnet20").state_dict())
+    with pytest.raises(ValueError, match="not a pruning plan"):
+        load_pruned(fresh, {"groups": []})
+
+
+def test_bad_inputs():
+    model = get_model("simple_cnn").eval()
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match=r"shape \(1, 1, 32, 32\)"):
+        PruningSpace(model, torch.randn(1, 1, 32, 32))
+    with pytest.raises(TypeError, match="example_inputs"):
+        PruningSpace(model, [[1, 2]])
+    with pytest.raises(TypeError, match="nn.Module"):
+        PruningSpace(lambda x: x, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="'features.99' is not a submodule"):
+        PruningSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=["features.99"])
+    with pytest.raises(ValueError, match="Conv2d object is not a submodule"):
+        PruningSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=[nn.Conv2d(3, 3, 1)])
+    with pytest.raises(ValueError, match="no prunable channel groups"):
+        PruningSpace(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), torch.randn(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="no prunable channel groups"):
+        PruningSpace(nn.Sequential(nn.ReLU()), torch.randn(1, 3))
+    _assert_unchanged(model, snap)
+
+
+def test_ignored_layers_by_module_and_name():
+    model = get_model("simple_cnn").eval()
+    base = PruningSpace(model, torch.randn(1, 3, 32, 32))
+    s1 = PruningSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=[model.features[0]])
+    s2 = PruningSpace(model, torch.randn(1, 3, 32, 32), ignored_layers="features.0")
+    assert base.num_groups == 4 and s1.num_groups == s2.num_groups == 3
+    assert "features.0" not in [g.root for g in s1.groups]
+    assert s1.base_flops == base.base_flops
+
+
+def test_model_in_train_mode_is_untouched():
+    model = get_model("resnet20").train()
+    snap = _snapshot(model)
+    space = PruningSpace(model, torch.randn(2, 3, 32, 32))
+    pruned = space.prune(_random_masks(space, seed=1))
+    assert pruned.training and all(m.training for m in pruned.modules())
+    _assert_unchanged(model, snap)
