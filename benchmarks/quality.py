@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
 import time
 
@@ -76,12 +76,15 @@ def main(argv=None) -> int:
     p.add_argument("--flops", type=float, default=0.5, help="fraction of FLOPs kept")
     p.add_argument("--allocation", default=None, choices=[None, "uniform", "global"],
                    help="baselines' budget allocation (default: the method's default)")
-    p.add_argument("--finetune-epochs", type=float, default=1.0,
-                   help="fine-tuning epochs (fractions allowed: 0.25 = a quarter epoch)")
+    p.add_argument("--finetune-epochs", type=float, default=0.25,
+                   help="fine-tuning budget in epochs of the training set (fractions allowed; "
+                        "one cosine schedule over that many steps)")
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--episodes", type=int, default=None, help="channel-gcn search episodes")
-    p.add_argument("--search-batches", type=int, default=None,
-                   help="batches of the reward set / feature collection (method default if unset)")
+    p.add_argument("--test-samples", type=int, default=None,
+                   help="evaluate on the first N test images only (default: all 10,000)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished (method, seed) runs of an interrupted run in --out")
     p.add_argument("--train-epochs", type=int, default=8)
     p.add_argument("--train-batch-size", type=int, default=128)
     p.add_argument("--train-lr", type=float, default=0.1)
@@ -108,63 +111,83 @@ def main(argv=None) -> int:
 
 
 def run_methods(args, base, info, progress) -> int:
+    import copy
+
     from gcnprune_fast import prune
-    from gcnprune_fast.data import load_shared_cifar10, make_loaders
-    from gcnprune_fast.training import evaluate, recalibrate_bn, train
+    from gcnprune_fast.data import TensorImageDataset, load_shared_cifar10, make_loaders
     from gcnprune_fast.report import write_quality_report
+    from gcnprune_fast.space import load_pruned
+    from gcnprune_fast.training import evaluate, train
 
     train_ds, test_ds = load_shared_cifar10(args.data_root)
+    if args.test_samples:
+        test_ds = TensorImageDataset(test_ds.images[:args.test_samples], test_ds.labels[:args.test_samples],
+                                     tuple(test_ds.mean.flatten().tolist()), tuple(test_ds.std.flatten().tolist()),
+                                     num_classes=10)
     train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.train_batch_size)
-    # The search / scoring loader: un-augmented training images (never the test set).
+    # Search / scoring / BN re-estimation data: un-augmented training images (never the test set).
     search_ds, _ = load_shared_cifar10(args.data_root, augment_train=False)
     search_loader, _ = make_loaders(search_ds, None, batch_size=args.train_batch_size)
-    search_loader.shuffle = True  # a random (seeded) subset of the training set per batch draw
     base_acc = evaluate(base, test_loader)
-    print(f"{args.model}: test acc {base_acc:.4f} (trained {info['epochs']} epochs)", flush=True)
+    print(f"{args.model}: test acc {base_acc:.4f} on {len(test_ds)} test images "
+          f"(trained {info['epochs']} epochs)", flush=True)
     steps = max(1, int(round(args.finetune_epochs * len(train_loader))))
-    ft_epochs = max(1, int(round(args.finetune_epochs))) if args.finetune_epochs >= 1 else 1
-    steps_per_epoch = steps // ft_epochs if args.finetune_epochs >= 1 else steps
 
+    os.makedirs(args.out, exist_ok=True)
+    partial = os.path.join(args.out, "quality.partial.jsonl")
     rows = []
-    for method in args.methods:
-        for seed in args.seeds:
+    if args.resume and os.path.isfile(partial):
+        with open(partial) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(f"resuming: {len(rows)} finished runs read from {partial}")
+    elif os.path.isfile(partial):
+        os.remove(partial)
+    done = {(r["method"], r["seed"]) for r in rows}
+    for seed in args.seeds:          # seed-major: a cut-short run still covers every method once
+        for method in args.methods:
+            if (method, seed) in done:
+                continue
             opts = {}
             if args.allocation and method != "channel-gcn":
                 opts["allocation"] = args.allocation
             if args.episodes and method == "channel-gcn":
                 opts["episodes"] = args.episodes
-            if args.search_batches:
-                opts["num_batches"] = args.search_batches
-            torch.manual_seed(seed)
             t0 = time.perf_counter()
-            res = prune(base, search_loader, method=method, flops=args.flops, val_loader=None,
-                        seed=seed, progress=progress, **opts)
-            search_s = time.perf_counter() - t0
-            model = res.model
-            acc_pruned = evaluate(model, test_loader)
-            recalibrate_bn(model, search_loader, num_batches=20)
+            res = prune(base, search_loader, method=method, flops=args.flops, val_loader=search_loader,
+                        train_loader=search_loader, eval_batches=1, seed=seed, progress=progress, **opts)
+            search_s = float(res.report.get("search_time_s", time.perf_counter() - t0))
+            # Before BN re-estimation: the original weights sliced by the plan.
+            raw = load_pruned(copy.deepcopy(base), res.plan).eval()
+            acc_raw = evaluate(raw, test_loader)
+            model = res.model            # physically pruned + BN re-estimated by prune()
             acc_recal = evaluate(model, test_loader)
             t1 = time.perf_counter()
+            ft_epochs = math.ceil(steps / len(train_loader))
             train(model, train_loader, ft_epochs, lr=args.finetune_lr, seed=seed, progress=progress,
-                  max_steps_per_epoch=steps_per_epoch)
+                  max_steps_per_epoch=math.ceil(steps / ft_epochs))
             ft_s = time.perf_counter() - t1
             acc_ft = evaluate(model, test_loader)
             r = res.report
-            row = {"method": method, "seed": seed, "acc_base": base_acc, "acc_pruned": acc_pruned,
+            row = {"method": method, "seed": seed, "acc_base": base_acc, "acc_pruned": acc_raw,
                    "acc_bn_recalibrated": acc_recal, "acc_finetuned": acc_ft,
                    "flops_kept": r["flops_after"] / r["flops_before"],
                    "params_kept": r["params_after"] / r["params_before"],
                    "search_time_s": search_s, "finetune_time_s": ft_s, "finetune_steps": steps,
-                   "episodes": r.get("episodes"), "widths": r.get("widths")}
+                   "episodes": r.get("episodes"),
+                   "widths": [w["after"] if isinstance(w, dict) else w for w in r.get("widths", [])]}
             rows.append(row)
-            print(f"{method:12s} seed {seed}: pruned {acc_pruned:.4f} bn-recal {acc_recal:.4f} "
-                  f"finetuned {acc_ft:.4f} flops {row['flops_kept']:.3f} params {row['params_kept']:.3f} "
-                  f"search {search_s:.1f} s", flush=True)
-    meta = {"model": args.model, "dataset": "cifar10 (shared JPEG copy)", "flops_budget": args.flops,
-            "allocation": args.allocation, "finetune_steps": steps, "finetune_lr": args.finetune_lr,
-            "seeds": args.seeds, "base_acc": base_acc, "train_info": {k: v for k, v in info.items()
-                                                                     if k != "history"},
-            "threads": torch.get_num_threads()}
+            with open(partial, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{method:12s} seed {seed}: pruned {acc_raw:.4f} bn-re-estimated {acc_recal:.4f} "
+                  f"fine-tuned {acc_ft:.4f} flops {row['flops_kept']:.3f} params {row['params_kept']:.3f} "
+                  f"search {search_s:.1f} s fine-tune {ft_s:.0f} s", flush=True)
+    meta = {"model": args.model, "dataset": "cifar10 (shared JPEG copy)", "test_images": len(test_ds),
+            "flops_budget": args.flops, "allocation": args.allocation or "method default",
+            "finetune_steps": steps, "finetune_batch": args.train_batch_size,
+            "finetune_lr": args.finetune_lr, "seeds": " ".join(map(str, args.seeds)), "base_acc": base_acc,
+            "base_train_epochs": info["epochs"], "threads": torch.get_num_threads(),
+            "train_info": {k: v for k, v in info.items() if k != "history"}}
+    rows.sort(key=lambda r: (args.methods.index(r["method"]) if r["method"] in args.methods else 99, r["seed"]))
     md = write_quality_report(args.out, rows, meta)
     print(md)
     return 0

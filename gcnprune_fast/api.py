@@ -273,8 +273,6 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
         example_inputs = example_inputs.to(device)
         # Work on a copy: the user's model keeps its weights, device and train/eval mode.
         work = copy.deepcopy(model).to(device).eval()
-        for p in work.parameters():
-            p.requires_grad_(False)
         space = PruningSpace(work, example_inputs, ignored_layers=ignored, round_to=round_to,
                              min_channels=min_channels)
         budget = Budget.from_ratios(space, flops, params)
@@ -299,8 +297,6 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
                                f"(flops {flops_after}/{budget.max_flops:.0f}, params "
                                f"{params_after}/{budget.max_params:.0f})")
 
-        for p in work.parameters():
-            p.requires_grad_(True)
         compact = space.prune(masks).to(device).eval()
         training.recalibrate_bn(compact, train_loader, num_batches=bn_batches, device=device)
         acc_pruned = training.evaluate(compact, val_loader, device=device, max_batches=eval_batches)

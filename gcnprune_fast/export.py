@@ -71,6 +71,10 @@ def _quiet_torch_jit():
         warnings.filterwarnings(
             "ignore", category=FutureWarning,
             message=r"`torch\.jit\.\w+` is (deprecated|not supported)")
+        # Scripting a torch.fx GraphModule (fuse_bn=True) trips over fx's own attributes.
+        warnings.filterwarnings(
+            "ignore", category=UserWarning,
+            message="The TorchScript type system doesn't support instance-level annotations")
         yield
 
 
@@ -208,9 +212,10 @@ def _to_torchscript(model: nn.Module, inputs: Tuple[torch.Tensor, ...], optimize
             with torch.no_grad():
                 scripted = torch.jit.trace(model, inputs, check_trace=False)
         if optimize:
-            # Freezing inlines weights and folds conv+bn; optimize_for_inference adds CPU
-            # layout/fusion passes. Both produce standard aten/prim graphs.
-            scripted = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+            # Freezing inlines the weights as constants and folds conv+bn / conv+mul/add.
+            # (torch.jit.optimize_for_inference goes further, but its MKLDNN-prepacked result
+            # cannot be saved: apply it after loading, e.g. gcnprune_run --optimize.)
+            scripted = torch.jit.freeze(scripted)
     return scripted
 
 
@@ -223,8 +228,8 @@ def _to_exported_program(model: nn.Module, inputs: Tuple[torch.Tensor, ...], dyn
     dynamic_shapes = _dynamic_batch_shapes(inputs) if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
-    # Inference graph: BatchNorm in eval form, no training-only ops.
-    program = program.run_decompositions({})
+    # Kept at the export IR (aten ops such as aten.batch_norm in eval form): loaders, Inductor
+    # and the ONNX exporter decompose further as they need; doing it here costs seconds.
     _check_exported_program_ops(program)
     return program
 
@@ -252,7 +257,9 @@ def export(model: nn.Module, path: PathLike, example_inputs: ExampleInputs,
             (AOTInductor package, compiled for the example inputs' device) or ``"onnx"``.
         fuse_bn: fold eval-mode BatchNorm into the preceding convolution first (torch.fx); the
             result matches the unfused model up to float rounding and runs faster.
-        optimize: TorchScript only: ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``.
+        optimize: TorchScript only: ``torch.jit.freeze`` (weights become constants, conv+bn
+            folded). ``torch.jit.optimize_for_inference`` is a load-time step (its result cannot
+            be saved): ``gcnprune_run --optimize`` applies it.
         dynamic_batch: ``export``/``aoti``/``onnx``: let dimension 0 of the inputs vary.
 
     Raises:

@@ -73,13 +73,9 @@ class ChannelFeatures:
 
 
 def is_preactivation(group) -> bool:
-    """Whether the group's representative activation still needs its ReLU (the space's flag)."""
-    for attr in ("feature_preactivation", "feature_pre_activation", "preactivation",
-                 "feature_needs_relu", "apply_relu"):
-        value = getattr(group, attr, None)
-        if value is not None:
-            return bool(value)
-    return False
+    """Whether the group's representative activation still needs its ReLU: the space marks such
+    groups with ``feature_activation == "pre-activation"`` (a functional ReLU follows the module)."""
+    return getattr(group, "feature_activation", None) == "pre-activation"
 
 
 @torch.no_grad()

@@ -143,7 +143,8 @@ def _group_widths(report: dict) -> Optional[List[int]]:
             continue
         if isinstance(w, dict):  # {"after": [...]} or {group_name: width}
             w = w.get("after", list(w.values()))
-        return [int(x) for x in w]
+        # entries are ints or {"name", "before", "after"} dicts (PruneResult.report)
+        return [int(x["after"]) if isinstance(x, dict) else int(x) for x in w]
     return None
 
 
@@ -213,8 +214,7 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
 
 QUALITY_COLUMNS = ("method", "n", "acc_pruned", "acc_bn_recalibrated", "acc_finetuned", "flops_kept",
                    "params_kept", "search_time_s")
-QUALITY_HEADERS = ("method", "seeds", "acc pruned (mean±sd)", "acc pruned + BN re-est.",
-                   "acc fine-tuned (mean±sd)", "FLOPs kept", "params kept", "search s")
+QUALITY_HEADERS = ("method", "seeds", "acc pruned", "acc pruned + BN re-est.", "acc fine-tuned", "FLOPs kept", "params kept", "search s")
 
 
 def summarize_by_method(rows: List[dict]) -> List[dict]:

@@ -175,7 +175,8 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
         epochs: number of epochs (>= 0; 0 returns an empty history).
         lr, momentum, weight_decay: SGD settings (weight decay on all parameters).
         device: where to train (default: the model's device).
-        teacher: optional frozen model for knowledge distillation (kept in eval mode); the loss is
+        teacher: optional model for knowledge distillation, run in eval mode without gradients
+            (moved to ``device``; its train/eval modes are restored at the end); the loss is
             :func:`distillation_loss` with ``kd_alpha`` and ``kd_temperature``.
         val_loader: evaluated after every epoch (``val_acc`` in the history).
         progress: show a tqdm bar.
@@ -222,10 +223,10 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
     total_steps = steps_per_epoch * epochs
     dev = _model_device(model, device)
     model.to(dev)
-    if teacher is not None:
+    teacher_modes = None
+    if teacher is not None:  # used under no_grad in eval mode; its modes are restored at the end
+        teacher_modes = _saved_modes(teacher)
         teacher.to(dev).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: the model has no trainable parameters")
@@ -275,7 +276,7 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
                     loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"train: the loss became {float(loss)} at epoch {epoch + 1}, step "
+                        f"train: the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
                         f"{step_in_epoch + 1} (lr {opt.param_groups[0]['lr']:.4g}); lower the "
                         f"learning rate or check the inputs for NaN/Inf")
                 opt.zero_grad(set_to_none=True)
@@ -311,6 +312,8 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
     finally:
         if bar is not None:
             bar.close()
+        if teacher_modes is not None:
+            _restore_modes(teacher_modes)
     model.eval()
     return history
 

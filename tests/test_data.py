@@ -53,7 +53,7 @@ def test_synthetic_is_learnable():
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])  # chance level is ln(10) = 2.30
 
 
 def test_random_crop_flip_matches_reference_crops():

@@ -120,13 +120,8 @@ void scan_tile(const scalar_t* s, const Tile& t, RowTopK<scalar_t>& tk) {
   }
 }
 
-// One segment-aware pass: per-row sorted neighbour lists (best first) in nbr/nbv [C * kk] with
-// counts deg [C].
-template <typename scalar_t>
-void select_neighbours(const at::Tensor& xn, const std::vector<int64_t>& offs, int64_t kk,
-                       int64_t tile, std::vector<int64_t>& nbr, std::vector<scalar_t>& nbv,
-                       std::vector<int64_t>& deg) {
-  const int64_t c = xn.size(0);
+// Upper-triangular T x T tiles (I <= J) of every segment of at least 2 rows.
+std::vector<Tile> upper_tiles(const std::vector<int64_t>& offs, int64_t tile) {
   std::vector<Tile> tiles;
   for (size_t g = 0; g + 1 < offs.size(); ++g) {
     const int64_t lo = offs[g], hi = offs[g + 1];
@@ -137,27 +132,54 @@ void select_neighbours(const at::Tensor& xn, const std::vector<int64_t>& offs, i
       }
     }
   }
-  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                            static_cast<int64_t>(tiles.size())));
-  std::vector<RowTopK<scalar_t>> heaps(nt);
+  return tiles;
+}
+
+// Runs fn(worker, tile, s) for every tile, s = xn[I] xn[J]^T [ra, rb] row-major. Workers take
+// tiles from a shared counter (load balance on a busy machine) and run single-threaded GEMMs
+// (inside a parallel region ATen/MKL do not spawn more threads). Returns the worker count;
+// init(worker) runs once per worker before its first tile.
+template <typename scalar_t, typename Init, typename Fn>
+int64_t run_upper_tiles(const at::Tensor& xn, const std::vector<Tile>& tiles, int64_t tile,
+                        const Init& init, const Fn& fn, int64_t workers) {
   std::atomic<int64_t> next{0};
   at::ThreadLocalState tls;  // inference mode etc. for the GEMMs run by the workers
-  at::parallel_for(0, nt, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     at::ThreadLocalStateGuard guard(tls);
     for (int64_t w = begin; w < end; ++w) {
-      RowTopK<scalar_t>& tk = heaps[w];
-      tk.init(c, kk);
+      init(w);
       at::Tensor buf = at::empty({tile * tile}, xn.options());
       for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size());
            t = next.fetch_add(1)) {
         const Tile& tl = tiles[t];
         at::Tensor s = buf.narrow(0, 0, tl.ra * tl.rb).view({tl.ra, tl.rb});
-        // Inside a parallel region the GEMM runs single-threaded: one worker per tile.
         at::mm_out(s, xn.narrow(0, tl.a0, tl.ra), xn.narrow(0, tl.b0, tl.rb).t());
-        scan_tile<scalar_t>(s.data_ptr<scalar_t>(), tl, tk);
+        fn(w, tl, static_cast<const scalar_t*>(s.data_ptr<scalar_t>()));
       }
     }
   });
+  return workers;
+}
+
+int64_t worker_count(size_t tiles) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                static_cast<int64_t>(tiles)));
+}
+
+// One segment-aware pass: per-row sorted neighbour lists (best first) in nbr/nbv [C * kk] with
+// counts deg [C].
+template <typename scalar_t>
+void select_neighbours(const at::Tensor& xn, const std::vector<int64_t>& offs, int64_t kk,
+                       int64_t tile, std::vector<int64_t>& nbr, std::vector<scalar_t>& nbv,
+                       std::vector<int64_t>& deg) {
+  const int64_t c = xn.size(0);
+  const std::vector<Tile> tiles = upper_tiles(offs, tile);
+  const int64_t nt = worker_count(tiles.size());
+  std::vector<RowTopK<scalar_t>> heaps(nt);
+  run_upper_tiles<scalar_t>(
+      xn, tiles, tile, [&](int64_t w) { heaps[w].init(c, kk); },
+      [&](int64_t w, const Tile& tl, const scalar_t* s) { scan_tile<scalar_t>(s, tl, heaps[w]); },
+      nt);
   // Merge the workers' heaps row by row: sorted best first, at most kk.
   nbr.assign(c * kk, 0);
   nbv.assign(c * kk, 0);
@@ -192,27 +214,37 @@ at::Tensor cosine_similarity_cpu(const at::Tensor& f, bool center) {
   const int64_t c = xn.size(0);
   at::Tensor out = at::empty({c, c}, xn.options());
   if (c == 0) return out;
-  // Upper block rows [I, I:] with one wide GEMM each, then mirror: ~half the flops of xn xn^T,
-  // and the result is exactly symmetric.
-  const int64_t tile = std::max<int64_t>(knn_detail::tile_size(1024), 1);
-  for (int64_t a = 0; a < c; a += tile) {
-    const int64_t ra = std::min(tile, c - a);
-    at::Tensor block = out.narrow(0, a, ra).narrow(1, a, c - a);
-    at::mm_out(block, xn.narrow(0, a, ra),
-               xn.narrow(0, a, c - a).t());
-    if (a + ra < c) {
-      out.narrow(0, a + ra, c - a - ra).narrow(1, a, ra)
-          .copy_(out.narrow(0, a, ra).narrow(1, a + ra, c - a - ra).t());
-    }
+  // Upper-triangular tiles only (half the flops of xn xn^T); each tile is written to [I, J]
+  // and, transposed from the same buffer, to [J, I], so the result is exactly symmetric.
+  const int64_t tile = knn_detail::tile_size(kDefaultTileCpu);
+  const std::vector<Tile> tiles = upper_tiles({0, c}, tile);
+  if (c == 1) {
+    at::mm_out(out, xn, xn.t());
+    return out;
   }
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "cosine_similarity_cpu", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t a = (i / tile) * tile;  // lower triangle of the diagonal tile
-        for (int64_t j = a; j < i; ++j) o[i * c + j] = o[j * c + i];
-      }
-    });
+    run_upper_tiles<scalar_t>(
+        xn, tiles, tile, [](int64_t) {},
+        [&](int64_t, const Tile& tl, const scalar_t* s) {
+          for (int64_t r = 0; r < tl.ra; ++r) {
+            std::copy(s + r * tl.rb, s + (r + 1) * tl.rb, o + (tl.a0 + r) * c + tl.b0);
+          }
+          constexpr int64_t kBlock = 32;  // transposed copy in cache-sized blocks
+          for (int64_t r0 = 0; r0 < tl.ra; r0 += kBlock) {
+            for (int64_t c0 = 0; c0 < tl.rb; c0 += kBlock) {
+              const int64_t r1 = std::min(r0 + kBlock, tl.ra), c1 = std::min(c0 + kBlock, tl.rb);
+              for (int64_t cc = c0; cc < c1; ++cc) {
+                scalar_t* dst = o + (tl.b0 + cc) * c + tl.a0;
+                for (int64_t r = r0; r < r1; ++r) {
+                  // Diagonal tiles: only the lower triangle comes from the transpose.
+                  if (tl.a0 != tl.b0 || r < cc) dst[r] = s[r * tl.rb + cc];
+                }
+              }
+            }
+          }
+        },
+        worker_count(tiles.size()));
   });
   return out;
 }

@@ -190,16 +190,27 @@ GCNP_ALWAYS_INLINE void store_vec(scalar_t* p, typename Vec<acc_t>::type v) {
 // Row kernels: y[r] = sum_e vals[e] * x[cols[e]], over blocks of NV vectors of d whose
 // accumulators stay in registers for the whole row.
 
+constexpr int64_t kPrefetchDistance = 8;
+
 template <int NV, typename scalar_t, typename acc_t>
 GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals, int64_t e0,
-                                   int64_t e1, const scalar_t* x, int64_t d, int64_t j0,
-                                   scalar_t* y) {
+                                   int64_t e1, int64_t e_limit, const scalar_t* x, int64_t d,
+                                   int64_t j0, scalar_t* y) {
   using V = typename Vec<acc_t>::type;
   constexpr int L = kLanes<acc_t>;
   V acc[NV];
 #pragma GCC unroll 16
   for (int k = 0; k < NV; ++k) acc[k] = V{};
+  constexpr int kLineElems = 64 / sizeof(scalar_t);
+  constexpr int kBlockElems = NV * L;
   for (int64_t e = e0; e < e1; ++e) {
+    // The gathered rows of x are random and usually miss the cache: prefetch a few entries
+    // ahead (possibly into the next row, whose same block follows when j0 == 0).
+    if (e + kPrefetchDistance < e_limit) {
+      const scalar_t* pf = x + cols[e + kPrefetchDistance] * d + j0;
+#pragma GCC unroll 16
+      for (int k = 0; k < kBlockElems; k += kLineElems) __builtin_prefetch(pf + k);
+    }
     const acc_t v = static_cast<acc_t>(vals[e]);
     const scalar_t* xr = x + cols[e] * d + j0;
 #pragma GCC unroll 16
@@ -237,17 +248,17 @@ GCNP_ALWAYS_INLINE void spmm_rows_impl(const int64_t* indptr, const int64_t* col
     const int64_t e0 = indptr[r], e1 = indptr[r + 1];
     int64_t j = 0;
     // 8 vectors (64 floats / 32 doubles) per pass, then 4, 2, 1, then single columns.
-    for (; j + 8 * L <= d; j += 8 * L) spmm_block<8, scalar_t, acc_t>(cols, vals, e0, e1, x, d, j, y);
+    for (; j + 8 * L <= d; j += 8 * L) spmm_block<8, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
     if (j + 4 * L <= d) {
-      spmm_block<4, scalar_t, acc_t>(cols, vals, e0, e1, x, d, j, y);
+      spmm_block<4, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
       j += 4 * L;
     }
     if (j + 2 * L <= d) {
-      spmm_block<2, scalar_t, acc_t>(cols, vals, e0, e1, x, d, j, y);
+      spmm_block<2, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
       j += 2 * L;
     }
     if (j + L <= d) {
-      spmm_block<1, scalar_t, acc_t>(cols, vals, e0, e1, x, d, j, y);
+      spmm_block<1, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
       j += L;
     }
     for (; j < d; ++j) spmm_column<scalar_t, acc_t>(cols, vals, e0, e1, x, d, j, y);
@@ -300,6 +311,12 @@ GCNP_ALWAYS_INLINE void sddmm_rows_impl(const int64_t* indptr, const int64_t* co
     if (!row_ok(indptr, cols, r, nnz, num_cols, *err)) continue;
     const scalar_t* ar = a + r * d;
     for (int64_t e = indptr[r]; e < indptr[r + 1]; ++e) {
+      if (e + kPrefetchDistance < nnz) {
+        const scalar_t* pf = b + cols[e + kPrefetchDistance] * d;
+        for (int64_t k = 0; k < d; k += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
+          __builtin_prefetch(pf + k);
+        }
+      }
       const scalar_t* br = b + cols[e] * d;
       V part0 = V{}, part1 = V{};
       int64_t j = 0;

@@ -24,6 +24,9 @@
 //   output 0 shape [1, 10] dtype Float
 //   checksum 0 sum <%.17g> abs_sum <%.17g>      (float64 accumulation)
 //   latency_ms median <m> p90 <p> mean <a> min <lo> iters <n> warmup <w>
+//   cpu_ms median <m> p90 <p> mean <a> min <lo>     (process CPU time per iteration: with
+//                                                    --threads 1 on a busy, shared machine this
+//                                                    is the compute time without the waits)
 #include <torch/script.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
@@ -40,6 +43,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <time.h>
 
 #if __has_include(<torch/csrc/inductor/aoti_package/model_package_loader.h>)
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -191,6 +196,21 @@ double percentile(std::vector<double> sorted_values, double q) {
   return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - static_cast<double>(lo));
 }
 
+// CPU time of the whole process (all threads), in ms.
+double process_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) * 1e-6;
+}
+
+void print_stats(const char* label, const std::vector<double>& values) {
+  double total = 0.0;
+  for (double v : values) total += v;
+  std::printf("%s median %.6f p90 %.6f mean %.6f min %.6f", label, percentile(values, 0.5),
+              percentile(values, 0.9), total / static_cast<double>(values.size()),
+              *std::min_element(values.begin(), values.end()));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -247,22 +267,23 @@ int main(int argc, char** argv) {
     };
     for (int i = 0; i < opt.warmup; ++i) forward(input);
     sync();
-    std::vector<double> times_ms;
+    std::vector<double> times_ms, cpu_ms;
     times_ms.reserve(static_cast<size_t>(opt.iters));
+    cpu_ms.reserve(static_cast<size_t>(opt.iters));
     for (int i = 0; i < opt.iters; ++i) {
+      const double cpu_start = process_cpu_ms();
       const auto start = std::chrono::steady_clock::now();
       forward(input);
       sync();
       const auto stop = std::chrono::steady_clock::now();
+      cpu_ms.push_back(process_cpu_ms() - cpu_start);
       times_ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
     }
     if (!times_ms.empty()) {
-      double total = 0.0;
-      for (double t : times_ms) total += t;
-      std::printf("latency_ms median %.6f p90 %.6f mean %.6f min %.6f iters %d warmup %d\n",
-                  percentile(times_ms, 0.5), percentile(times_ms, 0.9),
-                  total / static_cast<double>(times_ms.size()),
-                  *std::min_element(times_ms.begin(), times_ms.end()), opt.iters, opt.warmup);
+      print_stats("latency_ms", times_ms);
+      std::printf(" iters %d warmup %d\n", opt.iters, opt.warmup);
+      print_stats("cpu_ms", cpu_ms);
+      std::printf("\n");
     }
   } catch (const std::exception& e) {
     std::cerr << "gcnprune_run: error: " << e.what() << "\n";

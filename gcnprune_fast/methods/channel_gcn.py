@@ -54,7 +54,7 @@ DEFAULTS: Dict[str, Any] = {
     "k": 8,                      # kNN neighbours per channel
     "hidden": 32,                # GCN width
     "shared": False,             # one shared GCN + group embedding instead of one per group
-    "lr": 0.02,                  # Adam learning rate of the agents
+    "lr": 0.005,                 # Adam learning rate of the agents
     "entropy_coef": 0.01,        # weight of the mean per-channel entropy bonus
     "baseline_momentum": 0.9,    # moving-average reward baseline
     # "accuracy_bn": top-1 with BN statistics re-estimated on the reward set (default; one forward

@@ -9,12 +9,13 @@ fixed channel layout that is not a plain conv/BN dimension, so every stage's res
 not be pruned cleanly (surgery would need a custom pad op). With option B every channel dimension
 is produced by a conv followed by BN, so every dimension, including the residual streams, is
 prunable with ordinary slicing. The cost is 2 small projections (~0.01M params for ResNet-20).
+
+ReLUs are separate (not in-place) modules so that hooks can read post-activation features.
 """
 from typing import List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class BasicBlock(nn.Module):
@@ -26,8 +27,10 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
@@ -37,9 +40,9 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -54,6 +57,7 @@ class CifarResNet(nn.Module):
         self.in_planes = 16
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
         self.layer1 = self._make_layer(16, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(32, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(64, num_blocks[2], stride=2)
@@ -74,7 +78,7 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = torch.flatten(self.avgpool(out), 1)
         return self.fc(out)

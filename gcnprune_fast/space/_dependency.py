@@ -6,6 +6,7 @@ It traces a model once (on a copy the caller owns), lists the coupled channel gr
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -16,6 +17,20 @@ import torch.nn as nn
 import torch_pruning as tp
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+
+
+@contextlib.contextmanager
+def _frozen_index_mapping():
+    """torch-pruning recomputes every concat/split index mapping for each group it forms (quadratic
+    in the number of groups: minutes for DenseNets). While no layer changes shape the mappings are
+    constant, so the recomputation is skipped inside this context."""
+    module = tp.dependency.index_mapping
+    original = module.update_index_mapping
+    module.update_index_mapping = lambda dg: None
+    try:
+        yield
+    finally:
+        module.update_index_mapping = original
 
 
 @dataclass
@@ -77,8 +92,10 @@ class TracedDependencies:
         self.channels_last_dim = not self.dg._2d_4d
         module_names = {m: n for n, m in model.named_modules()}
         self.groups: List[RawGroup] = []
-        for group in self.dg.get_all_groups(ignored_layers=list(ignored_modules),
-                                            root_module_types=ROOT_TYPES):
+        with _frozen_index_mapping():  # build_dependency computed them; nothing is pruned here
+            all_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored_modules),
+                                                     root_module_types=ROOT_TYPES))
+        for group in all_groups:
             root = group[0].dep.target.module
             size = self.dg.get_out_channels(root)
             raw = RawGroup(root_name=module_names[root], size=int(size))
@@ -107,11 +124,29 @@ class TracedDependencies:
             self.groups.append(raw)
 
 
-def prune_group_inplace(dep_graph: TracedDependencies, root_name: str, remove_idxs: Sequence[int]) -> None:
-    """Remove output channels ``remove_idxs`` of layer ``root_name`` and everything coupled to them,
-    in place on ``dep_graph.model``."""
+def prune_groups_inplace(dep_graph: TracedDependencies, removals: Dict[str, Sequence[int]]) -> None:
+    """Remove, for each ``root_name -> idxs`` in ``removals``, output channels ``idxs`` of layer
+    ``root_name`` and everything coupled to them, in place on ``dep_graph.model``.
+
+    All groups are resolved first in the original coordinates, then every layer dimension is sliced
+    once with the union of its indices (groups never share channels), which avoids re-deriving the
+    concat index mappings after each group. Models with bare nn.Parameters being pruned (ViT class
+    tokens etc.) take torch-pruning's sequential path, which re-registers those parameters."""
     dg = dep_graph.dg
-    root = dep_graph.model.get_submodule(root_name)
-    pruner = dg.get_pruner_of_module(root)
-    group = dg.get_pruning_group(root, pruner.prune_out_channels, [int(i) for i in remove_idxs])
-    group.prune(record_history=False)
+    roots = {name: dep_graph.model.get_submodule(name) for name in removals}
+    if any(n.type == tp.ops.OPTYPE.PARAMETER for n in dg.module2node.values()):
+        for name, idxs in removals.items():
+            pruner = dg.get_pruner_of_module(roots[name])
+            group = dg.get_pruning_group(roots[name], pruner.prune_out_channels, [int(i) for i in idxs])
+            group.prune(record_history=False)
+        return
+    work: Dict[tuple, list] = {}
+    with _frozen_index_mapping():
+        for name, idxs in removals.items():
+            pruner = dg.get_pruner_of_module(roots[name])
+            group = dg.get_pruning_group(roots[name], pruner.prune_out_channels, [int(i) for i in idxs])
+            for item in group.items:
+                key = (id(item.dep.target), item.dep.handler)
+                work.setdefault(key, [item.dep, set()])[1].update(int(i) for i in item.idxs)
+    for dep, idxs in work.values():
+        dep(sorted(idxs))

@@ -90,46 +90,46 @@ class CostModel:
         self._const[what] += float(k)
 
     def finalize(self):
-        """Freeze the terms into tensors (call once after building)."""
+        """Fold the terms into a quadratic form over the counts x [G]:
+        ``value = x^T Q x + b^T x + const`` (sig = A x + c substituted), for flops and params."""
         s = len(self._sig_rows)
-        self.A = torch.tensor(np.stack(self._sig_rows) if s else np.zeros((0, self.num_groups)),
-                              dtype=torch.float64)  # [S, G]
-        self.A_T = self.A.t().contiguous()
-        self.c = torch.tensor(self._sig_const, dtype=torch.float64)  # [S]
-        self._tensors = {}
+        A = np.stack(self._sig_rows) if s else np.zeros((0, self.num_groups))  # [S, G]
+        c = np.asarray(self._sig_const, dtype=np.float64)  # [S]
+        self._forms = {}
         for what in ("flops", "params"):
-            lin = np.zeros(s)
+            Q = np.zeros((self.num_groups, self.num_groups))
+            b = np.zeros(self.num_groups)
+            const = self._const[what]
             for i, k in self._lin[what]:
-                lin[i] += k
-            q = self._quad[what]
-            qi = torch.tensor([t[0] for t in q], dtype=torch.long)
-            qj = torch.tensor([t[1] for t in q], dtype=torch.long)
-            qk = torch.tensor([t[2] for t in q], dtype=torch.float64)
-            self._tensors[what] = (torch.tensor(lin), qi, qj, qk, self._const[what])
-        # numpy copies for fast single evaluations
-        self._np = {w: (t[0].numpy(), t[1].numpy(), t[2].numpy(), t[3].numpy(), t[4])
-                    for w, t in self._tensors.items()}
-        self._A_T_np, self._c_np = self.A_T.numpy(), self.c.numpy()
+                b += k * A[i]
+                const += k * c[i]
+            for i, j, k in self._quad[what]:
+                # k (A_i x + c_i)(A_j x + c_j)
+                Q += k * np.outer(A[i], A[j])
+                b += k * (c[j] * A[i] + c[i] * A[j])
+                const += k * c[i] * c[j]
+            Q = 0.5 * (Q + Q.T)
+            self._forms[what] = (Q, b, float(const))
+        # stacked for one matmul: [G, 2G] and [2]
+        self._Q_both = np.concatenate([self._forms["flops"][0], self._forms["params"][0]], axis=1)
+        self._b_both = np.stack([self._forms["flops"][1], self._forms["params"][1]], axis=1)  # [G, 2]
+        self._c_both = np.array([self._forms["flops"][2], self._forms["params"][2]])
+        self._t_Q = torch.from_numpy(self._Q_both)  # [G, 2G]
+        self._t_b = torch.from_numpy(self._b_both)  # [G, 2]
+        self._t_c = torch.from_numpy(self._c_both)  # [2]
 
     # -- evaluating -------------------------------------------------------------------------
     def evaluate(self, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """counts [..., G] (int or float) -> (flops [...], params [...]) float64."""
+        G = self.num_groups
         x = counts.to(torch.float64)
-        sig = x @ self.A_T + self.c  # [..., S]
-        out = []
-        for what in ("flops", "params"):
-            lin, qi, qj, qk, const = self._tensors[what]
-            val = sig @ lin + const
-            if qk.numel():
-                val = val + (sig[..., qi] * sig[..., qj]) @ qk
-            out.append(val)
-        return out[0], out[1]
+        xq = x @ self._t_Q  # [..., 2G]
+        quad = torch.stack([(xq[..., :G] * x).sum(-1), (xq[..., G:] * x).sum(-1)], dim=-1)
+        out = quad + x @ self._t_b + self._t_c  # [..., 2]
+        return out[..., 0], out[..., 1]
 
-    def evaluate_one(self, counts: np.ndarray) -> Tuple[float, float]:
-        """One count vector [G] (numpy) -> (flops, params) as floats (fast path for single calls)."""
-        sig = counts.astype(np.float64) @ self._A_T_np + self._c_np
-        out = []
-        for what in ("flops", "params"):
-            lin, qi, qj, qk, const = self._np[what]
-            out.append(float(sig @ lin + const + (sig[qi] * sig[qj]) @ qk))
-        return out[0], out[1]
+    def evaluate_one(self, counts: np.ndarray) -> np.ndarray:
+        """One count vector [G] (numpy) -> array [2] float64 (flops, params): fast single-call path."""
+        x = counts.astype(np.float64, copy=False)
+        G = self.num_groups
+        return (x @ self._Q_both).reshape(2, G) @ x + (x @ self._b_both + self._c_both)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from gcnprune_fast.space import cost_model as cm
-from gcnprune_fast.space._dependency import TracedDependencies, prune_group_inplace
+from gcnprune_fast.space._dependency import TracedDependencies, prune_groups_inplace
 
 PLAN_FORMAT = "gcnprune_fast.plan/1"
 
@@ -151,8 +151,9 @@ class PruningSpace:
 
         def pre_hook(module, args):
             counter[0] += 1
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
             calls.append({"name": names[module], "module": module, "start": counter[0],
-                          "input": args[0] if args and isinstance(args[0], torch.Tensor) else None})
+                          "input": x, "input_version": x._version if x is not None else None})
 
         def post_hook(module, args, output):
             counter[0] += 1
@@ -160,6 +161,8 @@ class PruningSpace:
                 if rec["module"] is module and "finish" not in rec:
                     rec["finish"] = counter[0]
                     rec["output"] = output if isinstance(output, torch.Tensor) else None
+                    # in-place ops later change the tensor: the hook saw an older value
+                    rec["output_version"] = output._version if rec["output"] is not None else None
                     break
 
         traced_out = []
@@ -186,16 +189,29 @@ class PruningSpace:
         self._traced = traced
         self._output_grad_fns = {o.grad_fn for o in traced_out if isinstance(o, torch.Tensor)}
         self.unknown_ops = self._deps.unknown_ops
-        self._build_groups()
+        try:
+            self._build_groups()
+        except Exception as e:
+            raise RuntimeError(f"listing the channel groups of {type(model).__name__} failed: "
+                               f"{type(e).__name__}: {e}") from e
         if not self.groups:
             raise ValueError(
                 f"{type(model).__name__} has no prunable channel groups: no conv/linear layer has "
                 "output channels that can be removed (the classifier output and ignored layers are "
                 f"protected; skipped groups: {self.skipped_groups or 'none'})")
-        self._build_mask_consumers()
-        self._build_cost_model()
-        # Drop the traced tensors (they hold activations); keep only what is needed.
+        try:
+            self._build_mask_consumers()
+            self._build_cost_model()
+        except Exception as e:
+            raise RuntimeError(f"building the cost model of {type(model).__name__} failed: "
+                               f"{type(e).__name__}: {e}") from e
+        # Drop the traced copy and graph (grad_fns hold activations); keep only plain data.
         self._trace_records = None
+        self._deps = self._traced = self._output_grad_fns = None
+        traced_out.clear()
+        for raw in self._raw:
+            for d in raw.dims:
+                d.module = None
         self.base_flops, self.base_params = (int(round(v)) for v in self.cost(self.full_masks()))
 
     # ------------------------------------------------------------------ construction helpers
@@ -280,9 +296,9 @@ class PruningSpace:
             recs = [r for r in records if r["module"] is mod]
             if len(recs) != 1 or recs[0]["input"] is None:
                 continue
-            x = recs[0]["input"]
+            x, version = recs[0]["input"], recs[0]["input_version"]
             makers = [r for r in once if r["output"] is x and r["name"]
-                      and not _is_pass_through(r["module"])]
+                      and r["output_version"] == version and not _is_pass_through(r["module"])]
             leaves = [r for r in makers if not any(True for _ in r["module"].children())]
             if leaves:
                 return max(leaves, key=lambda r: r["finish"])["name"], "consumed"
@@ -304,7 +320,7 @@ class PruningSpace:
             return raw.root_name, "pre-activation"
         y = start["output"]
         acts = [r for r in once if isinstance(r["module"], _ACTIVATIONS) and r["start"] > start["finish"]
-                and (r["input"] is y)]
+                and r["input"] is y and r["input_version"] == start["output_version"]]
         if acts:
             return min(acts, key=lambda r: r["start"])["name"], "post-activation"
         return start["name"], "pre-activation"
@@ -442,6 +458,8 @@ class PruningSpace:
                     cost.add_const("params", p.numel())
         cost.finalize()
         self._cost = cost
+        self._group_offsets = np.cumsum([0] + [g.size for g in self.groups[:-1]])
+        self._mask_shapes = [torch.Size([g.size]) for g in self.groups]
 
     # ------------------------------------------------------------------ masks
     @property
@@ -522,20 +540,36 @@ class PruningSpace:
 
     # ------------------------------------------------------------------ cost
     def cost(self, masks) -> Tuple[int, int]:
-        """(FLOPs as multiply-accumulates per example, parameters) of the model pruned by masks."""
-        masks = self.validate_masks(masks, allow_float=False, check_counts=False)
-        counts = np.array([int(m.sum()) for m in masks], dtype=np.float64)
-        f, p = self._cost.evaluate_one(counts)
+        """(FLOPs as multiply-accumulates per example, parameters) of the model pruned by masks
+        (bool or float masks; a float mask counts its nonzero entries)."""
+        try:
+            ok = (isinstance(masks, (list, tuple)) and len(masks) == len(self.groups)
+                  and [m.shape for m in masks] == self._mask_shapes)
+        except AttributeError:
+            ok = False
+        if not ok:
+            self.validate_masks(masks, allow_float=True, check_counts=False)  # raises the details
+        flat = torch.cat(masks)
+        if flat.dtype != torch.bool:
+            flat = flat.ne(0)
+        counts = np.add.reduceat(flat.cpu().numpy(), self._group_offsets)
+        f, p = self._cost.evaluate_one(counts).tolist()
         return int(round(f)), int(round(p))
 
     def cost_from_counts(self, counts) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Vectorized cost: ``counts`` [..., G] (kept channels per group) -> (flops [...],
-        params [...]) as float64 tensors. Dimensions outside the groups count as constants."""
-        counts = torch.as_tensor(counts)
+        """Vectorized cost: ``counts`` [..., G] (kept channels per group, int or float) ->
+        (flops [...], params [...]) as float64 tensors (MACs per example, parameters).
+        Dimensions outside the groups count as constants."""
+        if not isinstance(counts, torch.Tensor):
+            counts = torch.as_tensor(counts)
         if counts.dim() == 0 or counts.shape[-1] != self.num_groups:
             raise ValueError(f"counts must have shape [..., {self.num_groups}], got "
                              f"{tuple(counts.shape)}")
-        return self._cost.evaluate(counts)
+        if counts.dim() == 1:  # single vector: numpy fast path
+            c = counts.numpy() if counts.device.type == "cpu" and not counts.requires_grad \
+                else counts.detach().cpu().numpy()
+            return torch.from_numpy(self._cost.evaluate_one(c)).unbind()
+        return self._cost.evaluate(counts.detach().cpu())
 
     # ------------------------------------------------------------------ masked evaluation
     @contextlib.contextmanager
@@ -609,7 +643,7 @@ class PruningSpace:
         for d in raw.dims:
             if not (d.name and "out" in d.roles and d.kind in ("conv", "linear", "depthwise")):
                 continue
-            w = modules[d.name].weight.detach()
+            w = modules[d.name].weight.detach().cpu()
             if isinstance(modules[d.name], (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
                 w = w.transpose(0, 1)
             w = w.reshape(w.shape[0], -1)
@@ -630,8 +664,8 @@ class PruningSpace:
             gam, n = torch.zeros(raw.size), 0
             for d in raw.dims:
                 if d.kind == "bn" and d.name and getattr(modules[d.name], "weight", None) is not None:
-                    gam[torch.from_numpy(d.root)] += modules[d.name].weight.detach().abs().float()[
-                        torch.from_numpy(d.local)]
+                    gam[torch.from_numpy(d.root)] += modules[d.name].weight.detach().abs().float(
+                    ).cpu()[torch.from_numpy(d.local)]
                     n += 1
             stats.append({"l1": l1, "l2": l2, "bn_gamma": gam / n if n else None})
         return stats
@@ -669,13 +703,13 @@ class PruningSpace:
                 deps = TracedDependencies(pruned, self.example_inputs, lambda m, x: m(*x))
             except Exception as e:
                 raise RuntimeError(f"tracing the copy for surgery failed: {type(e).__name__}: {e}") from e
-            for root, keep in todo.items():
-                remove = torch.nonzero(~keep.cpu()).flatten().tolist()
-                try:
-                    prune_group_inplace(deps, root, remove)
-                except Exception as e:
-                    raise RuntimeError(f"surgery failed on the group rooted at {root!r}: "
-                                       f"{type(e).__name__}: {e}") from e
+            removals = {root: torch.nonzero(~keep.cpu()).flatten().tolist()
+                        for root, keep in todo.items()}
+            try:
+                prune_groups_inplace(deps, removals)
+            except Exception as e:
+                raise RuntimeError(f"surgery failed on the groups rooted at {sorted(removals)}: "
+                                   f"{type(e).__name__}: {e}") from e
         try:
             with torch.no_grad():
                 out = pruned(*self.example_inputs)

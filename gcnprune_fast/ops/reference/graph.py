@@ -59,15 +59,16 @@ def _segment_bounds(c: int, segments: torch.Tensor | None) -> list[tuple[int, in
 
 
 def _topk_lower_index_ties(s: torch.Tensor, k: int) -> torch.Tensor:
-    """Column ids [R, k] of the k best entries of each row of ``s`` [R, N], ties to the lower id.
+    """Column ids [R, k] of the k best entries of each row of ``s`` [R, N], ties to the lower id
+    (needs k < N).
 
-    ``torch.topk`` gives the k-th value exactly but leaves the order of equal values unspecified;
-    rows with a tie at the k-th value (rare for real data) are redone with a stable sort.
+    ``torch.topk`` returns the right values but leaves the order of equal values unspecified, so
+    the chosen set is ambiguous only when the (k+1)-th value equals the k-th; those rows (rare for
+    real data) are redone with a stable sort.
     """
-    vals, idx = torch.topk(s, k, dim=1)
-    kth = vals[:, -1:]
-    # A row is ambiguous when more entries than k reach the k-th value.
-    ambiguous = (s >= kth).sum(dim=1) > k
+    vals, idx = torch.topk(s, k + 1, dim=1)
+    idx = idx[:, :k]
+    ambiguous = vals[:, k] == vals[:, k - 1]
     rows = ambiguous.nonzero().flatten()
     if rows.numel():
         order = torch.sort(s[rows], dim=1, descending=True, stable=True).indices

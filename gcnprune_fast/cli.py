@@ -1,0 +1,482 @@
+"""The ``gcnprune`` command line: ``demo``, ``train``, ``prune``, ``inspect``, ``export``.
+
+    gcnprune demo                                   # synthetic data, no downloads, ~3-5 min on 2 cores
+    gcnprune train --model resnet20 --dataset cifar10 --data-dir DIR --epochs 30 --out ckpt.pt
+    gcnprune prune --model resnet20 --checkpoint ckpt.pt --dataset cifar10 --data-dir DIR \\
+                   --method channel-gcn --flops 0.5 --finetune-epochs 5 --out runs/r20
+    gcnprune inspect --model resnet56
+    gcnprune export --pruned runs/r20 --format onnx --out r20.onnx
+
+Bad arguments and missing files are reported in one line (no traceback) with exit code 2
+(set GCNPRUNE_DEBUG=1 to see the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+DEMO_METHODS = ("channel-gcn", "l1")
+
+
+class CLIError(Exception):
+    """An error reported to the user as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _set_threads(n: Optional[int]) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _load_datasets(name: str, data_dir: Optional[str], download: bool, image_size: Optional[int]):
+    from gcnprune_fast.data import get_dataset
+
+    train_ds = get_dataset(name, data_dir, train=True, download=download, image_size=image_size)
+    test_ds = get_dataset(name, data_dir, train=False, download=download, image_size=image_size)
+    return train_ds, test_ds
+
+
+def _build_model(name: str, train_ds):
+    from gcnprune_fast.data import dataset_channels, dataset_num_classes
+    from gcnprune_fast.models import get_model
+
+    return get_model(name, num_classes=dataset_num_classes(train_ds), in_channels=dataset_channels(train_ds))
+
+
+def _load_state(model, path: str) -> None:
+    """Load weights saved by ``gcnprune train`` (``{"model": state_dict, ...}``), a training
+    checkpoint, or a plain state_dict."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise CLIError(f"checkpoint {path} does not exist (create it with `gcnprune train ... --out {path}`)")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict):
+        raise CLIError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CLIError(f"{path} does not fit this model ({first[0] if first else e}); "
+                       f"was it trained with another --model or dataset?") from None
+
+
+def _eval_loader_like(train_ds, batch_size):
+    """An un-augmented, shuffled loader over the training images (search / scoring data)."""
+    from gcnprune_fast.data import TensorBatchLoader, TensorImageDataset, make_loaders
+
+    if isinstance(train_ds, TensorImageDataset):
+        return TensorBatchLoader(train_ds, batch_size, shuffle=True, augment=False)
+    return make_loaders(train_ds, None, batch_size=batch_size)[0]
+
+
+def _method_options(args) -> dict:
+    opts = {}
+    for kv in args.option or []:
+        if "=" not in kv:
+            raise CLIError(f"--option expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    if getattr(args, "episodes", None) is not None:
+        if args.method != "channel-gcn":
+            raise CLIError("--episodes applies to --method channel-gcn only")
+        opts["episodes"] = args.episodes
+    return opts
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+# ----------------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    import torch
+
+    from gcnprune_fast import prune
+    from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
+    from gcnprune_fast.models import get_model
+    from gcnprune_fast.report import markdown_table, write_comparison_report, DEMO_COLUMNS, DEMO_HEADERS
+    from gcnprune_fast.training import evaluate, train
+
+    _set_threads(args.threads)
+    if args.quick:  # smoke-test sizes: seconds, not minutes
+        args.train_samples, args.test_samples = 256, 128
+        args.epochs, args.episodes, args.finetune_epochs = 1, 4, 1
+        args.image_size = 16
+    t_start = time.perf_counter()
+    print(f"[1/4] synthetic dataset: {args.train_samples} train / {args.test_samples} test images "
+          f"{args.image_size}x{args.image_size}, 10 classes", flush=True)
+    train_ds = synthetic_dataset(args.train_samples, image_size=args.image_size, seed=args.seed)
+    test_ds = synthetic_dataset(args.test_samples, image_size=args.image_size, seed=args.seed + 10_000)
+    train_loader = TensorBatchLoader(train_ds, args.batch_size, shuffle=True, drop_last=True)
+    test_loader = TensorBatchLoader(test_ds, 256)
+
+    print(f"[2/4] training simple_cnn for {args.epochs} epoch(s)", flush=True)
+    torch.manual_seed(args.seed)
+    model = get_model("simple_cnn")
+    t0 = time.perf_counter()
+    train(model, train_loader, args.epochs, lr=args.lr, progress=not args.no_progress, seed=args.seed)
+    train_s = time.perf_counter() - t0
+    base_acc = evaluate(model, test_loader)
+    print(f"      test accuracy {base_acc:.4f} ({train_s:.0f} s)", flush=True)
+
+    rows, reports, results = [], {}, {}
+    for i, method in enumerate(args.methods):
+        print(f"[3/4] pruning with {method} to {args.flops:.0%} of the FLOPs "
+              f"({i + 1}/{len(args.methods)})", flush=True)
+        opts = {"episodes": args.episodes} if method == "channel-gcn" else {}
+        res = prune(model, train_loader, method=method, flops=args.flops, val_loader=test_loader,
+                    finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                    seed=args.seed, progress=not args.no_progress, **opts)
+        r = res.report
+        rows.append({"method": method, "acc_pruned": r["acc_pruned"], "acc_finetuned": r["acc_finetuned"],
+                     "flops_kept": r["flops_ratio"], "params_kept": r["params_ratio"],
+                     "search_time_s": r["search_time_s"], "episodes": r.get("episodes", 0)})
+        reports[method], results[method] = r, res
+        res.save(os.path.join(args.out, method))
+        print(f"      accuracy after pruning {r['acc_pruned']:.4f}, after fine-tuning "
+              f"{r['acc_finetuned'] if r['acc_finetuned'] is None else round(r['acc_finetuned'], 4)}",
+              flush=True)
+
+    print("[4/4] report", flush=True)
+    from gcnprune_fast.space import PruningSpace
+
+    space = PruningSpace(model, test_ds.images[:2])
+    meta = {"model": "simple_cnn", "dataset": f"synthetic ({args.train_samples} train / "
+            f"{args.test_samples} test, {args.image_size}px)", "flops_budget": args.flops,
+            "base_acc": base_acc, "train_epochs": args.epochs, "train_time_s": train_s,
+            "finetune_epochs": args.finetune_epochs, "seed": args.seed,
+            "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - t_start}
+    files = write_comparison_report(args.out, rows, meta, reports, [g.size for g in space.groups],
+                                    [g.name for g in space.groups], title="gcnprune demo")
+    print()
+    print(f"simple_cnn on synthetic data: {base_acc:.4f} before pruning, budget {args.flops:.0%} FLOPs")
+    print(markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS))
+    print(f"\nwrote {files['markdown']}, {files['json']} and plots to {args.out} "
+          f"({meta['total_time_s']:.0f} s in all)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# train / prune / inspect / export
+# ----------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    import torch
+
+    from gcnprune_fast.data import make_loaders
+    from gcnprune_fast.training import evaluate, train
+
+    _set_threads(args.threads)
+    train_ds, test_ds = _load_datasets(args.dataset, args.data_dir, args.download, args.image_size)
+    model = _build_model(args.model, train_ds)
+    train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size,
+                                             num_workers=args.workers)
+    resume = args.out + ".ckpt"
+    hist = train(model, train_loader, args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                 device=args.device, val_loader=test_loader if args.eval_every_epoch else None,
+                 progress=not args.no_progress, checkpoint_path=resume, seed=args.seed)
+    acc = evaluate(model, test_loader)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                "model_name": args.model, "dataset": args.dataset, "test_acc": acc, "history": hist},
+               args.out)
+    if os.path.isfile(resume):
+        os.remove(resume)
+    print(f"{args.model} on {args.dataset}: test accuracy {acc:.4f} -> {args.out}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from gcnprune_fast import prune
+    from gcnprune_fast.data import make_loaders
+
+    _set_threads(args.threads)
+    if args.flops is None and args.params is None:
+        raise CLIError("give a budget: --flops RATIO and/or --params RATIO (fractions kept, in (0, 1])")
+    if not os.path.isfile(args.checkpoint):
+        raise CLIError(f"checkpoint {args.checkpoint} does not exist (create it with "
+                       f"`gcnprune train ... --out {args.checkpoint}`)")
+    train_ds, test_ds = _load_datasets(args.dataset, args.data_dir, args.download, args.image_size)
+    model = _build_model(args.model, train_ds)
+    _load_state(model, args.checkpoint)
+    train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size,
+                                             num_workers=args.workers)
+    search_loader = _eval_loader_like(train_ds, args.batch_size)
+    opts = _method_options(args)
+    ckpt_dir = os.path.join(args.out, "search") if args.method == "channel-gcn" else None
+    res = prune(model, search_loader, method=args.method, flops=args.flops, params=args.params,
+                val_loader=test_loader, train_loader=train_loader, finetune_epochs=args.finetune_epochs,
+                finetune_lr=args.finetune_lr, distill=args.distill, device=args.device, seed=args.seed,
+                allocation=args.allocation, checkpoint_dir=ckpt_dir, resume=args.resume and ckpt_dir is not None,
+                progress=not args.no_progress, **opts)
+    paths = res.save(args.out, export_formats=tuple(args.export or ()))
+    r = res.report
+    print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
+          f"accuracy {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f}"
+          + (f" -> fine-tuned {r['acc_finetuned']:.4f}" if r["acc_finetuned"] is not None else ""))
+    print(f"wrote {', '.join(sorted(paths))} to {args.out}")
+    from gcnprune_fast.report import plot_reward_curve
+
+    if r.get("reward_curve"):
+        plot_reward_curve(os.path.join(args.out, "reward_curve.png"), r["reward_curve"])
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import torch
+
+    from gcnprune_fast.models import get_model
+    from gcnprune_fast.report import markdown_table
+    from gcnprune_fast.space import PruningSpace
+
+    model = get_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels).eval()
+    x = torch.zeros(1, args.in_channels, args.image_size, args.image_size)
+    space = PruningSpace(model, x)
+    rows = []
+    full = space.full_masks()
+    for g in space.groups:
+        # Cost of the group = what removing all but min_keep channels of it would save.
+        masks = [m.clone() for m in full]
+        masks[g.index][space.min_keep(g.index):] = False
+        f, p = space.cost(masks)
+        rows.append({"group": g.index, "name": g.name, "channels": g.size,
+                     "layers": len(g.layers), "flops_share": (space.base_flops - f) / space.base_flops,
+                     "params_share": (space.base_params - p) / space.base_params})
+    print(f"{args.model}: {space.num_groups} prunable channel groups, {space.base_flops:,} MACs, "
+          f"{space.base_params:,} params at {args.image_size}x{args.image_size}")
+    print(markdown_table(rows, ["group", "name", "channels", "layers", "flops_share", "params_share"],
+                         ["#", "group", "channels", "layers", "FLOPs prunable", "params prunable"],
+                         digits=3))
+    if args.json:
+        from gcnprune_fast.report import write_json
+
+        write_json(args.json, {"model": args.model, "base_flops": space.base_flops,
+                               "base_params": space.base_params, "groups": rows})
+    return 0
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    from gcnprune_fast.export import export
+    from gcnprune_fast.models import get_model
+    from gcnprune_fast.space import load_pruned
+
+    plan_path = os.path.join(args.pruned, "plan.json")
+    weights = os.path.join(args.pruned, "weights.pt")
+    for p in (plan_path, weights):
+        if not os.path.isfile(p):
+            raise CLIError(f"{p} not found: --pruned must be a folder written by `gcnprune prune --out`")
+    with open(plan_path) as f:
+        plan = json.load(f)
+    report_path = os.path.join(args.pruned, "report.json")
+    shapes = plan.get("input_shapes") or [[1, 3, 32, 32]]
+    in_channels = int(shapes[0][1])
+    num_classes = args.num_classes or _num_classes_from_state(weights)
+    model_name = args.model or _guess_model_name(plan, num_classes)
+    model = get_model(model_name, num_classes=num_classes, in_channels=in_channels)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    pruned = load_pruned(model, plan, state).eval()
+    example = torch.randn(1, *shapes[0][1:])
+    path = export(pruned, args.out, example, format=args.format)
+    with torch.no_grad():
+        ref = pruned(example)
+    print(f"exported {model_name} ({args.format}) -> {path}; output shape {tuple(ref.shape)}"
+          + (f"; report: {report_path}" if os.path.isfile(report_path) else ""))
+    return 0
+
+
+def _guess_model_name(plan: dict, num_classes: int) -> str:
+    """The built-in model whose class and structure fingerprint match the plan."""
+    from gcnprune_fast.models import MODEL_NAMES, get_model
+    from gcnprune_fast.space.pruning_space import structure_fingerprint
+
+    cls = plan.get("model_class", "")
+    shapes = plan.get("input_shapes") or [[1, 3, 32, 32]]
+    for name in MODEL_NAMES:
+        m = get_model(name, num_classes=num_classes, in_channels=int(shapes[0][1]))
+        if f"{type(m).__module__}.{type(m).__qualname__}" == cls and \
+                structure_fingerprint(m) == plan.get("fingerprint"):
+            return name
+    raise CLIError(f"cannot tell which built-in model the plan ({cls}) is for; pass --model")
+
+
+def _num_classes_from_state(weights: str) -> int:
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    last = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    if not last:
+        raise CLIError("cannot tell the number of classes from the weights; pass --num-classes")
+    return int(last[-1].shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# argument parser
+# ----------------------------------------------------------------------------------------------
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _ratio(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1], got {s!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1] (fraction kept), got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gcnprune_fast.models import MODEL_NAMES
+
+    method_names = ("channel-gcn", "l1", "l2", "fpgm", "hrank", "taylor", "bn-scale", "random")
+    parser = argparse.ArgumentParser(
+        prog="gcnprune", description="Structured channel pruning of CNNs with channel-graph GCN "
+        "agents trained by RL, and the usual baselines.",
+        epilog="Run `gcnprune demo` for a self-contained example (no data, no downloads).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p, data=True):
+        p.add_argument("--threads", type=_positive_int, default=None,
+                       help="torch threads (default: torch's choice)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+        if data:
+            p.add_argument("--model", choices=MODEL_NAMES, required=True, help="built-in model")
+            p.add_argument("--dataset", required=True,
+                           help="cifar10, cifar100, mnist, fashion-mnist, synthetic, "
+                                "imagefolder:PATH or a directory of class folders")
+            p.add_argument("--data-dir", default=None, help="dataset root folder")
+            p.add_argument("--download", action="store_true", help="let torchvision download it")
+            p.add_argument("--image-size", type=_positive_int, default=None,
+                           help="ImageFolder crop size (default 224) / synthetic image size")
+            p.add_argument("--batch-size", type=_positive_int, default=128)
+            p.add_argument("--workers", type=_nonneg_int, default=0,
+                           help="DataLoader workers (file datasets only)")
+            p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+
+    d = sub.add_parser("demo", help="train a small CNN on synthetic data, prune it with channel-gcn "
+                       "and l1, compare", description="Self-contained demo: generates a learnable "
+                       "synthetic image dataset, trains simple_cnn, prunes it with channel-gcn and "
+                       "l1 at the same FLOPs budget, fine-tunes briefly and writes a comparison "
+                       "(JSON, Markdown, plots).")
+    common(d, data=False)
+    d.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder (default runs/demo)")
+    d.add_argument("--flops", type=_ratio, default=0.5, help="fraction of FLOPs kept (default 0.5)")
+    d.add_argument("--methods", nargs="+", choices=method_names, default=list(DEMO_METHODS))
+    d.add_argument("--train-samples", type=_positive_int, default=4000)
+    d.add_argument("--test-samples", type=_positive_int, default=1000)
+    d.add_argument("--image-size", type=_positive_int, default=32)
+    d.add_argument("--epochs", type=_positive_int, default=3, help="training epochs (default 3)")
+    d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--episodes", type=_positive_int, default=100, help="channel-gcn search episodes")
+    d.add_argument("--finetune-epochs", type=_nonneg_int, default=1)
+    d.add_argument("--finetune-lr", type=float, default=0.01)
+    d.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (seconds)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a built-in model on a dataset",
+                       description="Train a built-in model (SGD + Nesterov, cosine LR). A resumable "
+                       "checkpoint OUT.ckpt is written after every epoch and removed at the end.")
+    common(t)
+    t.add_argument("--epochs", type=_positive_int, required=True)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--eval-every-epoch", action="store_true", help="test accuracy after each epoch")
+    t.add_argument("--out", required=True, help="output .pt file (weights + facts)")
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="prune a trained model to a FLOPs/params budget",
+                       description="Prune a trained built-in model with channel-gcn or a baseline, "
+                       "re-estimate BN, optionally fine-tune, and save plan.json, weights.pt and "
+                       "report.{json,md} into --out.")
+    common(p)
+    p.add_argument("--checkpoint", required=True, help="weights from `gcnprune train` (or a state_dict)")
+    p.add_argument("--method", choices=method_names, default="channel-gcn")
+    p.add_argument("--flops", type=_ratio, default=None, help="fraction of FLOPs kept, e.g. 0.5")
+    p.add_argument("--params", type=_ratio, default=None, help="fraction of parameters kept")
+    p.add_argument("--allocation", choices=("global", "uniform"), default="global",
+                   help="baselines: global ranking or the same ratio per group")
+    p.add_argument("--episodes", type=_positive_int, default=None, help="channel-gcn search episodes")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="extra method option (JSON value), repeatable, e.g. --option k=16")
+    p.add_argument("--finetune-epochs", type=_nonneg_int, default=0)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted channel-gcn search")
+    p.add_argument("--export", nargs="*", choices=("torchscript", "export", "aoti", "onnx"),
+                   help="also export the pruned model in these formats")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_prune)
+
+    i = sub.add_parser("inspect", help="print a model's prunable channel groups and their costs",
+                       description="List the channel groups of a built-in model (what is pruned "
+                       "together), their sizes and the share of FLOPs/params each one controls.")
+    i.add_argument("--model", choices=MODEL_NAMES, required=True)
+    i.add_argument("--num-classes", type=_positive_int, default=10)
+    i.add_argument("--in-channels", type=_positive_int, default=3)
+    i.add_argument("--image-size", type=_positive_int, default=32)
+    i.add_argument("--json", default=None, help="also write the table as JSON here")
+    i.set_defaults(func=cmd_inspect)
+
+    e = sub.add_parser("export", help="export a pruned model (TorchScript, torch.export, AOTI, ONNX)",
+                       description="Rebuild a pruned model from `gcnprune prune --out DIR` (plan.json + "
+                       "weights.pt) and export it.")
+    e.add_argument("--pruned", required=True, help="folder written by `gcnprune prune --out`")
+    e.add_argument("--format", choices=("torchscript", "export", "aoti", "onnx"), default="torchscript")
+    e.add_argument("--out", required=True, help="output file (.pt, .pt2 or .onnx)")
+    e.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help="the built-in model (default: recognised from the plan)")
+    e.add_argument("--num-classes", type=_positive_int, default=None)
+    e.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``gcnprune`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        if os.environ.get("GCNPRUNE_DEBUG"):
+            raise
+        print(f"gcnprune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gcnprune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

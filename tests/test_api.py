@@ -1,0 +1,125 @@
+"""gcnprune_fast.prune / PruneResult: report, saving, reproducibility, bad input, user model untouched."""
+import json
+import os
+
+import pytest
+import torch
+
+import gcnprune_fast
+from gcnprune_fast.models import get_model
+
+
+def _loader(n=32, bs=16, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return get_model("simple_cnn").train()  # train mode on purpose: must stay that way
+
+
+def _snapshot(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}, m.training
+
+
+def _unchanged(m, snap):
+    sd, training = snap
+    assert m.training == training
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in sd.items())
+
+
+def test_prune_l1_report_and_save(model, tmp_path):
+    snap = _snapshot(model)
+    res = gcnprune_fast.prune(model, _loader(), method="l1", flops=0.5, progress=False,
+                              bn_batches=2)
+    _unchanged(model, snap)
+    r = res.report
+    for key in ("flops_before", "flops_after", "params_before", "params_after", "flops_ratio",
+                "params_ratio", "acc_before", "acc_pruned", "acc_finetuned", "widths", "method",
+                "allocation", "search_time_s", "episodes", "reward_curve", "seed"):
+        assert key in r
+    assert r["flops_ratio"] <= 0.5 and r["acc_finetuned"] is None
+    assert r["flops_after"] < r["flops_before"]
+    out = res.model(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 10)
+    assert sum(w["after"] for w in r["widths"]) < sum(w["before"] for w in r["widths"])
+    paths = res.save(str(tmp_path))
+    for name in ("plan.json", "weights.pt", "report.json", "report.md"):
+        assert os.path.exists(tmp_path / name)
+    sd = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert set(sd) == set(res.model.state_dict())
+    assert json.load(open(paths["report"]))["method"] == "l1"
+    rebuilt = gcnprune_fast.load_pruned(get_model("simple_cnn"), json.load(open(paths["plan"])), sd)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(rebuilt.eval()(x), res.model.eval()(x))
+
+
+def test_prune_channel_gcn_with_params_budget_and_finetune(model):
+    snap = _snapshot(model)
+    res = gcnprune_fast.prune(model, _loader(), flops=0.7, params=0.5, progress=False,
+                              finetune_epochs=1, bn_batches=2, distill=True, episodes=4,
+                              episodes_per_update=2, reward_samples=16, feature_samples=16)
+    _unchanged(model, snap)
+    r = res.report
+    assert r["method"] == "channel-gcn" and r["episodes"] == 4 and len(r["reward_curve"]) == 4
+    assert r["flops_ratio"] <= 0.7 and r["params_ratio"] <= 0.5
+    assert r["acc_finetuned"] is not None
+
+
+def test_prune_reproducible(model):
+    a = gcnprune_fast.prune(model, _loader(), method="random", flops=0.5, progress=False, seed=5,
+                            bn_batches=1)
+    b = gcnprune_fast.prune(model, _loader(), method="random", flops=0.5, progress=False, seed=5,
+                            bn_batches=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
+
+
+def test_bad_budgets(model):
+    with pytest.raises(ValueError, match="budget"):
+        gcnprune_fast.prune(model, _loader(), method="l1", progress=False)
+    for bad in (0, 1.2, -0.5):
+        with pytest.raises(ValueError, match="outside"):
+            gcnprune_fast.prune(model, _loader(), method="l1", flops=bad, progress=False)
+    with pytest.raises(ValueError, match="minimum|below what"):
+        gcnprune_fast.prune(model, _loader(), method="l1", flops=0.01, min_channels=32,
+                            progress=False)
+
+
+def test_bad_loaders_and_method(model):
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="empty"):
+        gcnprune_fast.prune(model, [], method="l1", flops=0.5, progress=False)
+    with pytest.raises(TypeError, match="inputs, targets"):
+        gcnprune_fast.prune(model, [torch.randn(4, 3, 16, 16)], method="l1", flops=0.5,
+                            progress=False)
+    with pytest.raises(ValueError, match="valid methods.*channel-gcn"):
+        gcnprune_fast.prune(model, _loader(), method="l3", flops=0.5, progress=False)
+    with pytest.raises(ValueError, match="allocation"):
+        gcnprune_fast.prune(model, _loader(), method="l1", flops=0.5, allocation="x",
+                            progress=False)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        gcnprune_fast.prune(model, _loader(), flops=0.5, resume=True, progress=False)
+    _unchanged(model, snap)
+
+
+def test_nan_activations_name_the_group(model):
+    with torch.no_grad():
+        model.features[4].weight[0].fill_(float("nan"))
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="non-finite.*features"):
+        gcnprune_fast.prune(model, _loader(), method="l1", flops=0.5, progress=False)
+    sd, training = snap
+    assert model.training == training
+    assert torch.isnan(model.features[4].weight[0]).all()
+
+
+def test_device_string_and_copy(model):
+    snap = _snapshot(model)
+    res = gcnprune_fast.prune(model, _loader(), method="l2", flops=0.6, device="cpu",
+                              progress=False, bn_batches=1)
+    assert res.model is not model
+    _unchanged(model, snap)

@@ -1,0 +1,154 @@
+"""Method A (channel-gcn): graph, node features, GCN agents, search, checkpoint and resume."""
+import pytest
+import torch
+
+from gcnprune_fast import ops
+from gcnprune_fast.features import collect_features
+from gcnprune_fast.methods import Budget, SearchContext, allocate
+from gcnprune_fast.methods import channel_gcn
+from gcnprune_fast.methods.agents import ChannelGCNPolicy
+from gcnprune_fast.methods.criteria import l1_scores
+from gcnprune_fast.models import get_model
+from gcnprune_fast.space import PruningSpace
+
+
+def _loader(n=48, bs=16, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
+
+
+@pytest.fixture(scope="module")
+def space():
+    torch.manual_seed(0)
+    model = get_model("simple_cnn").eval()
+    return PruningSpace(model, torch.randn(2, 3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def features(space):
+    return collect_features(space, _loader(), max_samples=40)
+
+
+def _ctx(space, **kw):
+    opts = {"episodes": 12, "episodes_per_update": 3, "reward_samples": 32, "feature_samples": 32}
+    opts.update(kw.pop("options", {}))
+    return SearchContext(space=space, budget=Budget.from_ratios(space, 0.5), loader=_loader(),
+                         device=torch.device("cpu"), options=opts, **kw)
+
+
+def test_features_shapes(space, features):
+    assert features.num_samples == 40
+    for g, grp in enumerate(space.groups):
+        assert features.gap[g].shape == (grp.size, 40)
+        assert features.stats(g).shape == (grp.size, 5)
+        assert (features.zero_frac[g] >= 0).all() and (features.zero_frac[g] <= 1).all()
+
+
+def test_graph_is_block_diagonal_and_node_features_standardized(space, features):
+    offsets = channel_gcn.group_offsets(space)
+    raw, norm = channel_gcn.build_channel_graph(features, offsets, k=4)
+    n = int(offsets[-1])
+    assert raw.num_rows == n and norm.num_rows == n
+    rows = torch.repeat_interleave(torch.arange(n), raw.indptr.diff())
+    gid = torch.bucketize(torch.arange(n), offsets[1:], right=True)
+    assert torch.equal(gid[rows], gid[raw.indices])  # no edge crosses groups
+    x = channel_gcn.node_features(space, features, raw, offsets, Budget.from_ratios(space, 0.5))
+    assert x.shape == (n, len(channel_gcn.NODE_FEATURES))
+    col = channel_gcn.NODE_FEATURES.index("l1")
+    for g in range(space.num_groups):
+        z = x[offsets[g]:offsets[g + 1], col]
+        assert abs(float(z.mean())) < 1e-4 and abs(float(z.std(unbiased=False)) - 1) < 1e-3
+
+
+def test_grouped_gcn_equals_per_group_loop(space, features):
+    offsets = channel_gcn.group_offsets(space)
+    _, graph = channel_gcn.build_channel_graph(features, offsets, k=4)
+    sizes = [g.size for g in space.groups]
+    x = torch.randn(int(offsets[-1]), 6)
+    policy = ChannelGCNPolicy(sizes, 6, hidden=8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        policy.w_head.normal_()
+        policy.w_skip.normal_()
+    out = policy(graph, x)
+    dense = graph.to_dense()
+    h1 = torch.relu(torch.cat([dense[offsets[g]:offsets[g + 1]] @ x @ policy.w1[g] + policy.b1[g]
+                               for g in range(len(sizes))]))
+    h2 = torch.cat([torch.relu(dense[offsets[g]:offsets[g + 1]] @ h1 @ policy.w2[g] + policy.b2[g])
+                    for g in range(len(sizes))])
+    gid = policy.group_id
+    ref = (h2 * policy.w_head[gid]).sum(1) + (x * policy.w_skip[gid]).sum(1) + policy.bias[gid]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    out.sum().backward()  # differentiable through spmm
+    assert policy.w1.grad is not None and policy.w1.grad.abs().sum() > 0
+
+
+def test_shared_policy_runs(space, features):
+    offsets = channel_gcn.group_offsets(space)
+    _, graph = channel_gcn.build_channel_graph(features, offsets, k=4)
+    policy = ChannelGCNPolicy([g.size for g in space.groups], 5, shared=True)
+    assert policy(graph, torch.randn(int(offsets[-1]), 5)).shape == (int(offsets[-1]),)
+
+
+def test_warm_start_greedy_is_global_l1(space):
+    ctx = _ctx(space, options={"episodes": 1, "episodes_per_update": 1, "lr": 0.0,
+                               "entropy_coef": 0.0})
+    result = channel_gcn.search(space, ctx)
+    l1_masks = allocate(space, l1_scores(space), ctx.budget, allocation="global")
+    # with lr=0 the policy stays at its warm start; the first greedy mask is the L1 mask
+    assert result.info["greedy_curve"][0] == pytest.approx(
+        channel_gcn._MaskScorer(space, channel_gcn.RewardSet.from_loader(_loader(), 32, "cpu"),
+                                "accuracy_bn", "cpu")(l1_masks)[0])
+    assert result.info["best_reward"] >= result.info["greedy_curve"][0]
+
+
+def test_ppo_option_runs(space):
+    r = channel_gcn.search(space, _ctx(space, options={"ppo": True, "ppo_epochs": 2,
+                                                       "episodes": 4, "episodes_per_update": 2}))
+    assert r.info["episodes"] == 4 and r.info["updates"] == 2
+
+
+def test_search_feasible_and_reproducible(space):
+    a = channel_gcn.search(space, _ctx(space, seed=1))
+    b = channel_gcn.search(space, _ctx(space, seed=1))
+    f, p = space.cost(a.masks)
+    assert Budget.from_ratios(space, 0.5).feasible(f, p)
+    assert a.info["episodes"] == 12 and len(a.info["reward_curve"]) == 12
+    assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
+    assert a.info["reward_curve"] == b.info["reward_curve"]
+
+
+def test_resume_matches_uninterrupted(space, tmp_path):
+    opts = {"episodes": 8, "episodes_per_update": 2}
+    full = channel_gcn.search(space, _ctx(space, seed=2, checkpoint_dir=str(tmp_path / "a"),
+                                          options=opts))
+    half_dir = str(tmp_path / "b")
+    channel_gcn.search(space, _ctx(space, seed=2, checkpoint_dir=half_dir,
+                                   options={**opts, "episodes": 4}))
+    saved = torch.load(f"{half_dir}/{channel_gcn.CHECKPOINT_NAME}", weights_only=True)
+    assert saved["state"]["episodes"] == 4
+    resumed = channel_gcn.search(space, _ctx(space, seed=2, checkpoint_dir=half_dir, resume=True,
+                                             options=opts))
+    assert resumed.info["episodes"] == 8
+    assert resumed.info["reward_curve"] == full.info["reward_curve"]
+    assert resumed.info["best_reward"] == full.info["best_reward"]
+    assert all(torch.equal(x, y) for x, y in zip(resumed.masks, full.masks))
+    with pytest.raises(ValueError, match="different search"):
+        channel_gcn.search(space, _ctx(space, seed=3, checkpoint_dir=half_dir, resume=True,
+                                       options=opts))
+
+
+def test_bad_options(space):
+    with pytest.raises(TypeError, match="unknown channel-gcn option"):
+        channel_gcn.search(space, _ctx(space, options={"epsiodes": 3}))
+    with pytest.raises(ValueError, match="reward"):
+        channel_gcn.search(space, _ctx(space, options={"reward": "top5"}))
+
+
+def test_bn_reward_restores_buffers(space):
+    rewards = channel_gcn.RewardSet.from_loader(_loader(), 32, "cpu")
+    before = {k: v.clone() for k, v in space.model.state_dict().items()}
+    rewards.evaluate_with_bn(space.model)
+    assert not space.model.training
+    assert all(torch.equal(v, space.model.state_dict()[k]) for k, v in before.items())
