@@ -6,15 +6,18 @@ ResNet-56 and VGG-16-BN are pruned to about 50% FLOPs with a uniform keep ratio 
 and timed at batch 1 and 64. For each (model, batch, variant) the table gives the speed-up
 (original ms / pruned ms) and its efficiency ``speed-up / (1 / flops_ratio)`` (target >= 80%).
 
-Variants (``--variants``):
+Variants (``--variants``), the same pipeline for the original and the pruned model:
     plain   torch.jit.script of the eval model, run as is
-    fused   BatchNorm folded into the convs at export (fuse_bn=True) and the runner's
-            ``--optimize`` (torch::jit::optimize_for_inference: frozen weights, CPU fusions)
+    frozen  export(..., optimize=True): torch.jit.freeze, which inlines the weights and folds
+            BatchNorm into the convs (the default deployment path)
+    ofi     frozen, then the runner's ``--optimize`` (torch::jit::optimize_for_inference:
+            oneDNN-prepacked convs with fused ReLU; fastest for wide layers at big batches, slower
+            for narrow pruned layers whose channel counts are not multiples of 8)
 
 Usage:
     python benchmarks/bench_latency.py                  # full: batch 1 and 64
     python benchmarks/bench_latency.py --quick          # batch 1 and 8, fewer iterations
-    python benchmarks/bench_latency.py --round-to 8 --threads 2 --variants fused
+    python benchmarks/bench_latency.py --round-to 8 --threads 2 --variants frozen ofi
 Times are medians over the iterations, best of ``--rounds`` alternating runs (interleaving
 original and pruned runs keeps background load from favouring either). The speed-up uses
 ``--metric cpu`` by default: the runner's median process CPU time per iteration, which with one
@@ -46,6 +49,7 @@ RUNNER = ROOT / "build-cmake" / "gcnprune_run"
 WALL = re.compile(r"^latency_ms median (\S+) p90 (\S+)", re.M)
 CPU = re.compile(r"^cpu_ms median (\S+) p90 (\S+)", re.M)
 TARGET_EFFICIENCY = 0.8
+VARIANTS = ("plain", "frozen", "ofi")
 
 
 def ensure_runner() -> Path:
@@ -57,15 +61,20 @@ def ensure_runner() -> Path:
     return binary
 
 
-def uniform_l1_masks(space: PruningSpace, target_flops_ratio: float):
-    """Keep-masks with the same keep ratio r in every group (rounded up to the space's round_to,
-    at least min_keep), r chosen by bisection so that the FLOPs ratio is closest to
-    ``target_flops_ratio``; within a group the channels with the highest filter L1 norm stay.
+def uniform_l1_masks(space: PruningSpace, target_flops_ratio: float, tolerance: float = 0.005):
+    """Keep-masks with (nearly) the same keep ratio in every group, at about
+    ``target_flops_ratio`` of the FLOPs; within a group the channels with the highest filter L1
+    norm stay.
 
-    Returns (masks, flops_ratio, keep_ratio)."""
+    The ratio r is bisected (counts ceil(r * size) rounded up to the space's round_to, at least
+    min_keep) to the largest r whose FLOPs ratio is <= the target. With a coarse round_to that can
+    land well below the target, so round_to channels are then added one step at a time to the
+    group with the lowest kept fraction while the FLOPs ratio stays <= target + ``tolerance``.
+
+    Returns (masks, flops_ratio, mean kept fraction)."""
     sizes = [g.size for g in space.groups]
 
-    def counts(r: float) -> List[int]:
+    def counts_at(r: float) -> List[int]:
         out = []
         for i, size in enumerate(sizes):
             k = math.ceil(r * size - 1e-9)
@@ -73,26 +82,40 @@ def uniform_l1_masks(space: PruningSpace, target_flops_ratio: float):
             out.append(min(size, max(space.min_keep(i), k)))
         return out
 
-    def ratio(r: float) -> float:
-        flops, _ = space.cost_from_counts(torch.tensor(counts(r), dtype=torch.float64))
+    def ratio(counts: List[int]) -> float:
+        flops, _ = space.cost_from_counts(torch.tensor(counts, dtype=torch.float64))
         return float(flops) / space.base_flops
 
     lo, hi = 0.0, 1.0
     for _ in range(40):  # FLOPs grow monotonically with r
         mid = (lo + hi) / 2
-        if ratio(mid) < target_flops_ratio:
+        if ratio(counts_at(mid)) <= target_flops_ratio:
             lo = mid
         else:
             hi = mid
-    r = min((lo, hi), key=lambda v: abs(ratio(v) - target_flops_ratio))
+    counts = counts_at(lo)
+    while True:
+        best = None
+        for g, size in enumerate(sizes):
+            if counts[g] >= size:
+                continue
+            trial = list(counts)
+            trial[g] = min(size, counts[g] + space.round_to)
+            if ratio(trial) <= target_flops_ratio + tolerance:
+                key = counts[g] / size
+                if best is None or key < best[0]:
+                    best = (key, trial)
+        if best is None:
+            break
+        counts = best[1]
     stats = space.weight_stats()
     masks = []
-    for g, k in enumerate(counts(r)):
+    for g, k in enumerate(counts):
         mask = torch.zeros(sizes[g], dtype=torch.bool)
         mask[torch.topk(stats[g]["l1"], k).indices] = True
         masks.append(mask)
     flops, _ = space.cost(masks)
-    return masks, flops / space.base_flops, r
+    return masks, flops / space.base_flops, sum(counts) / sum(sizes)
 
 
 def run_runner(binary: Path, model_path: Path, batch: int, iters: int, warmup: int, threads: int,
@@ -112,7 +135,7 @@ def run_runner(binary: Path, model_path: Path, batch: int, iters: int, warmup: i
 
 
 def measure(models: Sequence[str] = ("resnet56", "vgg16_bn"), batches: Sequence[int] = (1, 64),
-            variants: Sequence[str] = ("plain", "fused"), target_flops: float = 0.5,
+            variants: Sequence[str] = ("frozen", "ofi"), target_flops: float = 0.5,
             round_to: int = 1, threads: int = 1, rounds: int = 3, quick: bool = False,
             metric: str = "cpu", log=print) -> List[Dict]:
     """Runs the benchmark; one result dict per (model, variant, batch). ``metric`` picks the
@@ -135,11 +158,13 @@ def measure(models: Sequence[str] = ("resnet56", "vgg16_bn"), batches: Sequence[
             log(f"# {name}: keep ratio {keep:.3f} (round_to={round_to}) -> FLOPs ratio "
                 f"{flops_ratio:.3f}, params ratio {params_ratio:.3f}")
             for variant in variants:
-                fuse = variant == "fused"
+                if variant not in VARIANTS:
+                    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+                load_time_opt = variant == "ofi"
                 paths = {}
                 for tag, m in (("orig", model), ("pruned", pruned)):
                     paths[tag] = gexport.export(m, tmp / f"{name}_{tag}_{variant}.pt", x,
-                                                "torchscript", fuse_bn=fuse)
+                                                "torchscript", optimize=variant != "plain")
                 for batch in batches:
                     # Aim at ~1-2 s per run; big batches are slow on one core.
                     iters = (30 if quick else 100) if batch <= 8 else (5 if quick else 10)
@@ -149,7 +174,7 @@ def measure(models: Sequence[str] = ("resnet56", "vgg16_bn"), batches: Sequence[
                     for _ in range(rounds):
                         for tag in ("orig", "pruned"):
                             times = run_runner(binary, paths[tag], batch, iters, warmup, threads,
-                                               fuse)
+                                               load_time_opt)
                             for k, ms in times.items():
                                 best[tag, k] = min(best[tag, k], ms)
                     row = dict(model=name, variant=variant, batch=batch, metric=metric,
@@ -177,7 +202,7 @@ def table_rows(quick: bool = False) -> List[Dict]:
     """Rows for benchmarks/run.py: impl = pruned model, ref = original, ratio = speed-up."""
     batches = (1, 8) if quick else (1, 64)
     rows = []
-    for r in measure(batches=batches, variants=("fused",) if quick else ("plain", "fused"),
+    for r in measure(batches=batches, variants=("frozen",) if quick else ("frozen", "ofi"),
                      rounds=1 if quick else 3, quick=quick, log=lambda *_: None):
         rows.append(dict(
             op=f"gcnprune_run {r['model']} pruned ({r['variant']})",
@@ -195,8 +220,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8, fewer iterations")
     parser.add_argument("--models", nargs="*", default=["resnet56", "vgg16_bn"])
     parser.add_argument("--batches", nargs="*", type=int, default=None)
-    parser.add_argument("--variants", nargs="*", default=["plain", "fused"],
-                        choices=["plain", "fused"])
+    parser.add_argument("--variants", nargs="*", default=["frozen", "ofi"], choices=VARIANTS)
     parser.add_argument("--flops", type=float, default=0.5, help="target FLOPs ratio")
     parser.add_argument("--round-to", type=int, default=1, help="channel count multiple")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the runner")

@@ -46,9 +46,14 @@ def random_graph(num_nodes: int, min_deg: int = 8, max_deg: int = 16, seed: int 
     return CSRGraph(indptr, cols, values)
 
 
-def time_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
+def time_ms(fn, repeats: int, warmup: int = 2, budget_s: float = 4.0) -> float:
+    """Median wall time of fn() in ms; slow functions get fewer runs (within about budget_s)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1 if first < 0.2 else 0):
         fn()
+    repeats = max(1, min(repeats, int(budget_s / max(first, 1e-9))))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -421,27 +421,49 @@ def _mnist_like(name: str, data_dir: str, train: bool, download: bool) -> Tensor
     return TensorImageDataset(x, y, mean, std, augment=False, num_classes=10)
 
 
-def _cifar(name: str, data_dir: str, train: bool, download: bool) -> TensorImageDataset:
-    import torchvision
+def _read_cifar_pickles(folder: str, files: Sequence[str], label_key: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Read python-pickle CIFAR batches -> ``(images [N, 3, 32, 32] uint8, labels [N] int64)``."""
+    import pickle
 
+    xs, ys = [], []
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"expected the CIFAR batch file {path}")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _cifar(name: str, data_dir: str, train: bool, download: bool) -> TensorImageDataset:
     if name == "cifar10" and all(os.path.isfile(os.path.join(data_dir, f"{s}.npz"))
                                  for s in ("train", "test")):
         train_ds, test_ds = load_shared_cifar10(data_dir)
         return train_ds if train else test_ds
-    cls, folder = ((torchvision.datasets.CIFAR10, "cifar-10-batches-py") if name == "cifar10"
-                   else (torchvision.datasets.CIFAR100, "cifar-100-python"))
-    if not download and not os.path.isdir(os.path.join(data_dir, folder)):
-        hint = (f"run `python ../shared/data/make_cifar10.py {data_dir}` to create it from the "
-                f"shared copy, pass the folder holding train.npz/test.npz, or pass download=True "
-                f"(--download)" if name == "cifar10" else "pass download=True (--download)")
-        raise FileNotFoundError(f"{name}: expected the torchvision folder "
-                                f"{os.path.join(data_dir, folder)}; {hint}")
-    ds = cls(data_dir, train=train, download=download)
-    x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-    y = torch.as_tensor(ds.targets, dtype=torch.int64)
-    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    return TensorImageDataset(x, y, mean, std, augment=train,
-                              num_classes=10 if name == "cifar10" else 100)
+    folder = os.path.join(data_dir, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    if not os.path.isdir(folder):
+        if download:
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+            cls(data_dir, train=train, download=True)
+        else:
+            hint = (f"run `python ../shared/data/make_cifar10.py {data_dir}` to create it from the "
+                    f"shared copy, pass the folder holding train.npz/test.npz, or pass download=True "
+                    f"(--download)" if name == "cifar10" else "pass download=True (--download)")
+            raise FileNotFoundError(f"{name}: expected the torchvision folder {folder}; {hint}")
+    # Read the pickles directly (torchvision would also verify md5 sums, which copies re-encoded
+    # by make_cifar10.py do not match).
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        x, y = _read_cifar_pickles(folder, files, "labels")
+        mean, std, k = CIFAR10_MEAN, CIFAR10_STD, 10
+    else:
+        x, y = _read_cifar_pickles(folder, ["train" if train else "test"], "fine_labels")
+        mean, std, k = CIFAR100_MEAN, CIFAR100_STD, 100
+    return TensorImageDataset(x, y, mean, std, augment=train, num_classes=k)
 
 
 def _image_folder(path: str, train: bool, image_size: int) -> Dataset:

@@ -182,3 +182,19 @@ def test_shared_cifar10():
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     x, y = next(iter(make_loaders(None, test, eval_batch_size=512)[1]))
     assert x.shape == (512, 3, 32, 32) and abs(float(x.mean())) < 0.3
+
+
+def test_cifar_pickle_layouts(tmp_path):
+    import pickle
+
+    for name, folder, files, key in (("cifar10", "cifar-10-batches-py", ["test_batch"], "labels"),
+                                     ("cifar100", "cifar-100-python", ["test"], "fine_labels")):
+        (tmp_path / folder).mkdir()
+        data = np.arange(3 * 3072, dtype=np.int64).astype(np.uint8).reshape(3, 3072)
+        for f in files:
+            with open(tmp_path / folder / f, "wb") as fh:
+                pickle.dump({"data": data, key: [2, 0, 1]}, fh)
+        ds = get_dataset(name, str(tmp_path), train=False)
+        assert ds.images.shape == (3, 3, 32, 32) and ds.labels.tolist() == [2, 0, 1]
+        assert torch.equal(ds.images[1, 0].flatten(), torch.from_numpy(data[1, :1024]))  # R plane first
+        assert not ds.augment and ds.num_classes == (10 if name == "cifar10" else 100)

@@ -131,6 +131,27 @@ def test_spmm_transpose_many_threads_keeps_order():
                                dense(g, 300).t() @ gr)
 
 
+@needs_native
+def test_spmm_transpose_structure_cache_sees_changes():
+    # The transposed structure is cached per (indptr, indices); new values, in-place edits and new
+    # tensors must all be honoured.
+    g = random_csr(12, 10, density=0.4, dtype=torch.float64, seed=21, empty_rows=False)
+    gr = torch.randn(12, 5, dtype=torch.float64)
+    for _ in range(2):
+        torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*g, gr, 10),
+                                   dense(g, 10).t() @ gr)
+    g = g._replace(values=torch.rand_like(g.values))
+    torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*g, gr, 10), dense(g, 10).t() @ gr)
+    g.indices[0] = (g.indices[0] + 3) % 10  # in place (duplicates are fine for A^T G)
+    torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*g, gr, 10), dense(g, 10).t() @ gr)
+    torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*g, gr, 11),
+                               dense(g, 11).t() @ gr)
+    for seed in range(3):
+        other = random_csr(12, 10, density=0.4, dtype=torch.float64, seed=seed)
+        torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*other, gr, 10),
+                                   dense(other, 10).t() @ gr)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_spmm_gradcheck(native, monkeypatch):
     if native and not native_available():
@@ -206,7 +227,8 @@ def test_gcn_norm_matches_dense_formula(impl, add_self_loops):
     if impl == "native" and not native_available():
         pytest.skip("native library not built")
     g = random_csr(15, 15, dtype=torch.float64, seed=11)
-    # Row 1 stores a diagonal entry already (gets +1), row 0 is empty (self loop only).
+    assert ((ref.row_ids(g.indptr) == g.indices).sum() > 0)  # some stored diagonal entries (+1)
+    assert (g.indptr.diff() == 0).any()  # and empty rows (self loop only)
     fn = gcn_norm if impl == "native" else ref.gcn_norm
     out = fn(g, add_self_loops=add_self_loops)
     torch.testing.assert_close(out.to_dense(), dense_gcn_norm(g, add_self_loops))

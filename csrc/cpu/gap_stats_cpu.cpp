@@ -1,16 +1,16 @@
 // CPU kernel of gcnprune::gap_stats (schema in csrc/ops.cpp).
 //
-// x is viewed as [N, C, S] (S = H*W, L or 1) with arbitrary strides. One pass over x, in chunks
-// that stay in L1: each chunk is reduced twice (sum/abs/zeros/max, then the sum of squared
-// deviations from the chunk mean, re-read from L1), and chunk moments are merged into per-channel
-// float64 moments with the parallel-variance (Chan) formula. So the variance is accurate for
-// data with a large offset (x = 1000 + noise), and memory traffic is one read of x.
-//
-// Two layouts are handled without copies:
+// x is viewed as [N, C, S] (S = H*W, L or 1) with arbitrary strides and read once. Chunk
+// moments (count, sum, sum of squared deviations, sum |x|, zeros, max) are merged into
+// per-channel float64 moments with the parallel-variance (Chan) formula, so the variance stays
+// accurate for data with a large offset (x = 1000 + noise). Two layouts, no copies:
 //   A "plane-contiguous" (stride(S) == 1, e.g. NCHW contiguous): vectors run along S inside one
-//     (n, c) plane and are reduced horizontally at the end of a chunk.
+//     (n, c) plane. A chunk (<= 16 KiB of one plane) is reduced twice: sum/abs/zeros/max, then
+//     the squared deviations from the chunk mean, re-read from L1.
 //   B "channel-contiguous" (stride(C) == 1, e.g. channels_last, [N, C]): vectors run across 16
-//     neighbouring channels, rows are the S positions (then the samples); no horizontal reduction.
+//     neighbouring channels, rows are the S positions (then the samples). Rows are strided, so a
+//     chunk is reduced in one pass on data shifted by the channel's running mean (see
+//     reduce_rows_chunk).
 // Other strides are copied to one of these first.
 //
 // Work is split over (sample block, channel group) tasks with at::parallel_for; a sample block
@@ -70,18 +70,18 @@ struct Moments {
   double max = -std::numeric_limits<double>::infinity();
 };
 
-// Merge a chunk (nb elements, sum, m2 around its own mean, ...) into `a` (Chan et al.).
-GAP_INLINE void merge_chunk(Moments& a, double nb, double sum_b, double m2_b, double abs_b,
-                            double zeros_b, double max_b) {
-  const double mean_b = sum_b / nb;
+// Merge a chunk (nb elements with sum sum_b, mean mean_b = sum_b / nb, m2 around mean_b, ...)
+// into `a` (Chan et al.).
+GAP_INLINE void merge_chunk(Moments& a, double nb, double sum_b, double mean_b, double m2_b,
+                            double abs_b, double zeros_b, double max_b) {
   if (a.n == 0) {
     a.mean = mean_b;
     a.m2 = m2_b;
   } else {
-    const double n = a.n + nb;
+    const double w = nb / (a.n + nb);
     const double delta = mean_b - a.mean;
-    a.mean += delta * (nb / n);
-    a.m2 += m2_b + delta * delta * (a.n * nb / n);
+    a.mean += delta * w;
+    a.m2 += m2_b + delta * delta * a.n * w;
   }
   a.n += nb;
   a.sum += sum_b;
@@ -183,11 +183,21 @@ GAP_INLINE typename Simd<acc_t>::V load_lanes_partial(const scalar_t* p, int64_t
   return v;
 }
 
+// Horizontal sum / max of a 32-byte vector: halve twice with vector ops, then 2 scalar lanes
+// (this runs once per chunk, so its latency matters for short planes).
 template <typename V>
 GAP_INLINE double hsum(V v) {
-  double s = 0;
-  for (size_t i = 0; i < sizeof(V) / sizeof(v[0]); ++i) s += static_cast<double>(v[i]);
-  return s;
+  constexpr int K = sizeof(V) / sizeof(v[0]);
+  typedef std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> T;
+  typedef T H __attribute__((vector_size(16)));
+  H h;
+  if constexpr (K == 8) {
+    h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return static_cast<double>(h[0] + h[2]) + static_cast<double>(h[1] + h[3]);
+  } else {
+    h = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
+    return static_cast<double>(h[0]) + static_cast<double>(h[1]);
+  }
 }
 
 template <typename V>
@@ -262,7 +272,7 @@ GAP_INLINE double reduce_contiguous_chunk(const scalar_t* p, int64_t len, Moment
   // Centre on the float64 mean rather than its acc_t rounding.
   const double shift = mean - static_cast<double>(mean_a);
   m2 -= static_cast<double>(len) * shift * shift;
-  merge_chunk(mom, static_cast<double>(len), sum, m2, abs_sum, zeros, mx);
+  merge_chunk(mom, static_cast<double>(len), sum, mean, m2, abs_sum, zeros, mx);
   return sum;
 }
 
@@ -298,6 +308,10 @@ GAP_INLINE typename Simd<acc_t>::V load_group_half(const scalar_t* p, int64_t co
 
 // Layout B: lanes are `lanes` (<= 2 * kSize) neighbouring channels starting at x (stride 1).
 // One chunk: samples [na, nb) x positions [sa, sb) (either one sample, or whole samples).
+// Rows are strided by stride(S) (often a multiple of 4 KiB), so a chunk would not stay in L1 for
+// a second pass: it is reduced in one pass on data shifted by a per-lane constant K (the
+// channel's running mean from earlier chunks; for the first chunk its first row), i.e.
+// sum (x - K) and sum (x - K)^2, which is accurate as long as |mean - K| is not >> std.
 // `gsum` holds per-lane float64 sums of the current sample across chunks; when a chunk ends a
 // sample (sb == S), its GAP row is written.
 template <typename scalar_t, typename acc_t, bool kFull>
@@ -308,18 +322,38 @@ GAP_INLINE void reduce_rows_chunk(const scalar_t* x, int64_t lanes, int64_t na, 
   using V = typename Simd<acc_t>::V;
   using I = typename Simd<acc_t>::I;
   constexpr int64_t kVS = Simd<acc_t>::kSize;
+  V k0 = {}, k1 = {};
+  {
+    const scalar_t* first = x + na * sN + sa * sS;
+    const V f0 = load_group_half<scalar_t, acc_t, kFull>(first, lanes);
+    const V f1 = load_group_half<scalar_t, acc_t, kFull>(first + kVS, lanes - kVS);
+    for (int64_t l = 0; l < lanes; ++l) {
+      const bool lo = l < kVS;
+      double k = mom[l].n > 0 ? mom[l].mean : static_cast<double>(lo ? f0[l] : f1[l - kVS]);
+      if (!std::isfinite(k)) k = 0;
+      if (lo) {
+        k0[l] = static_cast<acc_t>(k);
+      } else {
+        k1[l - kVS] = static_cast<acc_t>(k);
+      }
+    }
+  }
   const V ninf = splat<acc_t>(-std::numeric_limits<acc_t>::infinity());
-  V c0 = {}, c1 = {}, a0 = {}, a1 = {}, m0 = ninf, m1 = ninf;
+  V c0 = {}, c1 = {}, q0 = {}, q1 = {}, a0 = {}, a1 = {}, m0 = ninf, m1 = ninf;
   I z0 = {}, z1 = {};
   const bool ends_sample = sb == S;
+  const double sample_rows = static_cast<double>(sb - sa);
   for (int64_t n = na; n < nb; ++n) {
     const scalar_t* row = x + n * sN + sa * sS;
     V p0 = {}, p1 = {};
     for (int64_t s = sa; s < sb; ++s, row += sS) {
       const V v0 = load_group_half<scalar_t, acc_t, kFull>(row, lanes);
       const V v1 = load_group_half<scalar_t, acc_t, kFull>(row + kVS, lanes - kVS);
-      p0 += v0;
-      p1 += v1;
+      const V d0 = v0 - k0, d1 = v1 - k1;
+      p0 += d0;
+      p1 += d1;
+      q0 += d0 * d0;
+      q1 += d1 * d1;
       a0 += vabs<acc_t>(v0);
       a1 += vabs<acc_t>(v1);
       z0 += (v0 == 0);
@@ -329,45 +363,37 @@ GAP_INLINE void reduce_rows_chunk(const scalar_t* x, int64_t lanes, int64_t na, 
     }
     c0 += p0;
     c1 += p1;
+    // unshifted per-sample sums: sum x = sum (x - K) + rows * K
     if (ends_sample) {
       acc_t* g = gap + n * C;
       const double inv = 1.0 / static_cast<double>(S);
       for (int64_t l = 0; l < lanes; ++l) {
-        const double ps = static_cast<double>(l < kVS ? p0[l] : p1[l - kVS]);
+        const bool lo = l < kVS;
+        const double k = lo ? k0[l] : k1[l - kVS];
+        const double ps = static_cast<double>(lo ? p0[l] : p1[l - kVS]) + sample_rows * k;
         g[l] = static_cast<acc_t>((gsum[l] + ps) * inv);
         gsum[l] = 0;
       }
     } else {
       for (int64_t l = 0; l < lanes; ++l) {
-        gsum[l] += static_cast<double>(l < kVS ? p0[l] : p1[l - kVS]);
+        const bool lo = l < kVS;
+        const double k = lo ? k0[l] : k1[l - kVS];
+        gsum[l] += static_cast<double>(lo ? p0[l] : p1[l - kVS]) + sample_rows * k;
       }
     }
   }
   const double rows = static_cast<double>((nb - na) * (sb - sa));
-  V mv0, mv1;
-  for (int64_t l = 0; l < kVS; ++l) {
-    mv0[l] = static_cast<acc_t>(static_cast<double>(c0[l]) / rows);
-    mv1[l] = static_cast<acc_t>(static_cast<double>(c1[l]) / rows);
-  }
-  // Second pass (rows are still in L1): squared deviations from the per-lane chunk mean.
-  V q0 = {}, q1 = {};
-  for (int64_t n = na; n < nb; ++n) {
-    const scalar_t* row = x + n * sN + sa * sS;
-    for (int64_t s = sa; s < sb; ++s, row += sS) {
-      const V d0 = load_group_half<scalar_t, acc_t, kFull>(row, lanes) - mv0;
-      const V d1 = load_group_half<scalar_t, acc_t, kFull>(row + kVS, lanes - kVS) - mv1;
-      q0 += d0 * d0;
-      q1 += d1 * d1;
-    }
-  }
+  const double inv_rows = 1.0 / rows;
   for (int64_t l = 0; l < lanes; ++l) {
     const bool lo = l < kVS;
-    const int64_t k = lo ? l : l - kVS;
-    const double sum = lo ? c0[k] : c1[k];
-    const double shift = sum / rows - static_cast<double>(lo ? mv0[k] : mv1[k]);
-    const double m2 = static_cast<double>(lo ? q0[k] : q1[k]) - rows * shift * shift;
-    const double zeros = -static_cast<double>(lo ? z0[k] : z1[k]);
-    merge_chunk(mom[l], rows, sum, m2, lo ? a0[k] : a1[k], zeros, lo ? m0[k] : m1[k]);
+    const int64_t j = lo ? l : l - kVS;
+    const double k = lo ? k0[j] : k1[j];
+    const double sd = lo ? c0[j] : c1[j];  // sum (x - K)
+    const double q = lo ? q0[j] : q1[j];   // sum (x - K)^2
+    const double m2 = q - sd * sd * inv_rows;
+    const double zeros = -static_cast<double>(lo ? z0[j] : z1[j]);
+    merge_chunk(mom[l], rows, sd + rows * k, k + sd * inv_rows, m2 > 0 ? m2 : (m2 == m2 ? 0 : m2),
+                lo ? a0[j] : a1[j], zeros, lo ? m0[j] : m1[j]);
   }
 }
 
@@ -393,8 +419,10 @@ template <typename scalar_t, typename acc_t>
 GAP_INLINE void reduce_channel_groups(const scalar_t* x, int64_t n0, int64_t n1, int64_t g0,
                                       int64_t g1, int64_t group, int64_t S, int64_t sN,
                                       int64_t sS, int64_t C, acc_t* gap, Moments* mom) {
-  const int64_t max_rows =
-      std::max<int64_t>(1, kChunkBytes / (group * static_cast<int64_t>(sizeof(scalar_t))));
+  // one pass per chunk (no L1 re-read), so chunks can be longer than in layout A; float
+  // accumulators per lane still sum at most 1024 rows.
+  const int64_t max_rows = std::max<int64_t>(
+      1, 4 * kChunkBytes / (group * static_cast<int64_t>(sizeof(scalar_t))));
   double gsum[64];  // group <= 2 * Simd<acc_t>::kSize = 16
   std::fill(gsum, gsum + 64, 0.0);
   if (S <= max_rows) {

@@ -6,8 +6,9 @@
 // input dtype for float32/float64.
 //
 // Parallelism: rows are split into one chunk per thread with about equal (entries + rows), so
-// skewed degree distributions stay balanced. spmm_transpose builds the transposed CSR with a
-// parallel counting sort (O(nnz), no atomics) and reuses the row kernel.
+// skewed degree distributions stay balanced. spmm_transpose builds the transposed structure with a
+// parallel counting sort (O(nnz), no atomics; cached per graph, see TransposeCache) and reuses the
+// row kernel, reading the values through the entry permutation.
 //
 // Vectorization: the inner loops run over fixed-size blocks of d (accumulators held in
 // registers) that the compiler vectorizes. The extension is compiled without -march flags, so the
@@ -22,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -193,7 +195,8 @@ GCNP_ALWAYS_INLINE void store_vec(scalar_t* p, typename Vec<acc_t>::type v) {
 constexpr int64_t kPrefetchDistance = 8;
 
 template <int NV, typename scalar_t, typename acc_t>
-GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals, int64_t e0,
+GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals,
+                                   const int64_t* perm, int64_t e0,
                                    int64_t e1, int64_t e_limit, const scalar_t* x, int64_t d,
                                    int64_t j0, scalar_t* y) {
   using V = typename Vec<acc_t>::type;
@@ -211,7 +214,7 @@ GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals, in
 #pragma GCC unroll 16
       for (int k = 0; k < kBlockElems; k += kLineElems) __builtin_prefetch(pf + k);
     }
-    const acc_t v = static_cast<acc_t>(vals[e]);
+    const acc_t v = static_cast<acc_t>(vals[perm != nullptr ? perm[e] : e]);
     const scalar_t* xr = x + cols[e] * d + j0;
 #pragma GCC unroll 16
     for (int k = 0; k < NV; ++k) acc[k] += v * load_vec<acc_t>(xr + k * L);
@@ -222,19 +225,22 @@ GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals, in
 
 // One column j of d (the < L leftover columns).
 template <typename scalar_t, typename acc_t>
-GCNP_ALWAYS_INLINE void spmm_column(const int64_t* cols, const scalar_t* vals, int64_t e0,
+GCNP_ALWAYS_INLINE void spmm_column(const int64_t* cols, const scalar_t* vals,
+                                    const int64_t* perm, int64_t e0,
                                     int64_t e1, const scalar_t* x, int64_t d, int64_t j,
                                     scalar_t* y) {
   acc_t acc = 0;
   for (int64_t e = e0; e < e1; ++e) {
-    acc += static_cast<acc_t>(vals[e]) * static_cast<acc_t>(x[cols[e] * d + j]);
+    acc += static_cast<acc_t>(vals[perm != nullptr ? perm[e] : e]) *
+           static_cast<acc_t>(x[cols[e] * d + j]);
   }
   y[j] = static_cast<scalar_t>(acc);
 }
 
 template <typename scalar_t>
 GCNP_ALWAYS_INLINE void spmm_rows_impl(const int64_t* indptr, const int64_t* cols,
-                                       const scalar_t* vals, const scalar_t* x, scalar_t* out,
+                                       const scalar_t* vals, const int64_t* perm,
+                                       const scalar_t* x, scalar_t* out,
                                        int64_t r0, int64_t r1, int64_t d, int64_t nnz,
                                        int64_t num_cols, RowErrors* err) {
   using acc_t = typename AccType<scalar_t>::type;
@@ -248,50 +254,53 @@ GCNP_ALWAYS_INLINE void spmm_rows_impl(const int64_t* indptr, const int64_t* col
     const int64_t e0 = indptr[r], e1 = indptr[r + 1];
     int64_t j = 0;
     // 8 vectors (64 floats / 32 doubles) per pass, then 4, 2, 1, then single columns.
-    for (; j + 8 * L <= d; j += 8 * L) spmm_block<8, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
+    for (; j + 8 * L <= d; j += 8 * L) spmm_block<8, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
     if (j + 4 * L <= d) {
-      spmm_block<4, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
+      spmm_block<4, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
       j += 4 * L;
     }
     if (j + 2 * L <= d) {
-      spmm_block<2, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
+      spmm_block<2, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
       j += 2 * L;
     }
     if (j + L <= d) {
-      spmm_block<1, scalar_t, acc_t>(cols, vals, e0, e1, nnz, x, d, j, y);
+      spmm_block<1, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
       j += L;
     }
-    for (; j < d; ++j) spmm_column<scalar_t, acc_t>(cols, vals, e0, e1, x, d, j, y);
+    for (; j < d; ++j) spmm_column<scalar_t, acc_t>(cols, vals, perm, e0, e1, x, d, j, y);
   }
 }
 
 template <typename scalar_t>
 void spmm_rows_default(const int64_t* indptr, const int64_t* cols, const scalar_t* vals,
+                       const int64_t* perm,
                        const scalar_t* x, scalar_t* out, int64_t r0, int64_t r1, int64_t d,
                        int64_t nnz, int64_t num_cols, RowErrors* err) {
-  spmm_rows_impl(indptr, cols, vals, x, out, r0, r1, d, nnz, num_cols, err);
+  spmm_rows_impl(indptr, cols, vals, perm, x, out, r0, r1, d, nnz, num_cols, err);
 }
 
 template <typename scalar_t>
 GCNP_TARGET_AVX2 void spmm_rows_avx2(const int64_t* indptr, const int64_t* cols,
-                                     const scalar_t* vals, const scalar_t* x, scalar_t* out,
+                                     const scalar_t* vals, const int64_t* perm,
+                                     const scalar_t* x, scalar_t* out,
                                      int64_t r0, int64_t r1, int64_t d, int64_t nnz,
                                      int64_t num_cols, RowErrors* err) {
-  spmm_rows_impl(indptr, cols, vals, x, out, r0, r1, d, nnz, num_cols, err);
+  spmm_rows_impl(indptr, cols, vals, perm, x, out, r0, r1, d, nnz, num_cols, err);
 }
 
 // out [R, d] = CSR(indptr, cols, vals) [R, num_cols] @ x [num_cols, d]; all contiguous.
 // err == nullptr skips per-row validation (used for internally built, known-valid CSR).
 template <typename scalar_t>
 void spmm_kernel(const int64_t* indptr, const int64_t* cols, const scalar_t* vals,
+                 const int64_t* perm,
                  const scalar_t* x, scalar_t* out, int64_t num_rows, int64_t d, int64_t nnz,
                  int64_t num_cols, RowErrors* err) {
   const bool avx2 = cpu_has_avx2();
   parallel_rows(indptr, num_rows, nnz, d, [&](int64_t r0, int64_t r1) {
     if (avx2) {
-      spmm_rows_avx2(indptr, cols, vals, x, out, r0, r1, d, nnz, num_cols, err);
+      spmm_rows_avx2(indptr, cols, vals, perm, x, out, r0, r1, d, nnz, num_cols, err);
     } else {
-      spmm_rows_default(indptr, cols, vals, x, out, r0, r1, d, nnz, num_cols, err);
+      spmm_rows_default(indptr, cols, vals, perm, x, out, r0, r1, d, nnz, num_cols, err);
     }
   });
 }
@@ -378,7 +387,7 @@ at::Tensor spmm_cpu(const at::Tensor& indptr, const at::Tensor& indices, const a
   RowErrors err;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gcnprune_spmm", [&] {
     spmm_kernel<scalar_t>(indptr_c.data_ptr<int64_t>(), indices_c.data_ptr<int64_t>(),
-                          values_c.data_ptr<scalar_t>(), x_c.data_ptr<scalar_t>(),
+                          values_c.data_ptr<scalar_t>(), nullptr, x_c.data_ptr<scalar_t>(),
                           out.data_ptr<scalar_t>(), num_rows, d, nnz, num_cols, &err);
   });
   err.raise(op, num_cols);
@@ -453,6 +462,75 @@ TransposedCSR transpose_structure(const int64_t* indptr, const int64_t* cols, in
   return t;
 }
 
+// The transposed structure depends on (indptr, indices, n_cols) only, and a GCN propagates over
+// the same graph at every training step: keep the last few, keyed weakly on the index tensors.
+// An entry is reused only while both tensors are alive (the weak references also keep their
+// TensorImpl addresses from being recycled), unmodified (same version counters: any in-place
+// change bumps them) and at the same data pointers and sizes.
+class TransposeCache {
+ public:
+  static TransposeCache& instance() {
+    static TransposeCache cache;
+    return cache;
+  }
+
+  TransposedCSR get(const at::Tensor& indptr, const at::Tensor& indices, const int64_t* ip,
+                    const int64_t* cols, int64_t num_rows, int64_t nnz, int64_t num_cols) {
+    const bool cacheable = !indptr.is_inference() && !indices.is_inference();
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::erase_if(entries_, [](const Entry& e) {
+        return e.indptr_ref.expired() || e.indices_ref.expired();
+      });
+      for (const Entry& e : entries_) {
+        if (e.matches(indptr, indices, num_cols)) return e.t;
+      }
+    }
+    RowErrors err;
+    TransposedCSR t = transpose_structure(ip, cols, num_rows, nnz, num_cols, indptr.options(), err);
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (entries_.size() >= kCapacity) entries_.erase(entries_.begin());
+      entries_.push_back(Entry{WeakImpl(indptr.getIntrusivePtr()), WeakImpl(indices.getIntrusivePtr()),
+                               indptr.const_data_ptr(), indices.const_data_ptr(),
+                               indptr._version(), indices._version(), indptr.numel(),
+                               indices.numel(), num_cols, t});
+    }
+    return t;
+  }
+
+ private:
+  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  static constexpr size_t kCapacity = 4;
+
+  struct Entry {
+    WeakImpl indptr_ref, indices_ref;
+    const void* indptr_data;
+    const void* indices_data;
+    int64_t indptr_version, indices_version;
+    int64_t indptr_numel, indices_numel, num_cols;
+    TransposedCSR t;
+
+    bool matches(const at::Tensor& indptr, const at::Tensor& indices, int64_t cols) const {
+      return indptr_ref._unsafe_get_target() == indptr.unsafeGetTensorImpl() &&
+             indices_ref._unsafe_get_target() == indices.unsafeGetTensorImpl() &&
+             indptr_data == indptr.const_data_ptr() && indices_data == indices.const_data_ptr() &&
+             indptr_version == indptr._version() && indices_version == indices._version() &&
+             indptr_numel == indptr.numel() && indices_numel == indices.numel() &&
+             num_cols == cols;
+    }
+  };
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+TransposedCSR cached_transpose(const at::Tensor& indptr, const at::Tensor& indices,
+                               const int64_t* ip, const int64_t* cols, int64_t num_rows,
+                               int64_t nnz, int64_t num_cols) {
+  return TransposeCache::instance().get(indptr, indices, ip, cols, num_rows, nnz, num_cols);
+}
+
 at::Tensor spmm_transpose_cpu(const at::Tensor& indptr, const at::Tensor& indices,
                               const at::Tensor& values, const at::Tensor& g, int64_t n_cols) {
   constexpr const char* op = "gcnprune::spmm_transpose";
@@ -474,16 +552,15 @@ at::Tensor spmm_transpose_cpu(const at::Tensor& indptr, const at::Tensor& indice
   const int64_t* ip = indptr_c.data_ptr<int64_t>();
   check_indptr_ends(op, ip, num_rows, nnz);
   if (d == 0 || nnz == 0) return at::zeros({n_cols, d}, g.options());
-  RowErrors err;
-  TransposedCSR t = transpose_structure(ip, indices_c.data_ptr<int64_t>(), num_rows, nnz, n_cols,
-                                        indptr.options(), err);
-  auto t_values = values_c.index_select(0, t.perm);
+  const TransposedCSR t = cached_transpose(indptr, indices, ip, indices_c.data_ptr<int64_t>(),
+                                           num_rows, nnz, n_cols);
   auto out = at::empty({n_cols, d}, g.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "gcnprune_spmm_transpose", [&] {
     spmm_kernel<scalar_t>(t.indptr.data_ptr<int64_t>(), t.indices.data_ptr<int64_t>(),
-                          t_values.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(),
-                          out.data_ptr<scalar_t>(), n_cols, d, nnz, num_rows, nullptr);
+                          values_c.data_ptr<scalar_t>(), t.perm.data_ptr<int64_t>(),
+                          g_c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n_cols, d, nnz,
+                          num_rows, nullptr);
   });
   return out;
 }

@@ -70,6 +70,7 @@ DEFAULTS: Dict[str, Any] = {
     "warm_start": "l1",          # "l1" | "none"
     "warm_start_scale": 3.0,     # logit slope per standard deviation of L1 at the warm start
     "fill_budget": True,         # after the action wall, add back top-pi channels while feasible
+    "channels_last": True,       # run masked evaluation in channels_last (1.3-1.7x faster on CPU)
 }
 
 NODE_FEATURES = ("l1", "l2", "bn_gamma", "act_mean", "act_var", "act_abs_mean", "act_zero_frac",
@@ -314,6 +315,23 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
     source = ctx.val_loader if (opts["reward_source"] == "val" and ctx.val_loader is not None) else ctx.loader
     rewards = RewardSet.from_loader(source, opts["reward_samples"], device, opts["reward_batch_size"],
                                     "val_loader" if source is ctx.val_loader else "loader")
+    four_d = (rewards.x.dim() == 4 and opts["channels_last"]
+              and all(p.is_contiguous() for p in space.model.parameters() if p.dim() == 4))
+    if four_d:
+        # Only strides change (values are identical); undone in the finally below.
+        space.model.to(memory_format=torch.channels_last)
+        rewards.x = rewards.x.contiguous(memory_format=torch.channels_last)
+    try:
+        return _search_loop(space, ctx, opts, budget, raw, graph, x, offsets, policy, optimizer,
+                            gen, rewards, t_start)
+    finally:
+        if four_d:
+            space.model.to(memory_format=torch.contiguous_format)
+
+
+def _search_loop(space, ctx, opts, budget, raw, graph, x, offsets, policy, optimizer, gen,
+                 rewards, t_start) -> MethodResult:
+    device = ctx.device
     scorer = _MaskScorer(space, rewards, opts["reward"], device)
     ax = None if opts["shared"] else ops.spmm(graph, x)
 
