@@ -47,9 +47,10 @@ def test_prune_l1_report_and_save(model, tmp_path):
     out = res.model(torch.randn(2, 3, 16, 16))
     assert out.shape == (2, 10)
     assert sum(w["after"] for w in r["widths"]) < sum(w["before"] for w in r["widths"])
-    paths = res.save(str(tmp_path))
+    paths = res.save(str(tmp_path), export_formats=("torchscript",))
     for name in ("plan.json", "weights.pt", "report.json", "report.md"):
         assert os.path.exists(tmp_path / name)
+    assert os.path.exists(paths["torchscript"])
     sd = torch.load(tmp_path / "weights.pt", weights_only=True)
     assert set(sd) == set(res.model.state_dict())
     assert json.load(open(paths["report"]))["method"] == "l1"

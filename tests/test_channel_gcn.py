@@ -32,7 +32,7 @@ def features(space):
 
 
 def _ctx(space, **kw):
-    opts = {"episodes": 12, "episodes_per_update": 3, "reward_samples": 32, "feature_samples": 32}
+    opts = {"episodes": 6, "episodes_per_update": 3, "reward_samples": 16, "feature_samples": 16}
     opts.update(kw.pop("options", {}))
     return SearchContext(space=space, budget=Budget.from_ratios(space, 0.5), loader=_loader(),
                          device=torch.device("cpu"), options=opts, **kw)
@@ -98,7 +98,7 @@ def test_warm_start_greedy_is_global_l1(space):
     l1_masks = allocate(space, l1_scores(space), ctx.budget, allocation="global")
     # with lr=0 the policy stays at its warm start; the first greedy mask is the L1 mask
     assert result.info["greedy_curve"][0] == pytest.approx(
-        channel_gcn._MaskScorer(space, channel_gcn.RewardSet.from_loader(_loader(), 32, "cpu"),
+        channel_gcn._MaskScorer(space, channel_gcn.RewardSet.from_loader(_loader(), 16, "cpu"),
                                 "accuracy_bn", "cpu")(l1_masks)[0])
     assert result.info["best_reward"] >= result.info["greedy_curve"][0]
 
@@ -114,7 +114,7 @@ def test_search_feasible_and_reproducible(space):
     b = channel_gcn.search(space, _ctx(space, seed=1))
     f, p = space.cost(a.masks)
     assert Budget.from_ratios(space, 0.5).feasible(f, p)
-    assert a.info["episodes"] == 12 and len(a.info["reward_curve"]) == 12
+    assert a.info["episodes"] == 6 and len(a.info["reward_curve"]) == 6
     assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
     assert a.info["reward_curve"] == b.info["reward_curve"]
 
@@ -147,7 +147,7 @@ def test_bad_options(space):
 
 
 def test_bn_reward_restores_buffers(space):
-    rewards = channel_gcn.RewardSet.from_loader(_loader(), 32, "cpu")
+    rewards = channel_gcn.RewardSet.from_loader(_loader(), 16, "cpu")
     before = {k: v.clone() for k, v in space.model.state_dict().items()}
     rewards.evaluate_with_bn(space.model)
     assert not space.model.training

@@ -61,7 +61,8 @@ def assert_graph_properties(g: CSRGraph, f, k, segments=None, center=False, tol=
             vals = g.values[g.indptr[i]:g.indptr[i + 1]].double()
             if cols.numel():
                 assert bool((cols.diff() > 0).all()), f"row {i}: indices not strictly sorted"
-                assert bool((cols >= lo).all() and (cols < hi).all()), f"row {i}: edge leaves segment"
+                inside = bool((cols >= lo).all() and (cols < hi).all())
+                assert inside, f"row {i}: edge leaves segment"
                 assert not bool((cols == i).any()), f"row {i}: self loop"
                 torch.testing.assert_close(vals, sim[i, cols].clamp_min(0), atol=tol, rtol=0)
             dense[i, cols] = True
@@ -106,7 +107,8 @@ def test_cosine_similarity_values():
     torch.testing.assert_close(ref.cosine_similarity(f), want)
     # center: rows [1, 2, 3] and [3, 2, 1] are perfectly anti-correlated
     g = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
-    torch.testing.assert_close(cosine_similarity(g, center=True), torch.tensor([[1.0, -1], [-1, 1]]))
+    want_g = torch.tensor([[1.0, -1], [-1, 1]])
+    torch.testing.assert_close(cosine_similarity(g, center=True), want_g)
 
 
 def test_cosine_similarity_huge_values_do_not_overflow():
@@ -136,7 +138,8 @@ def test_knn_graph_matches_reference(dtype, center, monkeypatch):
 @needs_native
 def test_knn_graph_large_c_many_tiles(monkeypatch):
     """C = 3000 with tiles of 256 (12 x 12 tile grid, ragged last tile): float64 makes rounding
-    differences (1e-16) far smaller than the gaps between neighbours, so the graphs match exactly."""
+    differences (1e-16) far smaller than the gaps between neighbours, so the graphs match
+    exactly."""
     monkeypatch.setenv("GCNPRUNE_KNN_TILE", "256")
     torch.manual_seed(0)
     f = torch.randn(3000, 24, dtype=torch.float64)
@@ -213,7 +216,8 @@ def test_knn_graph_zero_rows_tie_break_to_lower_index(impl):
     assert g.values[g.indptr[5]:g.indptr[6]].abs().sum() == 0
     z = fn(torch.zeros(5, 4), 2)  # all rows zero: every row picks the two lowest other rows
     assert z.to_dense().ne(0).sum() == 0
-    picks = {(i, j) for i in range(5) for j in ([0, 1] if i > 1 else [x for x in (0, 1, 2) if x != i])}
+    lowest_two = {0: [1, 2], 1: [0, 2]}
+    picks = {(i, j) for i in range(5) for j in lowest_two.get(i, [0, 1])}
     edges = {(i, int(j)) for i in range(5) for j in z.indices[z.indptr[i]:z.indptr[i + 1]]}
     assert edges == picks | {(j, i) for i, j in picks}
 
@@ -374,3 +378,17 @@ def test_cuda_opcheck():
     f = torch.randn(12, 4, device="cuda")
     torch.library.opcheck(torch.ops.gcnprune.cosine_similarity.default, (f, False))
     torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f, 3, None, False))
+
+
+@needs_native
+def test_native_under_inference_mode_and_threads(monkeypatch):
+    """The CPU kernels run GEMMs on worker threads; inference mode must reach them."""
+    monkeypatch.setenv("GCNPRUNE_KNN_TILE", "16")
+    torch.set_num_threads(2)
+    f = torch.randn(100, 6, dtype=torch.float64)
+    want = ref.knn_graph(f, 4)
+    with torch.inference_mode():
+        got = knn_graph(f, 4)
+        cos = cosine_similarity(f)
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(cos, ref.cosine_similarity(f))

