@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -66,6 +67,8 @@ def _peers(graph: CSRGraph, num_nodes: int):
     """name -> propagate(values, x) for each available peer (all differentiable)."""
     indptr, indices, _ = graph
     rows = reference.row_ids(indptr)
+
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
     def sparse_mm(values, x):
         a = torch.sparse_csr_tensor(indptr, indices, values, size=(num_nodes, x.size(0)))

@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [here, os.path.dirname(here)]  # bench_* modules; the repo (in-place builds)
     import gcnprune_fast.ops as ops
 
     print(f"# gcnprune_fast benchmarks: torch {torch.__version__}, {platform.processor() or platform.machine()}, "

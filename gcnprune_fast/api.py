@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from gcnprune_fast.features import iterate_inputs, split_batch
+from gcnprune_fast.features import split_batch
 from gcnprune_fast.methods import ALLOCATIONS, METHOD_NAMES, Budget, SearchContext, run_method
 from gcnprune_fast.methods.allocation import check_budget_reachable
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from gcnprune_fast import ops
 from gcnprune_fast.features import collect_features
 from gcnprune_fast.methods import Budget, SearchContext, allocate
 from gcnprune_fast.methods import channel_gcn

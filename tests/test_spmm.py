@@ -10,6 +10,8 @@ from gcnprune_fast.ops import CSRGraph, gcn_norm, native_available, native_cuda_
 from gcnprune_fast.ops import _native
 from gcnprune_fast.ops.reference import sparse as ref
 
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
 needs_native = pytest.mark.skipif(not native_available(), reason="native library not built")
 needs_cuda = pytest.mark.skipif(not native_cuda_available(), reason="no CUDA device / CUDA kernels")
 
@@ -123,12 +125,23 @@ def test_spmm_transpose_and_sddmm_match_reference(dtype):
 
 
 @needs_native
-def test_spmm_transpose_many_threads_keeps_order():
-    # Large enough to use several chunks in the counting sort when threads are available.
-    g = random_csr(400, 300, density=0.5, dtype=torch.float64, seed=9, empty_rows=False)
-    gr = torch.randn(400, 3, dtype=torch.float64)
-    torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*g, gr, 300),
-                               dense(g, 300).t() @ gr)
+def test_multithreaded_chunks_match_dense():
+    # Large enough for several row chunks and several counting-sort chunks (nnz >= 2 * 65536).
+    g = random_csr(600, 500, density=0.5, dtype=torch.float64, seed=9, empty_rows=True)
+    gr = torch.randn(600, 3, dtype=torch.float64)
+    x = torch.randn(500, 3, dtype=torch.float64)
+    a = dense(g, 500)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*g, gr, 500), a.t() @ gr)
+        torch.testing.assert_close(spmm(g, x), a @ x)
+        torch.testing.assert_close(torch.ops.gcnprune.sddmm(g.indptr, g.indices, gr, x),
+                                   ref.sddmm(g.indptr, g.indices, gr, x))
+        sq = random_csr(500, 500, density=0.3, dtype=torch.float64, seed=10)
+        torch.testing.assert_close(gcn_norm(sq).values, ref.gcn_norm(sq).values)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_native

@@ -319,16 +319,20 @@ GAP_INLINE void reduce_channel_range(const scalar_t* x, int64_t n0, int64_t n1, 
   const int64_t full = width / kVS;           // vectors with all lanes in range
   const int64_t tail = width - full * kVS;     // lanes of the last, partial vector
   const int64_t nvec = full + (tail > 0 ? 1 : 0);
-  std::vector<V> state(static_cast<size_t>(6 * nvec));
-  std::vector<I> zstate(static_cast<size_t>(nvec));
+  // std::vector<V> would not honour the 32-byte alignment of V (GCC drops the vector type's
+  // attributes in template arguments), so carve aligned arrays out of a byte buffer.
+  std::vector<unsigned char> storage(static_cast<size_t>(nvec) * (6 * sizeof(V) + sizeof(I)) +
+                                     64);
+  const uintptr_t base =
+      (reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~static_cast<uintptr_t>(63);
   std::vector<double> gsum(static_cast<size_t>(width), 0.0);
-  V* K = state.data();  // shift
+  V* K = reinterpret_cast<V*>(base);  // shift
   V* P = K + nvec;      // sum (x - K) of the current sample (since the last chunk flush)
   V* Cs = P + nvec;     // sum (x - K) of the chunk
   V* Q = Cs + nvec;     // sum (x - K)^2 of the chunk
   V* A = Q + nvec;      // sum |x|
   V* M = A + nvec;      // max
-  I* Z = zstate.data(); // -(zero count)
+  I* Z = reinterpret_cast<I*>(M + nvec);  // -(zero count)
   const V ninf = splat<acc_t>(-std::numeric_limits<acc_t>::infinity());
   for (int64_t j = 0; j < nvec; ++j) {
     P[j] = Cs[j] = Q[j] = A[j] = V{};

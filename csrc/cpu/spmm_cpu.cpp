@@ -254,7 +254,9 @@ GCNP_ALWAYS_INLINE void spmm_rows_impl(const int64_t* indptr, const int64_t* col
     const int64_t e0 = indptr[r], e1 = indptr[r + 1];
     int64_t j = 0;
     // 8 vectors (64 floats / 32 doubles) per pass, then 4, 2, 1, then single columns.
-    for (; j + 8 * L <= d; j += 8 * L) spmm_block<8, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
+    for (; j + 8 * L <= d; j += 8 * L) {
+      spmm_block<8, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
+    }
     if (j + 4 * L <= d) {
       spmm_block<4, scalar_t, acc_t>(cols, vals, perm, e0, e1, nnz, x, d, j, y);
       j += 4 * L;
@@ -491,7 +493,8 @@ class TransposeCache {
     if (cacheable) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (entries_.size() >= kCapacity) entries_.erase(entries_.begin());
-      entries_.push_back(Entry{WeakImpl(indptr.getIntrusivePtr()), WeakImpl(indices.getIntrusivePtr()),
+      entries_.push_back(Entry{WeakImpl(indptr.getIntrusivePtr()),
+                               WeakImpl(indices.getIntrusivePtr()),
                                indptr.const_data_ptr(), indices.const_data_ptr(),
                                indptr._version(), indices._version(), indptr.numel(),
                                indices.numel(), num_cols, t});
