@@ -75,8 +75,9 @@ def _extensions():
     extra_cflags = ["-O3", "-fopenmp", "-std=c++20"]
     if os.environ.get("CFLAGS") is None:
         extra_cflags.append("-g0")
-    # -march=native would make a wheel that crashes elsewhere; AVX2/FMA paths are picked at
-    # run time by ATen's vectorization (at::vec) where it matters.
+    # -march=native would make a library that crashes on older CPUs. Hot loops that need
+    # AVX2/FMA compile a second copy with __attribute__((target(...))) and pick it at run time
+    # (at::vec::Vectorized alone falls back to scalar code without -mavx2).
     extra = {"cxx": extra_cflags}
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
