@@ -141,3 +141,12 @@ def test_zoo_full_sweep():
         print("  ", r["model"], r["status"])
     # Failures must be our clear errors: anything else (TypeError deep in torch) escapes above.
     assert passed >= 1
+
+
+def test_unsupported_model_fails_clearly():
+    # ShuffleNetV2's channel shuffle (view/transpose/view) cannot be mapped by the tracer.
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"ShuffleNetV2 .*unsupported op: a view/reshape"):
+        PruningSpace(model, torch.randn(1, 3, 64, 64))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -7,15 +7,17 @@
 //   A "plane-contiguous" (stride(S) == 1, e.g. NCHW contiguous): vectors run along S inside one
 //     (n, c) plane. A chunk (<= 16 KiB of one plane) is reduced twice: sum/abs/zeros/max, then
 //     the squared deviations from the chunk mean, re-read from L1.
-//   B "channel-contiguous" (stride(C) == 1, e.g. channels_last, [N, C]): vectors run across 16
-//     neighbouring channels, rows are the S positions (then the samples). Rows are strided, so a
-//     chunk is reduced in one pass on data shifted by the channel's running mean (see
-//     reduce_channel_range).
+//   B "channel-contiguous" (stride(C) == 1, e.g. channels_last, [N, C]): vectors run across 8
+//     neighbouring channels (64 per task), rows are the S positions, then the samples. Rows are
+//     strided, so a chunk is reduced in one pass on data shifted by the channel's running mean
+//     (see reduce_channel_range).
 // Other strides are copied to one of these first.
 //
 // Work is split over (sample block, channel group) tasks with at::parallel_for; a sample block
-// holds all N samples unless there are too few channel groups to keep the threads busy.
+// holds all N samples unless there are too few channel groups to keep the threads busy (and,
+// in layout B, at least one block per thread so that each thread reads whole rows).
 // Each task owns float64 moments for its channels; blocks are merged at the end (Chan again).
+// Software prefetch keeps DRAM busy while a chunk's second pass and merge run from L1.
 //
 // Vector code: 32-byte GCC/Clang vector-extension types (8 floats or 4 doubles per vector;
 // acc_t = float, or double for float64 input; fp16/bf16 are widened to float on load). Why not
@@ -49,6 +51,8 @@ namespace {
 
 // Bytes of x reduced per chunk (read twice: the second read hits L1).
 constexpr int64_t kChunkBytes = 16384;
+// Software prefetch distance of the plane-contiguous loop.
+constexpr int64_t kPrefetchBytes = 4096;
 
 template <typename scalar_t>
 struct AccType {
@@ -220,6 +224,9 @@ GAP_INLINE double reduce_contiguous_chunk(const scalar_t* p, int64_t len, Moment
   I z0 = {}, z1 = {};  // -(number of zeros) per lane: comparisons give -1 for true
   int64_t i = 0;
   for (; i + 2 * kVS <= len; i += 2 * kVS) {
+    // Keep DRAM busy while the second pass and the merge run from L1: fetch ~4 KiB ahead
+    // (past this chunk that is the next plane for NCHW; prefetches never fault).
+    __builtin_prefetch(p + i + kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t)));
     const V v0 = load_lanes<scalar_t, acc_t>(p + i);
     const V v1 = load_lanes<scalar_t, acc_t>(p + i + kVS);
     s0 += v0;
@@ -362,6 +369,7 @@ GAP_INLINE void reduce_channel_range(const scalar_t* x, int64_t n0, int64_t n1, 
         const scalar_t* ptr = rows + j * kVS;
         const bool is_full = j < full;
         for (int64_t r = 0; r < rb; ++r, ptr += sS) {
+          __builtin_prefetch(ptr + kRowBlock * sS);  // same channels, next row block
           const V v = is_full ? load_lanes<scalar_t, acc_t>(ptr)
                               : load_lanes_partial<scalar_t, acc_t>(ptr, tail);
           const V d = v - k;
@@ -542,6 +550,12 @@ gap_stats_cpu(const at::Tensor& x_in) {
   int64_t nblocks = 1;
   if (pl.groups < 4 * threads) {
     nblocks = std::min<int64_t>(N, (4 * threads + pl.groups - 1) / pl.groups);
+  }
+  if (layout_b) {
+    // Give each thread whole rows (its own samples): a thread then reads long contiguous
+    // rows instead of interleaving half-rows with the other threads (measured 1.6x -> 1.1x of
+    // x.sum() at [256, 1024, 16, 16] channels_last, 2 threads).
+    nblocks = std::max(nblocks, std::min<int64_t>(N, threads));
   }
   pl.block = (N + nblocks - 1) / nblocks;
   pl.nblocks = (N + pl.block - 1) / pl.block;

@@ -68,6 +68,32 @@ def _kind(node) -> str:
     }.get(node.type, "op") if not isinstance(m, tp.ops._OutputOp) else "output"
 
 
+# torch-pruning function -> the op it was handling (for error messages)
+_TP_FUNCTION_OPS = {
+    "update_reshape_index_mapping": "a view/reshape/flatten that mixes the channel dimension "
+                                    "(e.g. a channel shuffle or a token reshape)",
+    "update_concat_index_mapping": "torch.cat",
+    "update_split_index_mapping": "torch.split/chunk",
+    "update_unbind_index_mapping": "torch.unbind",
+    "update_slice_index_mapping": "tensor slicing",
+    "update_expand_index_mapping": "expand/repeat",
+    "init_shape_information": "shape inference of a reshape/concat",
+    "_trace": "the traced forward pass",
+}
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """The innermost torch-pruning function in the traceback and the op it handles."""
+    import traceback
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
+    if not frames:
+        return f"{type(exc).__name__}: {exc}"
+    inner = frames[-1].name
+    named = [f.name for f in reversed(frames) if f.name in _TP_FUNCTION_OPS]
+    op = _TP_FUNCTION_OPS[named[0]] if named else "an op torch-pruning does not support"
+    return f"unsupported op: {op} (torch-pruning {inner}: {type(exc).__name__}: {exc})"
+
+
 class TracedDependencies:
     """Dependency graph of ``model`` traced with ``forward_fn(model, example_inputs)``.
 
@@ -83,7 +109,10 @@ class TracedDependencies:
         self.dg = tp.DependencyGraph()
         with warnings.catch_warnings(record=True) as caught, torch.enable_grad():
             warnings.simplefilter("always")
-            self.dg.build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=True)
+            try:
+                self.dg.build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=True)
+            except Exception as e:
+                raise RuntimeError(_describe_failure(e)) from e
         self.unknown_ops = sorted({str(w.message).split("operation ")[-1].split(" encountered")[0]
                                    for w in caught if "Unknown operation" in str(w.message)})
         self.nodes = {id(n): n for n in self.dg.module2node.values()}
@@ -93,8 +122,11 @@ class TracedDependencies:
         module_names = {m: n for n, m in model.named_modules()}
         self.groups: List[RawGroup] = []
         with _frozen_index_mapping():  # build_dependency computed them; nothing is pruned here
-            all_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored_modules),
-                                                     root_module_types=ROOT_TYPES))
+            try:
+                all_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored_modules),
+                                                         root_module_types=ROOT_TYPES))
+            except Exception as e:
+                raise RuntimeError(_describe_failure(e)) from e
         for group in all_groups:
             root = group[0].dep.target.module
             size = self.dg.get_out_channels(root)

@@ -184,8 +184,9 @@ class PruningSpace:
         try:
             self._deps = TracedDependencies(traced, self.example_inputs, forward_fn, ignored_modules)
         except Exception as e:
+            detail = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
             raise RuntimeError(f"tracing the channel dependencies of {type(model).__name__} failed: "
-                               f"{type(e).__name__}: {e}") from e
+                               f"{detail}") from e
         self._traced = traced
         self._output_grad_fns = {o.grad_fn for o in traced_out if isinstance(o, torch.Tensor)}
         self.unknown_ops = self._deps.unknown_ops
