@@ -7,13 +7,11 @@ import torch
 
 import gcnprune_fast
 from gcnprune_fast.models import get_model
+from helpers import random_batches
 
 
-def _loader(n=32, bs=16, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
+def _loader(n=32, **kw):
+    return random_batches(n=n, **kw)
 
 
 @pytest.fixture()

@@ -7,20 +7,16 @@ from gcnprune_fast.methods.allocation import check_budget_reachable, project_to_
 from gcnprune_fast.methods.criteria import CRITERIA
 from gcnprune_fast.models import get_model
 from gcnprune_fast.space import PruningSpace
+from helpers import random_batches, simple_cnn_space
 
 
-def _loader(n=32, bs=16, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
+def _loader(n=32, **kw):
+    return random_batches(n=n, **kw)
 
 
 @pytest.fixture(scope="module")
 def space():
-    torch.manual_seed(0)
-    model = get_model("simple_cnn").eval()
-    return PruningSpace(model, torch.randn(2, 3, 16, 16))
+    return simple_cnn_space()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """PruningSpace: groups, masked evaluation == surgery, cost model vs an independent counter,
 plans, bad input, and the user's model left untouched."""
-import io
 import json
 
 import pytest

@@ -369,7 +369,6 @@ class PruningSpace:
             return i, t.numel() / total
 
         batch = self.example_inputs[0].shape[0] if self.example_inputs[0].dim() else 1
-        counted_params = set()
         for r in records:
             mod, typ, x, y = r["module"], type(r["module"]), r["input"], r.get("output")
             if x is None or y is None:
