@@ -12,5 +12,11 @@ python -m pip install -q --upgrade pip "setuptools>=64" wheel
 python -m pip install -q -r requirements-dev.txt
 export CFLAGS="${CFLAGS:--g0}"
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-python -m pip install -q -e . --no-build-isolation --no-deps
+if python -m pip show -q gcnprune_fast >/dev/null 2>&1; then
+  # Already installed (editable): an incremental ninja rebuild of what changed is enough.
+  python setup.py -q build_ext --inplace
+else
+  # First time: editable install (registers the package and the `gcnprune` console script).
+  python -m pip install -q -e . --no-build-isolation --no-deps
+fi
 python -c "import gcnprune_fast.ops as o; print('gcnprune_fast native kernels:', o.native_available())"
