@@ -19,6 +19,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cpu/gap_stats_common.h"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -214,43 +216,17 @@ __global__ void channel_merge_kernel(PlaneStats<acc_t> planes, int64_t N, int64_
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gap_stats_cuda(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() >= 2 && x_in.dim() <= 4,
-              "gap_stats: x must have shape [N, C], [N, C, L] or [N, C, H, W], got ",
-              x_in.sizes());
-  const auto dtype = x_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              "gap_stats: x must be float32, float16, bfloat16 or float64, got ", dtype);
   TORCH_CHECK(x_in.is_cuda(), "gap_stats (CUDA kernel): x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t N = x_in.size(0), C = x_in.size(1);
-  at::Tensor x = x_in.dim() == 2 ? x_in.unsqueeze(2) : x_in.dim() == 4 ? x_in.flatten(2) : x_in;
-  const int64_t S = x.size(2);
-  auto opts = x_in.options().dtype(acc_dtype);
-  at::Tensor gap = at::empty({N, C}, opts);
-  at::Tensor mean = at::empty({C}, opts), var = at::empty({C}, opts);
-  at::Tensor abs_mean = at::empty({C}, opts), zero_frac = at::empty({C}, opts);
-  at::Tensor maxv = at::empty({C}, opts);
-  if (N == 0 || S == 0 || C == 0) {
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    for (auto* t : {&gap, &mean, &var, &abs_mean, &zero_frac, &maxv}) t->fill_(nan);
-    return {gap, mean, var, abs_mean, zero_frac, maxv};
-  }
-  const bool plane_contig = S == 1 || x.stride(2) == 1;
-  const bool chan_contig = C == 1 || x.stride(1) == 1;
-  bool channels_layout;
-  if (chan_contig && (!plane_contig || S < 16)) {
-    channels_layout = true;
-  } else if (plane_contig) {
-    channels_layout = false;
-  } else if (S < 16) {
-    x = x.transpose(1, 2).contiguous().transpose(1, 2);
-    channels_layout = true;
-  } else {
-    x = x.contiguous();
-    channels_layout = false;
-  }
+  gap_detail::GapProblem p = gap_detail::prepare(x_in);
+  if (p.empty) return p.outputs();
+  const auto dtype = x_in.scalar_type();
+  const int64_t N = p.N, C = p.C, S = p.S;
+  const at::Tensor& x = p.x;
+  const auto opts = p.gap.options();
+  at::Tensor &gap = p.gap, &mean = p.mean, &var = p.var, &abs_mean = p.abs_mean,
+             &zero_frac = p.zero_frac, &maxv = p.max;
+  const bool channels_layout = p.channel_contiguous;
 
   at::Tensor m2 = at::empty({N, C}, opts), abs_sum = at::empty({N, C}, opts);
   at::Tensor pmax = at::empty({N, C}, opts);
