@@ -245,11 +245,12 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
         raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>")
     _check_budget_ratio("flops", flops)
     _check_budget_ratio("params", params)
-    for name, value in (("finetune_epochs", finetune_epochs), ("round_to", round_to),
-                        ("min_channels", min_channels), ("seed", seed), ("bn_batches", bn_batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name in (
-                "round_to", "min_channels", "bn_batches") else 0):
-            raise ValueError(f"{name} must be a {'positive' if name in ('round_to', 'min_channels', 'bn_batches') else 'non-negative'} int, got {value!r}")
+    for name, value, minimum in (("finetune_epochs", finetune_epochs, 0), ("round_to", round_to, 1),
+                                 ("min_channels", min_channels, 1), ("seed", seed, 0),
+                                 ("bn_batches", bn_batches, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            kind = "positive" if minimum else "non-negative"
+            raise ValueError(f"{name} must be a {kind} int, got {value!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where the search checkpoint is)")
     if loader is None:
