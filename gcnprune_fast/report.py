@@ -76,6 +76,15 @@ def _pyplot():
     return plt
 
 
+def _save_figure(plt, fig, path: str) -> str:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns ``path``."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_widths(path: str, widths: Dict[str, Sequence[int]], base_widths: Sequence[int],
                 group_names: Optional[Sequence[str]] = None, title: str = "channels kept per group") -> str:
     """Grouped bar chart of per-group widths: the original model and one bar per method.
@@ -103,11 +112,7 @@ def plot_widths(path: str, widths: Dict[str, Sequence[int]], base_widths: Sequen
     ax.set_ylabel("channels")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "channel-gcn search reward",
@@ -128,11 +133,7 @@ def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "channel
     ax.set_ylabel("reward")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def _group_widths(report: dict) -> Optional[List[int]]:
