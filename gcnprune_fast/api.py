@@ -31,6 +31,7 @@ import torch.nn as nn
 from gcnprune_fast.features import split_batch
 from gcnprune_fast.methods import ALLOCATIONS, METHOD_NAMES, Budget, SearchContext, run_method
 from gcnprune_fast.methods.allocation import check_budget_reachable
+from gcnprune_fast.report import prune_report_markdown, write_json
 
 __all__ = ["prune", "PruneResult"]
 
@@ -72,10 +73,9 @@ class PruneResult:
             json.dump(self.plan, f, indent=1)
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save(state, paths["weights"])
-        with open(paths["report"], "w") as f:
-            json.dump(_jsonable(self.report), f, indent=1)
+        write_json(paths["report"], self.report)
         with open(paths["report_md"], "w") as f:
-            f.write(report_markdown(self.report))
+            f.write(prune_report_markdown(self.report))
         if export_formats:
             from gcnprune_fast.export import export_artifacts  # lazy: export is optional
             if self.example_inputs is None:
@@ -85,41 +85,6 @@ class PruneResult:
             if isinstance(exported, dict):
                 paths.update({str(k): str(v) for k, v in exported.items()})
         return paths
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def report_markdown(report: Dict[str, Any]) -> str:
-    """A human-readable Markdown summary of a prune report."""
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    lines = [f"# Pruning report: {report.get('method')} ({report.get('allocation')})", "",
-             "| metric | value |", "|---|---|",
-             f"| FLOPs (MACs) | {report['flops_before']:,} -> {report['flops_after']:,} "
-             f"({pct(report['flops_ratio'])} kept) |",
-             f"| params | {report['params_before']:,} -> {report['params_after']:,} "
-             f"({pct(report['params_ratio'])} kept) |",
-             f"| accuracy before | {pct(report.get('acc_before'))} |",
-             f"| accuracy pruned (BN re-estimated) | {pct(report.get('acc_pruned'))} |",
-             f"| accuracy fine-tuned | {pct(report.get('acc_finetuned'))} |",
-             f"| search time | {report.get('search_time_s', 0.0):.1f} s |",
-             f"| episodes | {report.get('episodes', 0)} |",
-             f"| seed | {report.get('seed')} |", "",
-             "## Widths per group", "", "| group | before | after |", "|---|---:|---:|"]
-    for w in report.get("widths", []):
-        lines.append(f"| {w['name']} | {w['before']} | {w['after']} |")
-    return "\n".join(lines) + "\n"
 
 
 def _check_budget_ratio(name: str, value) -> None:

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 
 def _fmt(v, nd: int = 4) -> str:
@@ -134,6 +134,29 @@ def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "channel
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save_figure(plt, fig, path)
+
+
+def prune_report_markdown(report: Dict[str, Any]) -> str:
+    """A human-readable Markdown summary of a prune report."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    lines = [f"# Pruning report: {report.get('method')} ({report.get('allocation')})", "",
+             "| metric | value |", "|---|---|",
+             f"| FLOPs (MACs) | {report['flops_before']:,} -> {report['flops_after']:,} "
+             f"({pct(report['flops_ratio'])} kept) |",
+             f"| params | {report['params_before']:,} -> {report['params_after']:,} "
+             f"({pct(report['params_ratio'])} kept) |",
+             f"| accuracy before | {pct(report.get('acc_before'))} |",
+             f"| accuracy pruned (BN re-estimated) | {pct(report.get('acc_pruned'))} |",
+             f"| accuracy fine-tuned | {pct(report.get('acc_finetuned'))} |",
+             f"| search time | {report.get('search_time_s', 0.0):.1f} s |",
+             f"| episodes | {report.get('episodes', 0)} |",
+             f"| seed | {report.get('seed')} |", "",
+             "## Widths per group", "", "| group | before | after |", "|---|---:|---:|"]
+    for w in report.get("widths", []):
+        lines.append(f"| {w['name']} | {w['before']} | {w['after']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _group_widths(report: dict) -> Optional[List[int]]:
@@ -268,5 +291,5 @@ def write_quality_report(out_dir: str, rows: List[dict], meta: dict) -> str:
     return text
 
 
-__all__ = ["markdown_table", "write_json", "plot_widths", "plot_reward_curve",
+__all__ = ["markdown_table", "write_json", "prune_report_markdown", "plot_widths", "plot_reward_curve",
            "write_comparison_report", "summarize_by_method", "write_quality_report"]
