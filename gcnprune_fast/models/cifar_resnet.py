@@ -17,6 +17,8 @@ from typing import List
 import torch
 import torch.nn as nn
 
+from gcnprune_fast.models._init import init_weights
+
 
 class BasicBlock(nn.Module):
     """3x3 conv-BN-ReLU, 3x3 conv-BN, + shortcut, ReLU. Output: [N, planes, H/stride, W/stride]."""
@@ -63,12 +65,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(64, num_blocks[2], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
         layers = []

@@ -4,6 +4,8 @@ trains to high accuracy on the synthetic 32x32 dataset in about a minute on 2 CP
 import torch
 import torch.nn as nn
 
+from gcnprune_fast.models._init import init_weights
+
 SIMPLE_CNN_WIDTHS = (32, 64, 128, 128)
 
 
@@ -23,9 +25,7 @@ class SimpleCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
