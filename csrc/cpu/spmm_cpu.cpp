@@ -19,6 +19,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/spmm_checks.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -60,26 +62,7 @@ template <>
 struct AccType<at::BFloat16> { using type = float; };
 
 // ---------------------------------------------------------------------------------------------
-// Argument checks (the Python wrappers check more thoroughly and with friendlier messages; these
-// keep direct torch.ops / C++ callers memory-safe).
-
-void check_csr(const char* op, const at::Tensor& indptr, const at::Tensor& indices) {
-  TORCH_CHECK_TYPE(indptr.scalar_type() == at::kLong, op, ": indptr must be int64, got ",
-                   indptr.scalar_type());
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ",
-                   indices.scalar_type());
-  TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.numel() >= 1, op,
-                    ": indptr must be 1-D with at least one element, got shape ", indptr.sizes());
-  TORCH_CHECK_VALUE(indices.dim() == 1, op, ": indices must be 1-D, got shape ", indices.sizes());
-  TORCH_CHECK(indptr.device() == indices.device(), op,
-              ": indptr and indices must be on the same device");
-}
-
-void check_floating(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
-                   " must be a floating tensor (float16/bfloat16/float32/float64), got ",
-                   t.scalar_type());
-}
+// Data checks done while reading the CSR arrays (argument checks: cpu/spmm_checks.h).
 
 // indptr[0] == 0 and indptr[R] == nnz; per-row monotonicity and column ranges are verified by the
 // kernels as they go (rows that fail are skipped and reported after the parallel loop).
@@ -369,16 +352,7 @@ GCNP_TARGET_AVX2 void sddmm_rows_avx2(const int64_t* indptr, const int64_t* cols
 at::Tensor spmm_cpu(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values,
                     const at::Tensor& x) {
   constexpr const char* op = "gcnprune::spmm";
-  check_csr(op, indptr, indices);
-  check_floating(op, "values", values);
-  check_floating(op, "x", x);
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [num_cols, d], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == indices.numel(), op,
-                    ": values must be 1-D with nnz = ", indices.numel(), " entries, got shape ",
-                    values.sizes());
-  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), op,
-                   ": values and x must have the same dtype, got ", values.scalar_type(), " and ",
-                   x.scalar_type());
+  spmm_detail::check_spmm(op, indptr, indices, values, x);
   const int64_t num_rows = indptr.numel() - 1, nnz = indices.numel();
   const int64_t num_cols = x.size(0), d = x.size(1);
   auto indptr_c = indptr.contiguous(), indices_c = indices.contiguous();
@@ -537,18 +511,8 @@ TransposedCSR cached_transpose(const at::Tensor& indptr, const at::Tensor& indic
 at::Tensor spmm_transpose_cpu(const at::Tensor& indptr, const at::Tensor& indices,
                               const at::Tensor& values, const at::Tensor& g, int64_t n_cols) {
   constexpr const char* op = "gcnprune::spmm_transpose";
-  check_csr(op, indptr, indices);
-  check_floating(op, "values", values);
-  check_floating(op, "g", g);
+  spmm_detail::check_spmm_transpose(op, indptr, indices, values, g, n_cols);
   const int64_t num_rows = indptr.numel() - 1, nnz = indices.numel();
-  TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == num_rows, op, ": g must be 2-D [R, d] with R = ",
-                    num_rows, ", got shape ", g.sizes());
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, op,
-                    ": values must be 1-D with nnz = ", nnz, " entries, got shape ", values.sizes());
-  TORCH_CHECK_TYPE(values.scalar_type() == g.scalar_type(), op,
-                   ": values and g must have the same dtype, got ", values.scalar_type(), " and ",
-                   g.scalar_type());
-  TORCH_CHECK_VALUE(n_cols >= 0, op, ": n_cols must be >= 0, got ", n_cols);
   const int64_t d = g.size(1);
   auto indptr_c = indptr.contiguous(), indices_c = indices.contiguous();
   auto values_c = values.contiguous(), g_c = g.contiguous();
@@ -571,18 +535,8 @@ at::Tensor spmm_transpose_cpu(const at::Tensor& indptr, const at::Tensor& indice
 at::Tensor sddmm_cpu(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& a,
                      const at::Tensor& b) {
   constexpr const char* op = "gcnprune::sddmm";
-  check_csr(op, indptr, indices);
-  check_floating(op, "a", a);
-  check_floating(op, "b", b);
+  spmm_detail::check_sddmm(op, indptr, indices, a, b);
   const int64_t num_rows = indptr.numel() - 1, nnz = indices.numel();
-  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == num_rows, op,
-                    ": a must be 2-D [R, d] with R = ", num_rows, ", got shape ", a.sizes());
-  TORCH_CHECK_VALUE(b.dim() == 2 && b.size(1) == a.size(1), op,
-                    ": b must be 2-D [num_cols, d] with d = ", a.size(1), ", got shape ",
-                    b.sizes());
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op,
-                   ": a and b must have the same dtype, got ", a.scalar_type(), " and ",
-                   b.scalar_type());
   const int64_t num_cols = b.size(0), d = a.size(1);
   auto indptr_c = indptr.contiguous(), indices_c = indices.contiguous();
   auto a_c = a.contiguous(), b_c = b.contiguous();
@@ -616,11 +570,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gcn_norm_cpu(const at::Tensor& in
                                                             const at::Tensor& values,
                                                             bool add_self_loops) {
   constexpr const char* op = "gcnprune::gcn_norm";
-  check_csr(op, indptr, indices);
-  check_floating(op, "values", values);
+  spmm_detail::check_gcn_norm(op, indptr, indices, values);
   const int64_t n = indptr.numel() - 1, nnz = indices.numel();
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, op,
-                    ": values must be 1-D with nnz = ", nnz, " entries, got shape ", values.sizes());
   auto indptr_c = indptr.contiguous(), indices_c = indices.contiguous();
   auto values_c = values.contiguous();
   const int64_t* ip = indptr_c.data_ptr<int64_t>();

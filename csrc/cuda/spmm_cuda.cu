@@ -22,6 +22,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cpu/spmm_checks.h"
+
 #include <cstdint>
 
 namespace gcnprune {
@@ -256,36 +258,11 @@ __global__ void gcn_norm_scale_kernel(const int64_t* __restrict__ out_indptr,
 // ---------------------------------------------------------------------------------------------
 // Operators.
 
-void check_csr(const char* op, const at::Tensor& indptr, const at::Tensor& indices) {
-  TORCH_CHECK_TYPE(indptr.scalar_type() == at::kLong && indices.scalar_type() == at::kLong, op,
-                   ": indptr and indices must be int64, got ", indptr.scalar_type(), " and ",
-                   indices.scalar_type());
-  TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.numel() >= 1 && indices.dim() == 1, op,
-                    ": indptr must be 1-D with at least one element and indices 1-D, got shapes ",
-                    indptr.sizes(), " and ", indices.sizes());
-  TORCH_CHECK(indptr.is_cuda() && indices.is_cuda() && indptr.device() == indices.device(), op,
-              ": indptr and indices must be on the same CUDA device");
-}
-
-void check_dense(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
-                   " must be a floating tensor, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ",
-              t.device());
-}
-
 at::Tensor spmm_cuda(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values,
                      const at::Tensor& x) {
   constexpr const char* op = "gcnprune::spmm";
-  check_csr(op, indptr, indices);
-  check_dense(op, "values", values, indptr);
-  check_dense(op, "x", x, indptr);
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [num_cols, d], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == indices.numel(), op,
-                    ": values must be 1-D with nnz = ", indices.numel(), " entries");
-  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), op,
-                   ": values and x must have the same dtype, got ", values.scalar_type(), " and ",
-                   x.scalar_type());
+  spmm_detail::check_spmm(op, indptr, indices, values, x);
+  TORCH_CHECK(indptr.is_cuda(), op, ": indptr and indices must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t num_rows = indptr.numel() - 1, nnz = indices.numel();
   const int64_t num_cols = x.size(0), d = x.size(1);
@@ -306,17 +283,9 @@ at::Tensor spmm_cuda(const at::Tensor& indptr, const at::Tensor& indices, const 
 at::Tensor spmm_transpose_cuda(const at::Tensor& indptr, const at::Tensor& indices,
                                const at::Tensor& values, const at::Tensor& g, int64_t n_cols) {
   constexpr const char* op = "gcnprune::spmm_transpose";
-  check_csr(op, indptr, indices);
-  check_dense(op, "values", values, indptr);
-  check_dense(op, "g", g, indptr);
+  spmm_detail::check_spmm_transpose(op, indptr, indices, values, g, n_cols);
+  TORCH_CHECK(indptr.is_cuda(), op, ": indptr and indices must be on a CUDA device");
   const int64_t num_rows = indptr.numel() - 1, nnz = indices.numel();
-  TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == num_rows, op, ": g must be 2-D [R, d] with R = ",
-                    num_rows, ", got shape ", g.sizes());
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, op,
-                    ": values must be 1-D with nnz = ", nnz, " entries");
-  TORCH_CHECK_TYPE(values.scalar_type() == g.scalar_type(), op,
-                   ": values and g must have the same dtype");
-  TORCH_CHECK_VALUE(n_cols >= 0, op, ": n_cols must be >= 0, got ", n_cols);
   const c10::cuda::CUDAGuard guard(g.device());
   const int64_t d = g.size(1);
   const bool half = g.scalar_type() == at::kHalf || g.scalar_type() == at::kBFloat16;
@@ -341,16 +310,9 @@ at::Tensor spmm_transpose_cuda(const at::Tensor& indptr, const at::Tensor& indic
 at::Tensor sddmm_cuda(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& a,
                       const at::Tensor& b) {
   constexpr const char* op = "gcnprune::sddmm";
-  check_csr(op, indptr, indices);
-  check_dense(op, "a", a, indptr);
-  check_dense(op, "b", b, indptr);
+  spmm_detail::check_sddmm(op, indptr, indices, a, b);
+  TORCH_CHECK(indptr.is_cuda(), op, ": indptr and indices must be on a CUDA device");
   const int64_t num_rows = indptr.numel() - 1, nnz = indices.numel();
-  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == num_rows, op,
-                    ": a must be 2-D [R, d] with R = ", num_rows, ", got shape ", a.sizes());
-  TORCH_CHECK_VALUE(b.dim() == 2 && b.size(1) == a.size(1), op,
-                    ": b must be 2-D [num_cols, d] with d = ", a.size(1), ", got shape ",
-                    b.sizes());
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op, ": a and b must have the same dtype");
   const c10::cuda::CUDAGuard guard(a.device());
   auto out = at::zeros({nnz}, a.options());
   if (nnz == 0 || num_rows == 0) return out;
@@ -374,11 +336,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gcn_norm_cuda(const at::Tensor& i
                                                              const at::Tensor& values,
                                                              bool add_self_loops) {
   constexpr const char* op = "gcnprune::gcn_norm";
-  check_csr(op, indptr, indices);
-  check_dense(op, "values", values, indptr);
+  spmm_detail::check_gcn_norm(op, indptr, indices, values);
+  TORCH_CHECK(indptr.is_cuda(), op, ": indptr and indices must be on a CUDA device");
   const int64_t n = indptr.numel() - 1, nnz = indices.numel();
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, op,
-                    ": values must be 1-D with nnz = ", nnz, " entries");
   const c10::cuda::CUDAGuard guard(indptr.device());
   auto indptr_c = indptr.contiguous(), indices_c = indices.contiguous();
   auto values_c = values.contiguous();
