@@ -5,8 +5,8 @@ One command trains (or loads from ``--cache-dir``) a CIFAR-10 ResNet-20 on the r
 budget and seeds, and prints a table: accuracy after pruning (before fine-tuning), after
 fine-tuning, FLOPs and params kept, search time.
 
-    python benchmarks/quality.py                                  # all methods, seeds 0 1
-    python benchmarks/quality.py --methods channel-gcn l1 fpgm --seeds 0 --finetune-epochs 1
+    python benchmarks/quality.py                                  # all registered methods, seeds 0 1
+    python benchmarks/quality.py --methods l1 fpgm --seeds 0 --finetune-epochs 1
     python benchmarks/quality.py --train-only --train-epochs 8    # just train + cache the model
     python benchmarks/quality.py --model resnet56 --allocation global --flops 0.5
 
@@ -28,7 +28,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-ALL_METHODS = ("channel-gcn", "l1", "l2", "fpgm", "hrank", "taylor", "bn-scale", "random")
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10")
 
 
@@ -66,21 +65,26 @@ def trained_model(model_name: str, data_root: str, cache_dir: str, epochs: int, 
 
 
 def main(argv=None) -> int:
+    from gcnprune_fast.methods import ALLOCATIONS, method_names
+
+    all_methods = method_names()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=DEFAULT_DATA, help="folder with train.npz/test.npz")
     p.add_argument("--cache-dir", default=os.path.join(REPO, ".cache", "quality"))
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS))
+    p.add_argument("--methods", nargs="+", default=list(all_methods), choices=all_methods)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--flops", type=float, default=0.5, help="fraction of FLOPs kept")
-    p.add_argument("--allocation", default=None, choices=[None, "uniform", "global"],
-                   help="baselines' budget allocation (default: the method's default)")
+    p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                   help="budget allocation of the methods that have the option (default: the "
+                   "method's default)")
     p.add_argument("--finetune-epochs", type=float, default=0.25,
                    help="fine-tuning budget in epochs of the training set (fractions allowed; "
                         "one cosine schedule over that many steps)")
     p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--episodes", type=int, default=None, help="channel-gcn search episodes")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="search episodes of the methods that have the option")
     p.add_argument("--test-samples", type=int, default=None,
                    help="evaluate on the first N test images only (default: all 10,000)")
     p.add_argument("--resume", action="store_true",
@@ -98,9 +102,6 @@ def main(argv=None) -> int:
         print(f"SKIP: CIFAR-10 npz files not found in {args.data_root} (expected train.npz and "
               f"test.npz; see ../shared/data/README.md)")
         return 0
-    unknown = sorted(set(args.methods) - set(ALL_METHODS))
-    if unknown:
-        p.error(f"unknown methods {unknown}; expected some of {list(ALL_METHODS)}")
     progress = not args.no_progress
     base, info = trained_model(args.model, args.data_root, args.cache_dir, args.train_epochs,
                                args.train_batch_size, args.train_lr, seed=0, progress=progress)
@@ -115,6 +116,7 @@ def run_methods(args, base, info, progress) -> int:
 
     from gcnprune_fast import prune
     from gcnprune_fast.data import TensorImageDataset, load_shared_cifar10, make_loaders
+    from gcnprune_fast.methods import get_method
     from gcnprune_fast.report import write_quality_report
     from gcnprune_fast.space import load_pruned
     from gcnprune_fast.training import evaluate, train
@@ -147,10 +149,10 @@ def run_methods(args, base, info, progress) -> int:
         for method in args.methods:
             if (method, seed) in done:
                 continue
-            opts = {}
-            if args.allocation and method != "channel-gcn":
+            spec, opts = get_method(method), {}
+            if args.allocation and spec.has_option("allocation"):
                 opts["allocation"] = args.allocation
-            if args.episodes and method == "channel-gcn":
+            if args.episodes and spec.has_option("episodes"):
                 opts["episodes"] = args.episodes
             t0 = time.perf_counter()
             res = prune(base, search_loader, method=method, flops=args.flops, val_loader=search_loader,

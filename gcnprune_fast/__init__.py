@@ -7,7 +7,7 @@ Main entry points::
 
     result = gcnprune_fast.prune(model, loader, flops=0.5)   # -> PruneResult
     gcnprune_fast.load_pruned(fresh_model, plan, state_dict)  # rebuild a saved pruned model
-    gcnprune_fast.export(result.model, "model.pt", example_inputs, format="torchscript")
+    gcnprune_fast.export_model(result.model, "model.pt", example_inputs, format="torchscript")
 """
 __version__ = "0.1.0"
 
@@ -20,7 +20,7 @@ _LAZY = {
     "PruneResult": ("gcnprune_fast.api", "PruneResult"),
     "PruningSpace": ("gcnprune_fast.space", "PruningSpace"),
     "load_pruned": ("gcnprune_fast.space", "load_pruned"),
-    "export": ("gcnprune_fast.export", "export"),
+    "export_model": ("gcnprune_fast.export", "export_model"),
     "models": ("gcnprune_fast.models", None),
 }
 

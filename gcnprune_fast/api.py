@@ -2,13 +2,14 @@
 
 What ``prune`` does, in order:
 
-1. validates the arguments (method, allocation, budget, loader structure) before any heavy work;
+1. validates the arguments (method and its options, budget, loader structure) before any heavy work;
 2. deep-copies the model, moves the copy to ``device`` and puts it in eval mode. **The user's model
    is never modified**: not its weights, not its device, not its train/eval mode (a model in train
    mode is fine; all searching and evaluation happens in eval mode on the copy);
 3. builds the :class:`~gcnprune_fast.space.PruningSpace` and checks that the budget is reachable
    with ``min_channels`` / ``round_to`` (else a ValueError states the minimum achievable ratio);
-4. runs the method (``channel-gcn`` or a baseline criterion with an allocation) -> keep-masks;
+4. runs the method (any registered one, see ``gcnprune_fast.methods.method_names()``; its options
+   are validated in step 1) -> keep-masks;
 5. physical surgery (``space.prune``), BatchNorm re-estimation (``training.recalibrate_bn``) and
    optional fine-tuning (``training.train``, distilling from the original when ``distill=True``).
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,10 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from gcnprune_fast.features import split_batch
-from gcnprune_fast.methods import ALLOCATIONS, METHOD_NAMES, Budget, SearchContext, run_method
-from gcnprune_fast.methods.allocation import check_budget_reachable
+from gcnprune_fast.data import split_batch
+from gcnprune_fast.features import non_finite_activation_error
+from gcnprune_fast.methods import Budget, SearchContext, default_method, get_method
+from gcnprune_fast.methods.allocation import check_budget_ratio, check_budget_reachable
 from gcnprune_fast.report import prune_report_markdown, write_json
+from gcnprune_fast.utils import model_device
 
 __all__ = ["prune", "PruneResult"]
 
@@ -46,7 +48,8 @@ class PruneResult:
     report: dict with ``flops_before/after``, ``params_before/after``, ``flops_ratio``,
         ``params_ratio``, ``acc_before``, ``acc_pruned`` (after BN re-estimation), ``acc_finetuned``
         (None when not fine-tuned), ``widths`` (per group name/before/after), ``method``,
-        ``allocation``, ``search_time_s``, ``episodes``, ``reward_curve`` (channel-gcn), ``seed``.
+        ``allocation`` (the criteria's, else the method name), ``search_time_s``, ``episodes``,
+        ``reward_curve`` (search methods), ``seed``.
     masks: the keep-masks (bool [C_g] per group).
     example_inputs: inputs used to trace the model (also used for export).
     """
@@ -87,51 +90,10 @@ class PruneResult:
         return paths
 
 
-def _check_budget_ratio(name: str, value) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a float ratio in (0, 1], got {value!r}")
-    if not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of the original "
-                         f"model's {name} to keep (e.g. {name}=0.5 keeps at most half)")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _first_batch(loader, name: str):
     for batch in loader:
         return split_batch(batch, name)
     raise ValueError(f"{name} is empty: it yielded no batches")
-
-
-def _map_ignored(model: nn.Module, ignored_layers) -> Optional[list]:
-    """Ignored layers as module names (modules of the user's model are mapped by identity)."""
-    if ignored_layers is None:
-        return None
-    if isinstance(ignored_layers, (str, nn.Module)):
-        ignored_layers = [ignored_layers]
-    names = {id(m): n for n, m in model.named_modules()}
-    out = []
-    for item in ignored_layers:
-        if isinstance(item, str):
-            if item not in dict(model.named_modules()):
-                raise ValueError(f"ignored_layers: the model has no module named {item!r}")
-            out.append(item)
-        elif isinstance(item, nn.Module):
-            if id(item) not in names:
-                raise ValueError(f"ignored_layers: module {type(item).__name__} is not part of the model")
-            out.append(names[id(item)])
-        else:
-            raise TypeError(f"ignored_layers entries must be module names or modules, got "
-                            f"{type(item).__name__}")
-    return out
 
 
 @torch.no_grad()
@@ -146,19 +108,16 @@ def _check_finite_activations(space, example_inputs: torch.Tensor) -> None:
     with space.feature_hooks(hook):
         out = space.model(example_inputs)
     if bad:
-        g = space.groups[bad[0]]
-        raise ValueError(f"non-finite (NaN/inf) activations in group {bad[0]} ({g.name!r}, feature "
-                         f"module {getattr(g, 'feature_module', '?')!r}); check the model's weights "
-                         f"and the input data")
+        raise non_finite_activation_error(space, bad[0])
     if not torch.isfinite(out).all():
         raise ValueError("the model's output contains NaN/inf on the example inputs")
 
 
-def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optional[float] = None,
+def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Optional[float] = None,
           params: Optional[float] = None, example_inputs: Optional[torch.Tensor] = None,
           val_loader=None, train_loader=None, finetune_epochs: int = 0, device=None, seed: int = 0,
           checkpoint_dir: Optional[str] = None, progress: bool = True, resume: bool = False,
-          allocation: str = "global", round_to: int = 1, min_channels: int = 1,
+          round_to: int = 1, min_channels: int = 1,
           ignored_layers=None, distill: bool = False, finetune_lr: float = 0.01,
           bn_batches: int = 20, eval_batches: Optional[int] = None, **method_options) -> PruneResult:
     """Prune ``model`` to a FLOPs and/or parameter budget and return the compact model.
@@ -167,8 +126,8 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
         model: a trained classifier ``[N, C, H, W] -> [N, classes]``; never modified.
         loader: yields ``(inputs, targets)``: features, the reward set, criteria data, and (when
             no ``train_loader``) BN re-estimation / fine-tuning data.
-        method: ``"channel-gcn"`` (default) or a baseline: ``l1``, ``l2``, ``fpgm``, ``hrank``,
-            ``taylor``, ``bn-scale``, ``random``.
+        method: a registered method name (``gcnprune_fast.methods.method_names()``; ``gcnprune
+            methods`` lists them with their options); None = the registry's default method.
         flops / params: keep at most this fraction (in (0, 1]) of the original MACs / parameters;
             at least one is required, both may be given.
         example_inputs: tracing input (default: the first 2 samples of ``loader``).
@@ -177,24 +136,24 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
         finetune_epochs: fine-tuning epochs after surgery (0 = none; ``acc_finetuned`` is None).
         device: where to work (default: the model's device). The model copy is moved there.
         seed: seeds everything (sampling, initialization, random criterion, loader shuffling).
-        checkpoint_dir: channel-gcn writes a search checkpoint after every update here.
+        checkpoint_dir: methods that support resume write a search checkpoint here.
         progress: tqdm bars for features, search and fine-tuning.
-        resume: continue a channel-gcn search from ``checkpoint_dir``.
-        allocation: baselines: ``"global"`` (per-group standardized scores ranked together) or
-            ``"uniform"`` (the same keep ratio in every group).
+        resume: continue the method's search from ``checkpoint_dir`` (methods whose registry entry
+            has ``supports_resume``; others raise ValueError).
         round_to / min_channels / ignored_layers: passed to the PruningSpace.
         distill: fine-tune with knowledge distillation from the original model.
         finetune_lr: initial learning rate of fine-tuning (cosine schedule).
         bn_batches: batches for BN re-estimation after surgery.
         eval_batches: evaluate accuracies on at most this many batches (None = all).
-        **method_options: method options (channel-gcn: see ``methods.channel_gcn.DEFAULTS``, e.g.
-            ``episodes=300``; hrank: ``hrank_samples``; taylor: ``taylor_batches``).
+        **method_options: the method's options, validated against its registered options
+            dataclass before any work (e.g. ``episodes=300`` for the default method,
+            ``allocation="uniform"`` for the criteria).
 
     Returns:
         :class:`PruneResult`.
 
     Raises:
-        ValueError: unknown method/allocation, missing or out-of-range budget, a budget below what
+        ValueError: unknown method, bad option value, missing or out-of-range budget, a budget below what
             ``min_channels``/``round_to`` allow (the message gives the minimum ratio), an empty
             loader, NaN/inf activations (the group is named).
         TypeError: a loader that does not yield ``(inputs, targets)``, a non-module model, unknown
@@ -202,31 +161,39 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; valid methods: {list(METHOD_NAMES)}")
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"unknown allocation {allocation!r}; expected one of {list(ALLOCATIONS)}")
+    method = default_method() if method is None else method
+    spec = get_method(method)
+    options = spec.parse_options(method_options)
     if flops is None and params is None:
         raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>")
-    _check_budget_ratio("flops", flops)
-    _check_budget_ratio("params", params)
+    check_budget_ratio("flops", flops)
+    check_budget_ratio("params", params)
+    for kind, value in (("flops", flops), ("params", params)):
+        if value is not None and kind not in spec.budget_kinds:
+            raise ValueError(f"method {method!r} does not support a {kind} budget (it supports "
+                             f"{list(spec.budget_kinds)})")
     for name, value, minimum in (("finetune_epochs", finetune_epochs, 0), ("round_to", round_to, 1),
                                  ("min_channels", min_channels, 1), ("seed", seed, 0),
                                  ("bn_batches", bn_batches, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             kind = "positive" if minimum else "non-negative"
             raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    if resume and not spec.supports_resume:
+        raise ValueError(f"method {method!r} cannot resume (it has no search checkpoint); run it "
+                         f"without resume")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where the search checkpoint is)")
     if loader is None:
         raise ValueError("loader is required (it provides features and the reward set)")
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model, device)
     val_loader = loader if val_loader is None else val_loader
     train_loader = loader if train_loader is None else train_loader
-    ignored = _map_ignored(model, ignored_layers)
 
     from gcnprune_fast import training
-    from gcnprune_fast.space import PruningSpace
+    from gcnprune_fast.space import PruningSpace, resolve_ignored_layers
+
+    # Modules of the user's model are mapped to names here, before the model is copied.
+    ignored = None if ignored_layers is None else resolve_ignored_layers(model, ignored_layers)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -248,12 +215,11 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
         torch.manual_seed(seed)
         acc_before = training.evaluate(work, val_loader, device=device, max_batches=eval_batches)
         ctx = SearchContext(space=space, budget=budget, loader=loader, device=device, seed=seed,
-                            val_loader=val_loader, allocation=allocation, round_to=round_to,
-                            progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
-                            options=dict(method_options))
+                            val_loader=val_loader, progress=progress, checkpoint_dir=checkpoint_dir,
+                            resume=resume, options=options)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        result = run_method(method, ctx)
+        result = spec.run(ctx)
         search_time = result.info.get("search_time_s", time.perf_counter() - t0)
         masks = [m.to(torch.bool).cpu() for m in result.masks]
         space.validate_masks(masks)
@@ -280,7 +246,7 @@ def prune(model: nn.Module, loader, *, method: str = "channel-gcn", flops: Optio
 
     report: Dict[str, Any] = {
         "method": method,
-        "allocation": allocation if method != "channel-gcn" else "channel-gcn",
+        "allocation": result.info.get("allocation", method),
         "seed": seed,
         "flops_budget": flops,
         "params_budget": params,

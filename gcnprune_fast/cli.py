@@ -1,11 +1,12 @@
-"""The ``gcnprune`` command line: ``demo``, ``train``, ``prune``, ``inspect``, ``export``.
+"""The ``gcnprune`` command line: ``demo``, ``train``, ``prune``, ``inspect``, ``export``, ``methods``.
 
     gcnprune demo                                   # synthetic data, no downloads, ~3-5 min on 2 cores
     gcnprune train --model resnet20 --dataset cifar10 --data-dir DIR --epochs 30 --out ckpt.pt
     gcnprune prune --model resnet20 --checkpoint ckpt.pt --dataset cifar10 --data-dir DIR \\
-                   --method channel-gcn --flops 0.5 --finetune-epochs 5 --out runs/r20
+                   --flops 0.5 --finetune-epochs 5 --out runs/r20
     gcnprune inspect --model resnet56
     gcnprune export --pruned runs/r20 --format onnx --out r20.onnx
+    gcnprune methods [NAME]                         # registered methods and their options
 
 Bad arguments and missing files are reported in one line (no traceback) with exit code 2
 (set GCNPRUNE_DEBUG=1 to see the traceback).
@@ -18,8 +19,6 @@ import os
 import sys
 import time
 from typing import List, Optional
-
-DEMO_METHODS = ("channel-gcn", "l1")
 
 
 class CLIError(Exception):
@@ -80,19 +79,26 @@ def _eval_loader_like(train_ds, batch_size):
 
 
 def _method_options(args) -> dict:
+    """``--option KEY=VALUE`` pairs plus the shortcut flags, checked against the method's
+    registered options (types converted, ranges checked) before any work."""
+    from gcnprune_fast.methods import get_method
+
+    spec = get_method(args.method)
     opts = {}
     for kv in args.option or []:
         if "=" not in kv:
             raise CLIError(f"--option expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
-        try:
-            opts[k] = json.loads(v)
-        except json.JSONDecodeError:
-            opts[k] = v
-    if getattr(args, "episodes", None) is not None:
-        if args.method != "channel-gcn":
-            raise CLIError("--episodes applies to --method channel-gcn only")
-        opts["episodes"] = args.episodes
+        opts[k.strip()] = v
+    for flag in ("episodes", "allocation"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if not spec.has_option(flag):
+            raise CLIError(f"--{flag} does not apply to --method {args.method} (its options: "
+                           f"{[f.name for f in spec.option_fields()] or 'none'})")
+        opts[flag] = value
+    spec.parse_options(opts)  # fail now, not after loading data
     return opts
 
 
@@ -104,6 +110,7 @@ def cmd_demo(args) -> int:
 
     from gcnprune_fast import prune
     from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
+    from gcnprune_fast.methods import get_method
     from gcnprune_fast.models import get_model
     from gcnprune_fast.report import markdown_table, write_comparison_report, DEMO_COLUMNS, DEMO_HEADERS
     from gcnprune_fast.training import evaluate, train
@@ -134,7 +141,7 @@ def cmd_demo(args) -> int:
     for i, method in enumerate(args.methods):
         print(f"[3/4] pruning with {method} to {args.flops:.0%} of the FLOPs "
               f"({i + 1}/{len(args.methods)})", flush=True)
-        opts = {"episodes": args.episodes} if method == "channel-gcn" else {}
+        opts = {"episodes": args.episodes} if get_method(method).has_option("episodes") else {}
         res = prune(model, train_loader, method=method, flops=args.flops, val_loader=test_loader,
                     finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                     seed=args.seed, progress=not args.no_progress, **opts)
@@ -199,8 +206,13 @@ def cmd_train(args) -> int:
 def cmd_prune(args) -> int:
     from gcnprune_fast import prune
     from gcnprune_fast.data import make_loaders
+    from gcnprune_fast.methods import get_method
 
     _set_threads(args.threads)
+    spec = get_method(args.method)
+    opts = _method_options(args)
+    if args.resume and not spec.supports_resume:
+        raise CLIError(f"--method {args.method} cannot resume (it has no search checkpoint)")
     if args.flops is None and args.params is None:
         raise CLIError("give a budget: --flops RATIO and/or --params RATIO (fractions kept, in (0, 1])")
     if not os.path.isfile(args.checkpoint):
@@ -212,13 +224,11 @@ def cmd_prune(args) -> int:
     train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size,
                                              num_workers=args.workers)
     search_loader = _eval_loader_like(train_ds, args.batch_size)
-    opts = _method_options(args)
-    ckpt_dir = os.path.join(args.out, "search") if args.method == "channel-gcn" else None
+    ckpt_dir = os.path.join(args.out, "search") if spec.supports_resume else None
     res = prune(model, search_loader, method=args.method, flops=args.flops, params=args.params,
                 val_loader=test_loader, train_loader=train_loader, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, distill=args.distill, device=args.device, seed=args.seed,
-                allocation=args.allocation, checkpoint_dir=ckpt_dir, resume=args.resume and ckpt_dir is not None,
-                progress=not args.no_progress, **opts)
+                checkpoint_dir=ckpt_dir, resume=args.resume, progress=not args.no_progress, **opts)
     paths = res.save(args.out, export_formats=tuple(args.export or ()))
     r = res.report
     print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
@@ -268,7 +278,7 @@ def cmd_inspect(args) -> int:
 def cmd_export(args) -> int:
     import torch
 
-    from gcnprune_fast.export import export
+    from gcnprune_fast.export import export_model
     from gcnprune_fast.models import get_model
     from gcnprune_fast.space import load_pruned
 
@@ -288,11 +298,27 @@ def cmd_export(args) -> int:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     pruned = load_pruned(model, plan, state).eval()
     example = torch.randn(1, *shapes[0][1:])
-    path = export(pruned, args.out, example, format=args.format)
+    path = export_model(pruned, args.out, example, format=args.format)
     with torch.no_grad():
         ref = pruned(example)
     print(f"exported {model_name} ({args.format}) -> {path}; output shape {tuple(ref.shape)}"
           + (f"; report: {report_path}" if os.path.isfile(report_path) else ""))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from gcnprune_fast.methods import get_method, method_names
+
+    names = [args.name] if args.name else list(method_names())
+    for i, name in enumerate(names):
+        spec = get_method(name)
+        facts = [f"budgets: {', '.join(spec.budget_kinds)}",
+                 "resumable" if spec.supports_resume else "not resumable",
+                 "reads the data" if spec.needs_data else "weights only"]
+        if spec.is_default:
+            facts.insert(0, "default")
+        print(f"{'' if i == 0 else chr(10)}{name}: {spec.summary} ({'; '.join(facts)})")
+        print(spec.options_help())
     return 0
 
 
@@ -352,9 +378,11 @@ def _ratio(s: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gcnprune_fast.export import FORMATS
+    from gcnprune_fast.methods import ALLOCATIONS, default_method, demo_methods, method_names
     from gcnprune_fast.models import MODEL_NAMES
 
-    method_names = ("channel-gcn", "l1", "l2", "fpgm", "hrank", "taylor", "bn-scale", "random")
+    methods = method_names()
     parser = argparse.ArgumentParser(
         prog="gcnprune", description="Structured channel pruning of CNNs with channel-graph GCN "
         "agents trained by RL, and the usual baselines.",
@@ -381,22 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
                            help="DataLoader workers (file datasets only)")
             p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 
-    d = sub.add_parser("demo", help="train a small CNN on synthetic data, prune it with channel-gcn "
-                       "and l1, compare", description="Self-contained demo: generates a learnable "
-                       "synthetic image dataset, trains simple_cnn, prunes it with channel-gcn and "
-                       "l1 at the same FLOPs budget, fine-tunes briefly and writes a comparison "
-                       "(JSON, Markdown, plots).")
+    demo_names = " and ".join(demo_methods())
+    d = sub.add_parser("demo", help=f"train a small CNN on synthetic data, prune it with "
+                       f"{demo_names}, compare", description="Self-contained demo: generates a "
+                       f"learnable synthetic image dataset, trains simple_cnn, prunes it with "
+                       f"{demo_names} at the same FLOPs budget, fine-tunes briefly and writes a "
+                       f"comparison (JSON, Markdown, plots).")
     common(d, data=False)
     d.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder (default runs/demo)")
     d.add_argument("--flops", type=_ratio, default=0.5, help="fraction of FLOPs kept (default 0.5)")
-    d.add_argument("--methods", nargs="+", choices=method_names, default=list(DEMO_METHODS))
+    d.add_argument("--methods", nargs="+", choices=methods, default=list(demo_methods()))
     d.add_argument("--train-samples", type=_positive_int, default=4000)
     d.add_argument("--test-samples", type=_positive_int, default=1000)
     d.add_argument("--image-size", type=_positive_int, default=32)
     d.add_argument("--epochs", type=_positive_int, default=3, help="training epochs (default 3)")
     d.add_argument("--batch-size", type=_positive_int, default=64)
     d.add_argument("--lr", type=float, default=0.05)
-    d.add_argument("--episodes", type=_positive_int, default=100, help="channel-gcn search episodes")
+    d.add_argument("--episodes", type=_positive_int, default=100,
+                   help="search episodes (methods with an `episodes` option)")
     d.add_argument("--finetune-epochs", type=_nonneg_int, default=1)
     d.add_argument("--finetune-lr", type=float, default=0.01)
     d.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (seconds)")
@@ -414,24 +444,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prune", help="prune a trained model to a FLOPs/params budget",
-                       description="Prune a trained built-in model with channel-gcn or a baseline, "
-                       "re-estimate BN, optionally fine-tune, and save plan.json, weights.pt and "
-                       "report.{json,md} into --out.")
+                       description="Prune a trained built-in model with a registered method "
+                       "(`gcnprune methods` lists them and their options), re-estimate BN, "
+                       "optionally fine-tune, and save plan.json, weights.pt and report.{json,md} "
+                       "into --out.")
     common(p)
     p.add_argument("--checkpoint", required=True, help="weights from `gcnprune train` (or a state_dict)")
-    p.add_argument("--method", choices=method_names, default="channel-gcn")
+    p.add_argument("--method", choices=methods, default=default_method(),
+                   help=f"pruning method (default {default_method()})")
     p.add_argument("--flops", type=_ratio, default=None, help="fraction of FLOPs kept, e.g. 0.5")
     p.add_argument("--params", type=_ratio, default=None, help="fraction of parameters kept")
-    p.add_argument("--allocation", choices=("global", "uniform"), default="global",
-                   help="baselines: global ranking or the same ratio per group")
-    p.add_argument("--episodes", type=_positive_int, default=None, help="channel-gcn search episodes")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="shortcut for --option allocation=... (criteria methods: global ranking "
+                   "or the same ratio per group)")
+    p.add_argument("--episodes", type=_positive_int, default=None,
+                   help="shortcut for --option episodes=N (search methods)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="extra method option (JSON value), repeatable, e.g. --option k=16")
+                   help="method option, repeatable, e.g. --option k=16; `gcnprune methods "
+                   "[NAME]` lists every method's options with defaults and help")
     p.add_argument("--finetune-epochs", type=_nonneg_int, default=0)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted channel-gcn search")
-    p.add_argument("--export", nargs="*", choices=("torchscript", "export", "aoti", "onnx"),
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search from --out (resumable methods only)")
+    p.add_argument("--export", nargs="*", choices=FORMATS,
                    help="also export the pruned model in these formats")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_prune)
@@ -450,12 +486,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild a pruned model from `gcnprune prune --out DIR` (plan.json + "
                        "weights.pt) and export it.")
     e.add_argument("--pruned", required=True, help="folder written by `gcnprune prune --out`")
-    e.add_argument("--format", choices=("torchscript", "export", "aoti", "onnx"), default="torchscript")
+    e.add_argument("--format", choices=FORMATS, default=FORMATS[0])
     e.add_argument("--out", required=True, help="output file (.pt, .pt2 or .onnx)")
     e.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="the built-in model (default: recognised from the plan)")
     e.add_argument("--num-classes", type=_positive_int, default=None)
     e.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("methods", help="list the pruning methods and their options",
+                       description="Every registered pruning method with its options (defaults and "
+                       "help), budgets and whether it can resume.")
+    m.add_argument("name", nargs="?", choices=methods, help="one method only")
+    m.set_defaults(func=cmd_methods)
     return parser
 
 

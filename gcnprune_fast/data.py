@@ -20,11 +20,40 @@ import io
 import math
 import os
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+def split_batch(batch, loader_name: str = "loader") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(inputs, targets)`` from one loader item, or raise a TypeError that says what the
+    loader yielded instead. Inputs must be a tensor [N, ...] and targets a tensor [N]."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        kind = type(batch).__name__
+        extra = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        raise TypeError(f"{loader_name} must yield (inputs, targets) pairs; it yielded a {kind}{extra}")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise TypeError(f"{loader_name} yielded inputs of type {type(x).__name__}"
+                        f"{'' if not isinstance(x, torch.Tensor) else ' with shape ' + str(tuple(x.shape))};"
+                        f" expected a tensor [N, C, H, W]")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"{loader_name} yielded targets {shape}; expected a tensor [N] of class "
+                        f"indices with N = {x.shape[0]}")
+    return x, y
+
+
+def iterate_inputs(loader, loader_name: str = "loader") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield checked ``(inputs, targets)``; raise ValueError if the loader is empty."""
+    empty = True
+    for batch in loader:
+        empty = False
+        yield split_batch(batch, loader_name)
+    if empty:
+        raise ValueError(f"{loader_name} is empty: it yielded no batches")
+
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "synthetic")
 """Names accepted by :func:`get_dataset` (plus ``"imagefolder:PATH"`` and plain directories)."""

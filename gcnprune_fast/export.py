@@ -33,8 +33,6 @@ import copy
 import importlib.util
 import logging
 import os
-import sys
-import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -247,8 +245,8 @@ def _require_onnx() -> None:
             "(and onnxruntime to run the result), or pip install 'gcnprune_fast[export]'")
 
 
-def export(model: nn.Module, path: PathLike, example_inputs: ExampleInputs,
-           format: str = "torchscript", *, fuse_bn: bool = False, optimize: bool = False,
+def export_model(model: nn.Module, path: PathLike, example_inputs: ExampleInputs,
+                 format: str = "torchscript", *, fuse_bn: bool = False, optimize: bool = False,
            dynamic_batch: bool = False) -> Path:
     """Exports ``model`` for deployment and returns the written file's path.
 
@@ -319,7 +317,7 @@ def export_artifacts(model: nn.Module, out_dir: PathLike, example_inputs: Exampl
 
     With ``save_example_input`` the first example input is also written to
     ``out_dir/example_input.pt`` (``torch.save``), which ``gcnprune_run MODEL --input FILE``
-    reads. ``options`` go to :func:`export` (``fuse_bn``, ``dynamic_batch``; ``optimize`` only
+    reads. ``options`` go to :func:`export_model` (``fuse_bn``, ``dynamic_batch``; ``optimize`` only
     applies to torchscript and is dropped for the other formats).
     """
     if isinstance(formats, str):
@@ -337,7 +335,7 @@ def export_artifacts(model: nn.Module, out_dir: PathLike, example_inputs: Exampl
             fmt_options.pop("optimize", None)
         if fmt not in ("export", "aoti", "onnx"):
             fmt_options.pop("dynamic_batch", None)
-        written[fmt] = export(model, out_dir / ARTIFACT_FILENAMES[fmt], inputs, fmt, **fmt_options)
+        written[fmt] = export_model(model, out_dir / ARTIFACT_FILENAMES[fmt], inputs, fmt, **fmt_options)
     if save_example_input and formats:
         torch.save(inputs[0].detach().cpu().contiguous(), out_dir / EXAMPLE_INPUT_FILENAME)
     return written
@@ -386,7 +384,7 @@ def detect_format(path: PathLike) -> str:
 
 
 def load_exported(path: PathLike, format: Optional[str] = None) -> Callable[..., object]:
-    """Loads an artifact written by :func:`export` as a callable taking the example inputs'
+    """Loads an artifact written by :func:`export_model` as a callable taking the example inputs'
     tensors (for round-trip checks and Python serving). ``format`` defaults to
     :func:`detect_format`."""
     path = Path(path)
@@ -406,20 +404,7 @@ def load_exported(path: PathLike, format: Optional[str] = None) -> Callable[...,
 
 
 __all__ = [
-    "FORMATS", "ARTIFACT_FILENAMES", "EXAMPLE_INPUT_FILENAME", "NonStandardOpError", "export",
+    "FORMATS", "ARTIFACT_FILENAMES", "EXAMPLE_INPUT_FILENAME", "NonStandardOpError", "export_model",
     "export_artifacts", "load_exported", "detect_format", "fuse_conv_bn", "OnnxRuntimeModule",
     "torchscript_op_namespaces",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``gcnprune_fast.export`` is both this module and (lazily, in the package namespace) the
-    :func:`export` function. Importing the submodule rebinds the package attribute to the module,
-    so the module itself forwards calls to :func:`export`: ``gcnprune_fast.export(model, ...)``
-    works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -15,44 +15,17 @@ describe what the next layer actually receives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import List
 
 import torch
 
 from gcnprune_fast import ops
+from gcnprune_fast.data import iterate_inputs
+from gcnprune_fast.utils import model_device
 
-__all__ = ["ChannelFeatures", "collect_features", "split_batch", "iterate_inputs"]
+__all__ = ["ChannelFeatures", "collect_features", "non_finite_activation_error"]
 
 STAT_NAMES = ("mean", "var", "abs_mean", "zero_frac", "max")
-
-
-def split_batch(batch, loader_name: str = "loader") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(inputs, targets)`` from one loader item, or raise a TypeError that says what the
-    loader yielded instead. Inputs must be a tensor [N, ...] and targets a tensor [N]."""
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        kind = type(batch).__name__
-        extra = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
-        raise TypeError(f"{loader_name} must yield (inputs, targets) pairs; it yielded a {kind}{extra}")
-    x, y = batch[0], batch[1]
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        raise TypeError(f"{loader_name} yielded inputs of type {type(x).__name__}"
-                        f"{'' if not isinstance(x, torch.Tensor) else ' with shape ' + str(tuple(x.shape))};"
-                        f" expected a tensor [N, C, H, W]")
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise TypeError(f"{loader_name} yielded targets {shape}; expected a tensor [N] of class "
-                        f"indices with N = {x.shape[0]}")
-    return x, y
-
-
-def iterate_inputs(loader, loader_name: str = "loader") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Yield checked ``(inputs, targets)``; raise ValueError if the loader is empty."""
-    empty = True
-    for batch in loader:
-        empty = False
-        yield split_batch(batch, loader_name)
-    if empty:
-        raise ValueError(f"{loader_name} is empty: it yielded no batches")
 
 
 @dataclass
@@ -90,7 +63,7 @@ def collect_features(space, loader, *, max_samples: int = 512, device=None,
     """
     if int(max_samples) < 2:
         raise ValueError(f"max_samples must be >= 2, got {max_samples!r}")
-    device = torch.device(device) if device is not None else _model_device(space.model)
+    device = torch.device(device) if device is not None else model_device(space.model)
     accs = [ops.GapAccumulator(max_samples=max_samples) for _ in space.groups]
     relu = [is_preactivation(g) for g in space.groups]
     bad: List[int] = []
@@ -117,11 +90,7 @@ def collect_features(space, loader, *, max_samples: int = 512, device=None,
             x = x[: max_samples - seen]
             space.model(x.to(device))
             if bad:
-                g = bad[0]
-                raise ValueError(f"non-finite (NaN/inf) activations in group {g} "
-                                 f"({space.groups[g].name!r}, feature module "
-                                 f"{getattr(space.groups[g], 'feature_module', '?')!r}); check the "
-                                 f"model's weights and the input data")
+                raise non_finite_activation_error(space, bad[0])
             seen += x.shape[0]
             if bar is not None:
                 bar.update(x.shape[0])
@@ -143,10 +112,12 @@ def collect_features(space, loader, *, max_samples: int = 512, device=None,
     )
 
 
-def _model_device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+def non_finite_activation_error(space, g: int) -> ValueError:
+    """The error for NaN/inf activations in group ``g`` (names the group and its feature module)."""
+    grp = space.groups[g]
+    return ValueError(f"non-finite (NaN/inf) activations in group {g} ({grp.name!r}, feature "
+                      f"module {getattr(grp, 'feature_module', '?')!r}); check the model's weights "
+                      f"and the input data")
 
 
 def _bar(progress: bool, total: int, desc: str):

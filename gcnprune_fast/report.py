@@ -115,7 +115,7 @@ def plot_widths(path: str, widths: Dict[str, Sequence[int]], base_widths: Sequen
     return _save_figure(plt, fig, path)
 
 
-def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "channel-gcn search reward",
+def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "search reward",
                       smooth: int = 10) -> str:
     """Line plot of the per-episode search reward with a moving average over ``smooth`` episodes."""
     if len(rewards) == 0:

@@ -14,28 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gcnprune_fast.data import split_batch
+from gcnprune_fast.utils import model_device
+
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-def _model_device(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _unpack(batch, where: str):
-    """Split a loader item into ``(inputs, targets)`` with a clear error for other structures."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor) \
-            and isinstance(batch[1], torch.Tensor):
-        return batch[0], batch[1]
-    desc = type(batch).__name__
-    if isinstance(batch, (tuple, list)):
-        desc += f" of {len(batch)} ({', '.join(type(b).__name__ for b in batch[:3])})"
-    raise TypeError(f"{where}: the loader must yield (inputs, targets) tensor pairs, got {desc}")
 
 
 def _saved_modes(model: nn.Module):
@@ -68,7 +50,7 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: Optio
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     saved = _saved_modes(model)
     model.eval()
     correct = total = 0
@@ -76,7 +58,7 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: Optio
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            x, y = _unpack(batch, "evaluate")
+            x, y = split_batch(batch, "evaluate: loader")
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             logits = model(x)
             if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
@@ -114,7 +96,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, de
     bns = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
     if not bns:
         return model
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     saved = _saved_modes(model)
     momenta = [(m, m.momentum) for m in bns]
     seen = 0
@@ -127,7 +109,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, de
         for i, batch in enumerate(loader):
             if i >= num_batches:
                 break
-            x, _ = _unpack(batch, "recalibrate_bn")
+            x, _ = split_batch(batch, "recalibrate_bn: loader")
             model(x.to(dev, non_blocking=True))
             seen += 1
     finally:
@@ -221,7 +203,7 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
     if steps_per_epoch == 0:
         raise ValueError("train: the loader is empty (0 batches)")
     total_steps = steps_per_epoch * epochs
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     model.to(dev)
     teacher_modes = None
     if teacher is not None:  # used under no_grad in eval mode; its modes are restored at the end
@@ -262,7 +244,7 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
             for batch in loader:
                 if step_in_epoch >= steps_per_epoch:
                     break
-                x, y = _unpack(batch, "train")
+                x, y = split_batch(batch, "train: loader")
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 step = epoch * steps_per_epoch + step_in_epoch
                 for group in opt.param_groups:

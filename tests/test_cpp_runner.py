@@ -117,7 +117,7 @@ def test_runner_seeded_random_input_matches_torch_randn(runner, tmp_path):
     """Without --input the runner draws torch.randn(shape) after torch.manual_seed(seed)."""
     torch.manual_seed(0)
     model = get_model("simple_cnn").eval()
-    path = E.export(model, tmp_path / "m.pt", torch.randn(2, 3, 16, 16))
+    path = E.export_model(model, tmp_path / "m.pt", torch.randn(2, 3, 16, 16))
     torch.manual_seed(5)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

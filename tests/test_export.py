@@ -75,7 +75,7 @@ def _model(name: str, pruned: bool):
 def _roundtrip(name, pruned, fmt, tmp_path, **options):
     model, x = _model(name, pruned)
     suffix = {"torchscript": ".pt", "export": ".pt2", "aoti": ".pt2", "onnx": ".onnx"}[fmt]
-    path = E.export(model, tmp_path / f"{name}{suffix}", x, fmt, **options)
+    path = E.export_model(model, tmp_path / f"{name}{suffix}", x, fmt, **options)
     assert path.exists() and path.stat().st_size > 0
     assert E.detect_format(path) == fmt
     loaded = E.load_exported(path, fmt)
@@ -123,7 +123,7 @@ def test_user_model_is_untouched_and_exported_in_eval_mode(tmp_path):
     model = _randomize_bn(get_model("resnet20")).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 32, 32)
-    path = E.export(model, tmp_path / "m.pt", x)
+    path = E.export_model(model, tmp_path / "m.pt", x)
     assert model.training and all(m.training for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"export changed {k}"
@@ -137,7 +137,7 @@ def test_no_torch_jit_deprecation_warning(tmp_path):
     model, x = _model("simple_cnn", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        E.export(model, tmp_path / "m.pt", x, optimize=True)
+        E.export_model(model, tmp_path / "m.pt", x, optimize=True)
         E.load_exported(tmp_path / "m.pt")
     messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert not any("torch.jit" in m for m in messages), messages
@@ -159,7 +159,7 @@ def test_trace_fallback_logs_and_roundtrips(tmp_path, caplog):
     model = _KwargsForward()
     x = torch.randn(1, 3, 8, 8)
     with caplog.at_level(logging.WARNING, logger="gcnprune_fast.export"):
-        path = E.export(model, tmp_path / "m.pt", x)
+        path = E.export_model(model, tmp_path / "m.pt", x)
     assert any("falling back to torch.jit.trace" in r.getMessage() for r in caplog.records)
     with torch.no_grad():
         torch.testing.assert_close(E.load_exported(path)(x), model(x))
@@ -186,13 +186,13 @@ def test_non_standard_ops_are_rejected(fmt, tmp_path):
     x = torch.randn(2, 3)
     path = tmp_path / ("m.pt" if fmt == "torchscript" else "m.pt2")
     with pytest.raises(E.NonStandardOpError, match="gcnprune_export_test"):
-        E.export(_CustomOpModel(), path, x, fmt)
+        E.export_model(_CustomOpModel(), path, x, fmt)
     assert not path.exists()
 
 
 def test_exported_graph_holds_only_standard_ops(tmp_path):
     model, x = _model("resnet20", True)
-    loaded = E.load_exported(E.export(model, tmp_path / "m.pt", x))
+    loaded = E.load_exported(E.export_model(model, tmp_path / "m.pt", x))
     namespaces = E.torchscript_op_namespaces(loaded)
     assert namespaces.get("aten", 0) > 0 and set(namespaces) <= {"aten", "prim"}
 
@@ -211,7 +211,7 @@ def test_optimized_torchscript_matches(tmp_path):
 
 def test_dynamic_batch_export(tmp_path):
     model, x = _model("simple_cnn", True)
-    path = E.export(model, tmp_path / "m.pt2", x, "export", dynamic_batch=True)
+    path = E.export_model(model, tmp_path / "m.pt2", x, "export", dynamic_batch=True)
     loaded = E.load_exported(path)
     x5 = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
@@ -234,7 +234,7 @@ def test_package_level_export_is_callable(tmp_path):
     import gcnprune_fast
 
     model, x = _model("simple_cnn", False)
-    assert gcnprune_fast.export(model, tmp_path / "m.pt", x).exists()
+    assert gcnprune_fast.export_model(model, tmp_path / "m.pt", x).exists()
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -251,7 +251,7 @@ def test_bad_arguments(kwargs, error, match, tmp_path):
     if isinstance(args["path"], str):
         args["path"] = tmp_path / args["path"]
     with pytest.raises(error, match=match):
-        E.export(args.pop("model"), args.pop("path"), args.pop("example_inputs"), **args)
+        E.export_model(args.pop("model"), args.pop("path"), args.pop("example_inputs"), **args)
 
 
 def test_onnx_without_packages_raises_import_error(monkeypatch, tmp_path):
@@ -259,7 +259,7 @@ def test_onnx_without_packages_raises_import_error(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))
     with pytest.raises(ImportError, match="onnxscript"):
-        E.export(nn.Conv2d(3, 4, 1), tmp_path / "m.onnx", torch.randn(1, 3, 4, 4), "onnx")
+        E.export_model(nn.Conv2d(3, 4, 1), tmp_path / "m.onnx", torch.randn(1, 3, 4, 4), "onnx")
 
 
 def test_load_exported_missing_file(tmp_path):

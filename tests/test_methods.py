@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gcnprune_fast.methods import METHOD_NAMES, Budget, SearchContext, allocate, run_method
+from gcnprune_fast.methods import Budget, SearchContext, allocate, method_names, run_method
 from gcnprune_fast.methods.allocation import check_budget_reachable, project_to_budget, standardize
 from gcnprune_fast.methods.criteria import CRITERIA
 from gcnprune_fast.models import get_model
@@ -39,7 +39,7 @@ def _ok(space, masks, budget, round_to=1):
 
 
 def test_method_names():
-    assert set(METHOD_NAMES) == {"channel-gcn", "l1", "l2", "fpgm", "hrank", "taylor", "bn-scale",
+    assert set(method_names()) == {"channel-gcn", "l1", "l2", "fpgm", "hrank", "taylor", "bn-scale",
                                  "random"}
 
 
@@ -140,7 +140,7 @@ def test_budget_validation(space):
 
 @pytest.mark.parametrize("name", ["l1", "fpgm", "random", "hrank", "taylor"])
 def test_run_baseline_meets_budget(space, name):
-    ctx = _ctx(space, budget=Budget.from_ratios(space, 0.4), allocation="uniform")
+    ctx = _ctx(space, budget=Budget.from_ratios(space, 0.4), options={"allocation": "uniform"})
     result = run_method(name, ctx)
     _ok(space, result.masks, ctx.budget)
 

@@ -1,61 +1,42 @@
 """Pruning methods: each turns a :class:`~gcnprune_fast.methods.context.SearchContext` into
 keep-masks (one bool tensor [C_g] per group, True = keep) that meet the budget.
 
-``METHODS`` maps a method name to ``run(ctx) -> MethodResult``:
+Every module of this package that defines a method registers it with
+:func:`~gcnprune_fast.methods.registry.register_method`; importing the package imports them all
+(so adding a method is adding one file). The registry answers which methods exist
+(:func:`method_names`), their options and what they support (:func:`get_method`).
 
-- ``channel-gcn``: method A (channel graphs + per-layer GCN agents + RL), :mod:`.channel_gcn`;
-- ``l1``, ``l2``, ``fpgm``, ``hrank``, ``taylor``, ``bn-scale``, ``random``: baseline criteria
-  (:mod:`.criteria`) with ``ctx.allocation`` = ``"global"`` (per-group standardized scores, one
-  ranking) or ``"uniform"`` (same keep ratio per group), :mod:`.allocation`.
+Shared parts: :mod:`.allocation` (budgets, the action wall, allocation from scores or per-group
+ratios), :mod:`.search` (reward set, mask scorer, checkpoints, policy-gradient updates, GCN layer).
 """
 from __future__ import annotations
 
-import time
-from typing import Callable, Dict
+import dataclasses
+import importlib
+import pkgutil
 
-from gcnprune_fast.methods import channel_gcn
 from gcnprune_fast.methods.allocation import ALLOCATIONS, Budget, allocate, project_to_budget
 from gcnprune_fast.methods.context import MethodResult, SearchContext
-from gcnprune_fast.methods.criteria import CRITERIA
+from gcnprune_fast.methods.registry import (MethodSpec, default_method, demo_methods, get_method,
+                                            method_names, register_method)
 
-__all__ = ["METHODS", "METHOD_NAMES", "ALLOCATIONS", "Budget", "SearchContext", "MethodResult",
-           "run_method", "criterion_scores", "allocate", "project_to_budget"]
+__all__ = ["ALLOCATIONS", "Budget", "SearchContext", "MethodResult", "MethodSpec", "run_method",
+           "allocate", "project_to_budget", "register_method", "get_method", "method_names",
+           "default_method", "demo_methods"]
 
-CRITERION_OPTIONS = {"hrank": ("hrank_samples",), "taylor": ("taylor_batches",)}
-
-
-def criterion_scores(name: str, ctx: SearchContext):
-    """Per-channel scores (float64 [C_g] per group) of baseline criterion ``name``."""
-    allowed = CRITERION_OPTIONS.get(name, ())
-    unknown = sorted(set(ctx.options) - set(allowed))
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for method {name!r}; valid: {list(allowed)}")
-    return CRITERIA[name](ctx.space, ctx)
-
-
-def _criterion_method(name: str) -> Callable[[SearchContext], MethodResult]:
-    def run(ctx: SearchContext) -> MethodResult:
-        t0 = time.perf_counter()
-        scores = criterion_scores(name, ctx)
-        masks = allocate(ctx.space, scores, ctx.budget, allocation=ctx.allocation,
-                         round_to=ctx.round_to)
-        return MethodResult(masks, {"search_time_s": time.perf_counter() - t0, "episodes": 0})
-    run.__name__ = f"run_{name.replace('-', '_')}"
-    run.__doc__ = f"Baseline {name!r}: score channels, then allocate the budget."
-    return run
-
-
-def _channel_gcn(ctx: SearchContext) -> MethodResult:
-    return channel_gcn.search(ctx.space, ctx)
-
-
-METHODS: Dict[str, Callable[[SearchContext], MethodResult]] = {"channel-gcn": _channel_gcn}
-METHODS.update({name: _criterion_method(name) for name in CRITERIA})
-METHOD_NAMES = tuple(METHODS)
+# Modules that are not methods (shared parts); everything else in this folder is imported so that
+# its methods register themselves.
+_SHARED = {"allocation", "context", "registry", "agents", "search"}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _SHARED and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def run_method(name: str, ctx: SearchContext) -> MethodResult:
-    """Run method ``name`` (see ``METHOD_NAMES``) on ``ctx``."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {list(METHOD_NAMES)}")
-    return METHODS[name](ctx)
+    """Run method ``name`` on ``ctx``; ``ctx.options`` may be a dict (validated here)."""
+    spec = get_method(name)
+    options = spec.resolve_options(ctx.options)
+    if ctx.resume and not spec.supports_resume:
+        raise ValueError(f"method {name!r} cannot resume (it has no checkpoint); run it again "
+                         f"without resume")
+    return spec.run(dataclasses.replace(ctx, options=options))

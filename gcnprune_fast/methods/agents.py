@@ -2,10 +2,9 @@
 
 All groups' channels are the nodes of ONE block-diagonal graph (rows ordered by group, group g
 occupying rows ``offsets[g]:offsets[g+1]``), so each GCN layer is one ``ops.spmm`` over every
-layer of the network plus one *grouped* matmul: node features are scattered into a padded
-[G, C_max, d] tensor and multiplied by the stacked per-group weights [G, d, h] with one ``bmm``.
-That keeps "separate weights per group" (the paper's one agent per layer) as cheap as one shared
-GCN.
+layer of the network plus one *grouped* matmul (the shared
+:class:`~gcnprune_fast.methods.search.gcn.GCNLayer`). That keeps "separate weights per group"
+(the paper's one agent per layer) as cheap as one shared GCN.
 
 Per node c of group g (A = the normalized graph, X the node features [N, d]):
 
@@ -20,13 +19,13 @@ head are shared and a learned group embedding (dimension ``embed_dim``) is appen
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from gcnprune_fast import ops
+from gcnprune_fast.methods.search.gcn import GCNLayer
 
 __all__ = ["ChannelGCNPolicy"]
 
@@ -51,54 +50,30 @@ class ChannelGCNPolicy(nn.Module):
             raise ValueError(f"group_sizes must be positive, got {list(group_sizes)}")
         num_groups = sizes.numel()
         self.num_groups, self.in_dim, self.hidden, self.shared = num_groups, in_dim, hidden, shared
-        offsets = torch.zeros(num_groups + 1, dtype=torch.long)
-        offsets[1:] = torch.cumsum(sizes, 0)
-        group_id = torch.repeat_interleave(torch.arange(num_groups), sizes)
-        local = torch.arange(int(offsets[-1])) - offsets[group_id]
-        self.c_max = int(sizes.max())
-        self.register_buffer("group_id", group_id, persistent=False)
-        self.register_buffer("pad_index", group_id * self.c_max + local, persistent=False)
-
-        def init(*shape, fan_in):
-            w = torch.empty(*shape)
-            bound = 1.0 / math.sqrt(fan_in)
-            return nn.Parameter(w.uniform_(-bound, bound, generator=generator))
-
-        n_w = 1 if shared else num_groups
+        self.register_buffer("group_id", torch.repeat_interleave(torch.arange(num_groups), sizes),
+                             persistent=False)
+        per_group = None if shared else [int(s) for s in sizes]
         d1 = in_dim + (embed_dim if shared else 0)
         if shared:
             self.embed = nn.Parameter(torch.randn(num_groups, embed_dim, generator=generator) * 0.1)
-        self.w1 = init(n_w, d1, hidden, fan_in=d1)
-        self.b1 = nn.Parameter(torch.zeros(n_w, hidden))
-        self.w2 = init(n_w, hidden, hidden, fan_in=hidden)
-        self.b2 = nn.Parameter(torch.zeros(n_w, hidden))
+        self.gcn1 = GCNLayer(d1, hidden, per_group, generator)
+        self.gcn2 = GCNLayer(hidden, hidden, per_group, generator)
         # Zero head: the initial policy is exactly the warm start's (set by warm_start()); the head
         # gets gradients at once and the GCN layers follow.
-        self.w_head = nn.Parameter(torch.zeros(n_w, hidden))
+        self.w_head = nn.Parameter(torch.zeros(1 if shared else num_groups, hidden))
         self.w_skip = nn.Parameter(torch.zeros(num_groups, in_dim))
         self.bias = nn.Parameter(torch.zeros(num_groups))
-
-    def _grouped_linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """x [N, d] -> [N, h] with the weights of each node's group (w [G, d, h], b [G, h])."""
-        if self.shared:
-            return x @ w[0] + b[0]
-        padded = x.new_zeros(self.num_groups * self.c_max, x.shape[1])
-        padded = padded.index_copy(0, self.pad_index, x)
-        out = torch.bmm(padded.view(self.num_groups, self.c_max, -1), w)
-        out = out + b[:, None, :]
-        return out.reshape(self.num_groups * self.c_max, -1).index_select(0, self.pad_index)
 
     def forward(self, graph: ops.CSRGraph, x: torch.Tensor, ax: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N] for node features x [N, d] over the normalized block-diagonal ``graph``.
         ``ax`` may pass a precomputed ``spmm(graph, x)`` (x is constant during a search)."""
         gid = self.group_id
         if self.shared:
-            xin = torch.cat([x, self.embed[gid]], dim=1)
-            ax = ops.spmm(graph, xin)
-        elif ax is None:
-            ax = ops.spmm(graph, x)
-        h = torch.relu(self._grouped_linear(ax, self.w1, self.b1))
-        h = torch.relu(self._grouped_linear(ops.spmm(graph, h), self.w2, self.b2))
+            x_in, ax = torch.cat([x, self.embed[gid]], dim=1), None
+        else:
+            x_in = x
+        h = torch.relu(self.gcn1(graph, x_in, ax))
+        h = torch.relu(self.gcn2(graph, h))
         head = self.w_head[0][None, :] if self.shared else self.w_head[gid]
         return (h * head).sum(1) + (x * self.w_skip[gid]).sum(1) + self.bias[gid]
 

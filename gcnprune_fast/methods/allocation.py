@@ -10,6 +10,10 @@ vectors, so each projection is a handful of tensor ops, not a Python loop over c
   back the highest-scored dropped channels while the budget still holds, so the budget is used.
 - :func:`allocate`: the baselines' allocation strategies: ``"global"`` (scores standardized per
   group, one global ranking) and ``"uniform"`` (the same keep ratio in every group).
+- allocation from per-group keep ratios, for searches that decide a width per group:
+  :func:`counts_from_ratios` (ratios -> legal widths), :func:`fit_ratios_to_budget` (scale the
+  ratios down until the budget holds), :func:`action_wall` (AMC's wall: the widest legal width of
+  one group given the others) and :func:`masks_from_counts` (widths -> masks by a score).
 
 Masks are lists of bool tensors [C_g], one per group in ``space.groups`` order, True = keep.
 Scores are lists of float tensors [C_g]; higher = more important.
@@ -23,10 +27,22 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Budget", "ALLOCATIONS", "standardize", "project_to_budget", "allocate",
-           "min_cost_ratios"]
+__all__ = ["Budget", "ALLOCATIONS", "check_budget_ratio", "standardize", "project_to_budget",
+           "allocate", "min_cost_ratios", "check_budget_reachable", "uniform_counts",
+           "counts_from_ratios", "fit_ratios_to_budget", "action_wall", "masks_from_counts"]
 
 ALLOCATIONS = ("global", "uniform")
+
+
+def check_budget_ratio(name: str, value) -> None:
+    """None, or a ratio in (0, 1] of the original model's ``name`` (flops / params) to keep."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a float ratio in (0, 1], got {value!r}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of the original "
+                         f"model's {name} to keep (e.g. {name}=0.5 keeps at most half)")
 
 
 @dataclass(frozen=True)
@@ -45,14 +61,8 @@ class Budget:
         """Validate the ratios (each None or in (0, 1], not both None) and build the limits."""
         if flops is None and params is None:
             raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>")
-        for name, value in (("flops", flops), ("params", params)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise TypeError(f"{name} must be a float ratio in (0, 1], got {value!r}")
-            if not 0.0 < float(value) <= 1.0:
-                raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of the "
-                                 f"original model's {name} to keep (e.g. {name}=0.5 keeps at most half)")
+        check_budget_ratio("flops", flops)
+        check_budget_ratio("params", params)
         max_flops = math.inf if flops is None else float(flops) * float(space.base_flops)
         max_params = math.inf if params is None else float(params) * float(space.base_params)
         return cls(None if flops is None else float(flops), None if params is None else float(params),
@@ -148,7 +158,8 @@ def _prefix_search(space, budget: Budget, counts0: np.ndarray, step_group: np.nd
 
 
 def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
-                      budget: Budget, *, round_to: int = 1, fill: bool = False) -> List[torch.Tensor]:
+                      budget: Budget, *, round_to: Optional[int] = None,
+                      fill: bool = False) -> List[torch.Tensor]:
     """Make ``masks`` feasible (the action wall), optionally using up the remaining budget.
 
     Args:
@@ -156,7 +167,7 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
         masks: bool [C_g] per group, the proposal (e.g. a Bernoulli sample).
         scores: float [C_g] per group; comparable ACROSS groups (lowest removed first globally).
         budget: the cost limits.
-        round_to: widths below the full size are made multiples of this.
+        round_to: widths below the full size are made multiples of this (default: the space's).
         fill: after the projection, add back the highest-scored dropped channels while feasible.
 
     Returns:
@@ -166,7 +177,7 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
     Raises:
         ValueError: when the budget cannot be met even at the minimum widths.
     """
-    round_to = max(int(round_to), 1)
+    round_to = max(int(space.round_to if round_to is None else round_to), 1)
     sizes, min_keeps = _sizes(space), _min_keeps(space)
     keep = [m.detach().to(torch.bool).cpu().numpy().copy() for m in masks]
     sc = [s.detach().to(torch.float64).cpu().numpy() for s in scores]
@@ -227,35 +238,97 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
     return [torch.from_numpy(k) for k in keep]
 
 
-def _uniform_counts(space, budget: Budget, round_to: int) -> List[int]:
-    """Widths for the largest common keep ratio q that meets the budget (bisection on q)."""
-    sizes, min_keeps = _sizes(space), _min_keeps(space)
+def counts_from_ratios(space, ratios, round_to: Optional[int] = None) -> List[int]:
+    """Legal widths for per-group keep ratios (sequence or tensor [G] in [0, 1]): floor(q * size),
+    rounded down to a multiple of ``round_to`` below the full size, at least ``min_keep``."""
+    round_to = max(int(space.round_to if round_to is None else round_to), 1)
+    ratios = [float(q) for q in torch.as_tensor(ratios, dtype=torch.float64).reshape(-1)]
+    if len(ratios) != space.num_groups:
+        raise ValueError(f"ratios has {len(ratios)} entries, the space has {space.num_groups} groups")
+    out = []
+    for q, size, mk in zip(ratios, _sizes(space), _min_keeps(space)):
+        if not math.isfinite(q) or not 0.0 <= q <= 1.0:
+            raise ValueError(f"keep ratios must be in [0, 1], got {q!r}")
+        c = int(math.floor(q * size + 1e-9))
+        if c < size and round_to > 1:
+            c -= c % round_to
+        out.append(min(size, max(mk, c)))
+    return out
 
-    def counts_for(q: float) -> List[int]:
-        out = []
-        for size, mk in zip(sizes, min_keeps):
-            c = int(math.floor(q * size + 1e-9))
-            if c < size and round_to > 1:
-                c -= c % round_to
-            out.append(min(size, max(mk, c)))
-        return out
 
+def _counts_feasible(space, budget: Budget, counts: Sequence[Sequence[int]]) -> torch.Tensor:
+    f, p = space.cost_from_counts(torch.tensor([list(c) for c in counts], dtype=torch.long))
+    return budget.feasible(f, p)
+
+
+def fit_ratios_to_budget(space, ratios, budget: Budget, round_to: Optional[int] = None,
+                         iterations: int = 40) -> List[int]:
+    """Widths for ``ratios`` scaled by the largest common factor s in [0, 1] that meets the budget
+    (bisection on s): the proposal's shape is kept, its size is cut to the budget.
+
+    Raises:
+        ValueError: even the minimum widths exceed the budget.
+    """
+    ratios = torch.as_tensor(ratios, dtype=torch.float64).reshape(-1)
+    if bool(_counts_feasible(space, budget, [counts_from_ratios(space, ratios, round_to)])[0]):
+        return counts_from_ratios(space, ratios, round_to)
+    check_budget_reachable(space, budget)
     lo, hi = 0.0, 1.0
-    grid = torch.tensor([counts_for(hi)], dtype=torch.long)
-    if bool(budget.feasible(*[v[0] for v in space.cost_from_counts(grid)])):
-        return counts_for(hi)
-    for _ in range(40):
+    for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        f, p = space.cost_from_counts(torch.tensor([counts_for(mid)], dtype=torch.long))
-        if bool(budget.feasible(f[0], p[0])):
+        if bool(_counts_feasible(space, budget, [counts_from_ratios(space, ratios * mid, round_to)])[0]):
             lo = mid
         else:
             hi = mid
-    return counts_for(lo)
+    return counts_from_ratios(space, ratios * lo, round_to)
+
+
+def uniform_counts(space, budget: Budget, round_to: Optional[int] = None) -> List[int]:
+    """Widths for the largest common keep ratio q that meets the budget (bisection on q)."""
+    return fit_ratios_to_budget(space, torch.ones(space.num_groups, dtype=torch.float64), budget,
+                                round_to)
+
+
+def action_wall(space, counts: Sequence[int], g: int, budget: Budget,
+                round_to: Optional[int] = None) -> int:
+    """AMC's action wall: the largest legal width of group ``g`` such that the budget is still
+    reachable when groups before ``g`` keep ``counts[:g]`` and every later group is cut to its
+    minimum width. ``counts`` gives the decided widths (entries from ``g`` on are ignored).
+
+    Raises:
+        ValueError: not even ``min_keep(g)`` fits (earlier decisions spent the budget).
+    """
+    round_to = max(int(space.round_to if round_to is None else round_to), 1)
+    sizes, min_keeps = _sizes(space), _min_keeps(space)
+    widths = [c for c in range(min_keeps[g], sizes[g] + 1)
+              if c == sizes[g] or c % round_to == 0 or c == min_keeps[g]]
+    base = list(counts[:g]) + [0] + min_keeps[g + 1:]
+    rows = []
+    for c in widths:
+        row = list(base)
+        row[g] = c
+        rows.append(row)
+    ok = _counts_feasible(space, budget, rows).numpy()
+    if not ok.any():
+        raise ValueError(f"group {g}: the budget cannot be met even at its minimum width "
+                         f"{min_keeps[g]} given the widths chosen for groups 0..{g - 1}")
+    return int(widths[int(np.flatnonzero(ok)[-1])])
+
+
+def masks_from_counts(scores: Sequence[torch.Tensor], counts: Sequence[int]) -> List[torch.Tensor]:
+    """Keep the ``counts[g]`` highest-scored channels of each group (ties to the lower index)."""
+    if len(scores) != len(counts):
+        raise ValueError(f"{len(scores)} score tensors but {len(counts)} counts")
+    masks = []
+    for s, c in zip(scores, counts):
+        m = torch.zeros(s.numel(), dtype=torch.bool)
+        m[torch.argsort(s, descending=True, stable=True)[:int(c)]] = True
+        masks.append(m)
+    return masks
 
 
 def allocate(space, scores: Sequence[torch.Tensor], budget: Budget, *, allocation: str = "global",
-             round_to: int = 1) -> List[torch.Tensor]:
+             round_to: Optional[int] = None) -> List[torch.Tensor]:
     """Keep-masks from per-channel scores.
 
     ``"global"``: scores are standardized within each group (so layers with large weights do not
@@ -276,10 +349,5 @@ def allocate(space, scores: Sequence[torch.Tensor], budget: Budget, *, allocatio
     z = standardize(scores)
     if allocation == "global":
         return project_to_budget(space, space.full_masks(), z, budget, round_to=round_to, fill=True)
-    counts = _uniform_counts(space, budget, round_to)
-    masks = []
-    for s, c in zip(z, counts):
-        m = torch.zeros(s.numel(), dtype=torch.bool)
-        m[torch.argsort(s, descending=True, stable=True)[:c]] = True
-        masks.append(m)
+    masks = masks_from_counts(z, uniform_counts(space, budget, round_to))
     return project_to_budget(space, masks, z, budget, round_to=round_to, fill=False)

@@ -13,10 +13,13 @@ from gcnprune_fast.methods.allocation import Budget
 class SearchContext:
     """Inputs shared by every method.
 
-    space: the PruningSpace over an eval-mode copy of the user's model (on ``device``).
+    space: the PruningSpace over an eval-mode copy of the user's model (on ``device``); its
+        ``round_to`` / ``min_channels`` fix which widths are legal.
     budget: absolute cost limits. loader / val_loader: the user's data (``(x, y)`` batches).
-    allocation: "global" | "uniform" (baselines). round_to: width granularity.
-    options: method-specific keyword options (validated by the method).
+    options: the method's options (an instance of its registered options dataclass; a dict of
+        overrides is parsed by :func:`~gcnprune_fast.methods.run_method`).
+    checkpoint_dir / resume: where a resumable method keeps its checkpoint, and whether to
+        continue from it.
     """
 
     space: Any
@@ -25,12 +28,10 @@ class SearchContext:
     device: torch.device
     seed: int = 0
     val_loader: Any = None
-    allocation: str = "global"
-    round_to: int = 1
     progress: bool = False
     checkpoint_dir: Optional[str] = None
     resume: bool = False
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
 
 
 @dataclass
