@@ -373,3 +373,185 @@ def test_cuda_model_masked_equals_pruned():
         torch.testing.assert_close(model(x), pruned(x), rtol=1e-4, atol=1e-4)
     assert space.cost(masks) == space.cost([m.cpu() for m in masks])
     assert all(s["l1"].shape == (g.size,) for s, g in zip(space.weight_stats(), space.groups))
+
+
+# ---------------------------------------------------------------------- group offsets and graph
+def _edges(graph):
+    """Directed edge set {(row, col)} of a CSRGraph."""
+    rows = torch.repeat_interleave(torch.arange(graph.num_rows), graph.indptr.diff())
+    return set(zip(rows.tolist(), graph.indices.tolist()))
+
+
+def _check_csr(graph, num_groups):
+    assert graph.indptr.dtype == graph.indices.dtype == torch.int64
+    assert graph.values.dtype == torch.float32 and bool((graph.values == 1).all())
+    assert graph.num_rows == num_groups and graph.indptr[0] == 0 and graph.indptr[-1] == graph.nnz
+    for r in range(num_groups):
+        cols = graph.indices[graph.indptr[r]:graph.indptr[r + 1]]
+        assert bool((cols.diff() > 0).all()), f"row {r}: columns not sorted / duplicated"
+        assert r not in cols.tolist(), f"row {r}: self loop"
+    assert bool(((graph.indices >= 0) & (graph.indices < num_groups)).all())
+
+
+def _by_root(space, root):
+    return next(g.index for g in space.groups if g.root == root or root in g.producers)
+
+
+def test_group_offsets(r20):
+    _, space = r20
+    offsets = space.group_offsets()
+    sizes = [g.size for g in space.groups]
+    assert offsets.dtype == torch.int64 and offsets.shape == (space.num_groups + 1,)
+    assert offsets[0] == 0 and offsets.diff().tolist() == sizes
+    assert offsets[-1] == torch.cat(space.full_masks()).numel() == sum(sizes)
+    # row g of the stacked filters of group g start at offsets[g]
+    stacked = torch.cat([space.filter_matrix(g.index)[:, :1] for g in space.groups])
+    g = space.num_groups // 2
+    torch.testing.assert_close(stacked[offsets[g]:offsets[g + 1]], space.filter_matrix(g)[:, :1])
+    offsets[0] = 99  # a fresh tensor per call
+    assert space.group_offsets()[0] == 0
+
+
+def test_group_graph_resnet20_residual_and_shortcuts(r20):
+    _, space = r20
+    stream = {g.size: g.index for g in space.groups if g.name.startswith("residual")}
+    s1, s2, s3 = stream[16], stream[32], stream[64]
+    inner = {f"{i}.{j}": _by_root(space, f"layer{i}.{j}.conv1") for i in (1, 2, 3) for j in (0, 1, 2)}
+    expected = set()
+    for j in range(3):
+        expected |= {(inner[f"1.{j}"], s1), (inner[f"2.{j}"], s2), (inner[f"3.{j}"], s3)}  # conv2
+    expected |= {(s1, inner[f"1.{j}"]) for j in range(3)} | {(s1, inner["2.0"]), (s1, s2)}
+    expected |= {(s2, inner["2.1"]), (s2, inner["2.2"]), (s2, inner["3.0"]), (s2, s3)}
+    expected |= {(s3, inner["3.1"]), (s3, inner["3.2"])}
+    directed = space.group_graph(symmetric=False)
+    _check_csr(directed, space.num_groups)
+    assert _edges(directed) == expected
+    sym = space.group_graph()
+    _check_csr(sym, space.num_groups)
+    assert _edges(sym) == expected | {(b, a) for a, b in expected}
+    assert sym.nnz == len(expected | {(b, a) for a, b in expected})  # duplicates merged
+    dense = sym.to_dense()
+    assert torch.equal(dense, dense.T)
+    with pytest.raises(TypeError, match="symmetric"):
+        space.group_graph(symmetric="yes")
+
+
+def test_group_graph_vgg_is_a_chain():
+    model = get_model("vgg16_bn").eval()
+    space = PruningSpace(model, torch.randn(1, 3, 32, 32))
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    order = [_by_root(space, n) for n in convs]
+    assert sorted(order) == list(range(space.num_groups)) == sorted(range(13))
+    chain = set(zip(order[:-1], order[1:]))
+    assert _edges(space.group_graph(symmetric=False)) == chain
+    assert _edges(space.group_graph()) == chain | {(b, a) for a, b in chain}
+    # an ignored layer in the chain: the groups on both sides are joined through it
+    ignored = PruningSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=[convs[2]])
+    order = [_by_root(ignored, n) for n in convs[:2] + convs[3:]]
+    assert ignored.num_groups == 12
+    assert _edges(ignored.group_graph(symmetric=False)) == set(zip(order[:-1], order[1:]))
+
+
+def test_group_graph_mobilenet_v2_depthwise():
+    model = get_model("mobilenet_v2").eval()
+    space = PruningSpace(model, torch.randn(1, 3, 32, 32))
+    directed = space.group_graph(symmetric=False)
+    _check_csr(directed, space.num_groups)
+    edges = _edges(directed)
+    dw = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    for name in dw:  # each depthwise conv sits in the group of its input (no group of its own)
+        assert sum(name in g.producers for g in space.groups) == 1
+    stem = _by_root(space, "features.0.0")
+    p1 = _by_root(space, "features.1.conv.1")  # block 1: depthwise + projection
+    e2 = _by_root(space, "features.2.conv.0.0")  # block 2: expand -> depthwise -> project
+    assert "features.1.conv.0.0" in space.groups[stem].producers  # depthwise joins the stem group
+    assert "features.2.conv.1.0" in space.groups[e2].producers
+    s24 = _by_root(space, "features.2.conv.2")  # residual stream of blocks 2-3
+    e3 = _by_root(space, "features.3.conv.0.0")
+    assert s24 == _by_root(space, "features.3.conv.2") and space.groups[s24].size == 24
+    assert {(stem, p1), (p1, e2), (e2, s24), (s24, e3), (e3, s24)} <= edges
+    assert (stem, e2) not in edges and (p1, s24) not in edges  # only direct reads
+    # every expand group is read by exactly the projection after its depthwise conv
+    checked = 0
+    for g in space.groups:
+        for dwn in (p for p in g.producers if p in dw):
+            block = ".".join(dwn.split(".")[:2])  # features.k
+            proj = block + (".conv.2" if dwn.endswith("conv.1.0") else ".conv.1")
+            assert {h for (a, h) in edges if a == g.index} == {_by_root(space, proj)}
+            checked += 1
+    assert checked == len(dw) == 17
+    # the undirected graph is connected: every group is reachable from the stem
+    sym = space.group_graph()
+    seen, todo = {stem}, [stem]
+    while todo:
+        r = todo.pop()
+        for c in sym.indices[sym.indptr[r]:sym.indptr[r + 1]].tolist():
+            if c not in seen:
+                seen.add(c)
+                todo.append(c)
+    assert seen == set(range(space.num_groups))
+
+
+def test_group_graph_concat():
+    space = PruningSpace(_Concat().eval(), torch.randn(1, 3, 8, 8))
+    a, b, c = (_by_root(space, n) for n in "abc")
+    # a and b are concatenated into c's input: no edge between the two siblings
+    assert _edges(space.group_graph(symmetric=False)) == {(a, c), (b, c)}
+    assert _edges(space.group_graph()) == {(a, c), (b, c), (c, a), (c, b)}
+
+
+def test_group_graph_through_ignored_residual_stream():
+    model = get_model("resnet20").eval()
+    space = PruningSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=["layer2.0.shortcut.0"])
+    assert not any(g.size == 32 and g.name.startswith("residual") for g in space.groups)
+    edges = _edges(space.group_graph(symmetric=False))
+    s1 = next(g.index for g in space.groups if g.name.startswith("residual") and g.size == 16)
+    i20, i21 = _by_root(space, "layer2.0.conv1"), _by_root(space, "layer2.1.conv1")
+    # layer2.1.conv1 reads the unprunable stream 2, written by layer2.0.conv2 (reads i20) and the
+    # ignored shortcut (reads stream 1)
+    assert {(s1, i20), (s1, i21), (i20, i21)} <= edges
+    assert (i21, i20) not in edges
+
+
+# ---------------------------------------------------------------------- ignored layers, surgery
+def test_resolve_ignored_layers():
+    from gcnprune_fast.space import resolve_ignored_layers
+    model = get_model("simple_cnn")
+    conv = model.features[0]
+    assert resolve_ignored_layers(model, None) == ()
+    assert resolve_ignored_layers(model, "features.3") == ("features.3",)
+    assert resolve_ignored_layers(model, conv) == ("features.0",)
+    assert resolve_ignored_layers(model, ["features.3", conv, "features.3", model.features[3]]) == (
+        "features.3", "features.0")
+    assert resolve_ignored_layers(model, (m for m in [conv])) == ("features.0",)
+    with pytest.raises(ValueError, match=r"ignored_layers\[1\]: 'features\.99' is not a submodule"):
+        resolve_ignored_layers(model, [conv, "features.99"])
+    with pytest.raises(ValueError, match=r"ignored_layers\[0\]: Linear object is not a submodule"):
+        resolve_ignored_layers(model, [nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="the model itself"):
+        resolve_ignored_layers(model, [model])
+    with pytest.raises(ValueError, match="the model itself"):
+        resolve_ignored_layers(model, "")
+    with pytest.raises(TypeError, match=r"ignored_layers\[2\]: .* got int"):
+        resolve_ignored_layers(model, ["features.0", conv, 3])
+    with pytest.raises(TypeError, match="got float"):
+        resolve_ignored_layers(model, 1.5)
+
+
+def test_space_attributes_and_prune_model(r20):
+    from gcnprune_fast.space import prune_model
+    model, space = r20
+    other = PruningSpace(model, torch.randn(1, 3, 32, 32), round_to=2, min_channels=3)
+    assert (space.round_to, space.min_channels) == (1, 1) and (other.round_to, other.min_channels) == (2, 3)
+    masks = _random_masks(space, p=0.5, seed=5)
+    keep = {g.root: m for g, m in zip(space.groups, masks)}
+    a = space.prune(masks)
+    b = prune_model(model, space.example_inputs, keep, output_shape=space.output_shape)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    same = prune_model(model, space.example_inputs[0], {})
+    assert same is not model and all(torch.equal(p, q) for p, q in zip(same.parameters(), model.parameters()))
+    with pytest.raises(TypeError, match="bool"):
+        prune_model(model, space.example_inputs, {"conv1": masks[0].float()})
+    with pytest.raises(RuntimeError, match="output shape"):
+        prune_model(model, space.example_inputs, keep, output_shape=(1, 11))

@@ -61,6 +61,21 @@ def test_mixed_groups(mixed):
     assert set(dw_group.consumers) == {"head"}
 
 
+def test_mixed_group_graph(mixed):
+    _, space = mixed
+    stream, expand, side, head = (next(g.index for g in space.groups if name in g.producers)
+                                  for name in ("stem", "expand", "side", "head"))
+    assert "res" in space.groups[stream].producers and "dw" in space.groups[expand].producers
+    # res reads and writes the stream (no self loop); dw belongs to the expand group; the
+    # concat of expand/dw and side feeds head; fc's output is protected
+    expected = {(stream, expand), (stream, side), (expand, head), (side, head)}
+    directed = space.group_graph(symmetric=False)
+    rows = torch.repeat_interleave(torch.arange(space.num_groups), directed.indptr.diff())
+    assert set(zip(rows.tolist(), directed.indices.tolist())) == expected
+    dense = space.group_graph().to_dense()
+    assert torch.equal(dense, dense.T) and int(dense.sum()) == 2 * len(expected)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_masked_equals_pruned_any_masks(mixed, data):

@@ -100,7 +100,10 @@ class TracedDependencies:
     ``model`` is put in eval mode by the tracer, so callers pass a private copy.
     Attributes: ``groups`` (list[RawGroup]), ``unknown_ops`` (names of ops torch-pruning treated
     as element-wise without knowing them), ``grad_fn_to_node_id`` (dict), ``nodes`` (id -> node),
-    ``channels_last_dim`` (True when linear layers act on [N, L, C] tensors).
+    ``channels_last_dim`` (True when linear layers act on [N, L, C] tensors), and plain-data views
+    of the graph for the rest of the package: ``module_node_ids`` (module, parameter or op ->
+    node id), ``pruning_dims`` (node id -> the dim torch-pruning prunes for bare parameters, or
+    None), ``dataflow`` (node id -> (kind, ids of the nodes whose outputs it reads)).
     """
 
     def __init__(self, model: nn.Module, example_inputs, forward_fn: Callable,
@@ -119,6 +122,10 @@ class TracedDependencies:
         self.grad_fn_to_node_id = {n.grad_fn: id(n) for n in self.dg.module2node.values()
                                    if n.grad_fn is not None}
         self.channels_last_dim = not self.dg._2d_4d
+        self.module_node_ids = {m: id(n) for m, n in self.dg.module2node.items()}
+        self.pruning_dims = {id(n): n.pruning_dim for n in self.dg.module2node.values()}
+        self.dataflow: Dict[int, Tuple[str, Tuple[int, ...]]] = {
+            id(n): (_kind(n), tuple(id(i) for i in n.inputs)) for n in self.dg.module2node.values()}
         module_names = {m: n for n, m in model.named_modules()}
         self.groups: List[RawGroup] = []
         with _frozen_index_mapping():  # build_dependency computed them; nothing is pruned here

@@ -20,11 +20,16 @@ of pruned layers follow their kept channels.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import math
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gcnprune_fast.space._dependency import RawGroup
+    from gcnprune_fast.space.tracing import Trace
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d)
@@ -39,7 +44,7 @@ _POOL_TYPES = (nn.MaxPool1d, nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool2d, nn.MaxPoo
 class CostModel:
     """FLOPs (MACs) and params as functions of kept counts per group.
 
-    Built by ``PruningSpace``; use ``space.cost`` / ``space.cost_from_counts``.
+    Built by ``build_cost_model``; use ``space.cost`` / ``space.cost_from_counts``.
 
     Args:
         num_groups: G.
@@ -135,3 +140,127 @@ class CostModel:
         x = counts.astype(np.float64, copy=False)
         G = self.num_groups
         return (x @ self._Q_both).reshape(2, G) @ x + (x @ self._b_both + self._c_both)
+
+
+def build_cost_model(trace: "Trace", raws: Sequence["RawGroup"], sizes: Sequence[int]) -> CostModel:
+    """The cost model of a traced network (``space.tracing.Trace``) whose groups are ``raws``
+    (sizes ``sizes``), following the counting convention in this module's docstring.
+
+    FLOPs come from the recorded module calls (their input/output shapes, per example in the
+    batch), params from every parameter of the traced copy (each counted once)."""
+    deps, records = trace.deps, trace.records
+    model = trace.model
+    G = len(sizes)
+    cost = CostModel(G, list(sizes))
+    members: Dict[Tuple[int, str], Dict[int, int]] = {}
+    for g, raw in enumerate(raws):
+        for d in raw.dims:
+            for role in d.roles:
+                members.setdefault((d.node_id, role), {})
+                members[(d.node_id, role)][g] = members[(d.node_id, role)].get(g, 0) + len(d.local)
+    module2node = deps.module_node_ids
+
+    def sig_of_module(mod, role, total):
+        nid = module2node.get(mod)
+        return cost.signature((nid if nid is not None else id(mod), role), total,
+                              members.get((nid, role), {}) if nid is not None else {})
+
+    def sig_of_tensor(t: torch.Tensor):
+        cdim = -1 if (t.dim() == 3 and deps.channels_last_dim) else 1
+        if t.dim() < 2:
+            return None, 1
+        total = t.shape[cdim]
+        nid = deps.grad_fn_to_node_id.get(t.grad_fn)
+        i = cost.signature(("t", nid if nid is not None else id(t)), total,
+                           members.get((nid, "out"), {}) if nid is not None else {})
+        return i, t.numel() / total
+
+    batch = trace.inputs[0].shape[0] if trace.inputs[0].dim() else 1
+    for r in records:
+        mod, typ, x, y = r["module"], type(r["module"]), r["input"], r.get("output")
+        if x is None or y is None:
+            continue
+        if typ in _CONV_TYPES:
+            s_out = math.prod(y.shape[2:]) * y.shape[0] / batch
+            k = math.prod(mod.kernel_size)
+            i_out = sig_of_module(mod, "out", mod.out_channels)
+            if mod.groups == mod.out_channels and mod.out_channels > 1:  # depthwise: tied dims
+                per = k * (mod.in_channels // mod.groups)
+                cost.add_lin("flops", i_out, s_out * per)
+            else:
+                i_in = sig_of_module(mod, "in", mod.in_channels)
+                cost.add_quad("flops", i_in, i_out, s_out * k / mod.groups)
+            if mod.bias is not None:
+                cost.add_lin("flops", i_out, s_out)
+        elif typ is nn.Linear:
+            i_in = sig_of_module(mod, "in", mod.in_features)
+            i_out = sig_of_module(mod, "out", mod.out_features)
+            rows = x.numel() / mod.in_features / batch
+            cost.add_quad("flops", i_in, i_out, rows)
+            if mod.bias is not None:  # one add per output element
+                cost.add_lin("flops", i_out, rows)
+        elif typ in _NORM_TYPES or typ is nn.LayerNorm:
+            if typ is nn.GroupNorm:
+                total = mod.num_channels
+            elif typ is nn.LayerNorm:
+                total = mod.normalized_shape[-1]
+            else:
+                total = mod.num_features
+            i = sig_of_module(mod, "out", total)
+            affine = mod.elementwise_affine if typ is nn.LayerNorm else mod.affine
+            cost.add_lin("flops", i, x.numel() / batch / total * (2 if affine else 1))
+        elif typ in _ACT_TYPES or typ is nn.Upsample:
+            i, per = sig_of_tensor(y)
+            if i is None:
+                cost.add_const("flops", y.numel() / batch)
+            else:
+                cost.add_lin("flops", i, per / batch)
+        elif typ in _POOL_TYPES:
+            i, per = sig_of_tensor(y)
+            per_in = x.numel() / (y.numel() / per) if i is not None else 0
+            if i is None:
+                cost.add_const("flops", x.numel() / batch)
+            else:
+                cost.add_lin("flops", i, per_in / batch)
+    # parameters
+    seen = set()
+    for name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if isinstance(mod, tuple(_CONV_TYPES)) and pname == "weight":
+                k = math.prod(mod.kernel_size)
+                i_out = sig_of_module(mod, "out", mod.out_channels)
+                if mod.groups == mod.out_channels and mod.out_channels > 1:
+                    cost.add_lin("params", i_out, k * (mod.in_channels // mod.groups))
+                else:
+                    i_in = sig_of_module(mod, "in", mod.in_channels)
+                    cost.add_quad("params", i_in, i_out, k / mod.groups)
+            elif isinstance(mod, tuple(_CONV_TYPES)) and pname == "bias":
+                cost.add_lin("params", sig_of_module(mod, "out", mod.out_channels), 1)
+            elif isinstance(mod, nn.Linear) and pname == "weight":
+                cost.add_quad("params", sig_of_module(mod, "in", mod.in_features),
+                              sig_of_module(mod, "out", mod.out_features), 1)
+            elif isinstance(mod, nn.Linear) and pname == "bias":
+                cost.add_lin("params", sig_of_module(mod, "out", mod.out_features), 1)
+            elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                if isinstance(mod, nn.GroupNorm):
+                    total = mod.num_channels
+                elif isinstance(mod, nn.LayerNorm):
+                    total = mod.normalized_shape[-1]
+                else:
+                    total = mod.num_features
+                cost.add_lin("params", sig_of_module(mod, "out", total), p.numel() / total)
+            elif isinstance(mod, nn.PReLU) and p.numel() > 1:
+                cost.add_lin("params", sig_of_module(mod, "out", p.numel()), 1)
+            elif p in module2node:  # a bare nn.Parameter pruned along one dim
+                nid = module2node[p]
+                dim = deps.pruning_dims[nid] if deps.pruning_dims[nid] is not None else -1
+                total = p.shape[dim]
+                i = cost.signature((nid, "out"), total, members.get((nid, "out"), {}))
+                cost.add_lin("params", i, p.numel() / total)
+            else:
+                cost.add_const("params", p.numel())
+    cost.finalize()
+    return cost
