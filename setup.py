@@ -77,7 +77,8 @@ def _extensions():
         extra_cflags.append("-g0")
     # -march=native would make a library that crashes on older CPUs. Hot loops that need
     # AVX2/FMA compile a second copy with __attribute__((target(...))) and pick it at run time
-    # (at::vec::Vectorized alone falls back to scalar code without -mavx2).
+    # (csrc/cpu/simd.h; at::vec::Vectorized alone falls back to scalar code without -mavx2).
+    # Headers live in csrc/common/ (any device) and csrc/cpu/, included relative to csrc/.
     extra = {"cxx": extra_cflags}
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -149,7 +150,6 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark"],
         "bench": ["pytest-benchmark", "torch-geometric"],
-        "scatter": ["torch-scatter"],
         "export": ["onnx", "onnxscript", "onnxruntime"],
         "plots": ["matplotlib"],
     },

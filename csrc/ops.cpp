@@ -1,6 +1,7 @@
 // Schema of every gcnprune operator, declared once. Kernels are registered per device in
-// csrc/cpu/*_cpu.cpp (CPU) and csrc/cuda/*_cuda.cu (CUDA); fake (meta) kernels and autograd
-// formulas are registered from Python, next to each op's wrapper (gcnprune_fast/ops/{gap,graph,sparse}.py).
+// csrc/cpu/*_cpu.cpp (CPU) and csrc/cuda/*_cuda.cu (CUDA), with the checks both share in
+// csrc/common/; fake (meta) kernels and autograd formulas are registered from Python, next to each
+// op's wrapper (gcnprune_fast/ops/{gap,graph,sparse}.py). Adding an op: csrc/README.md.
 //
 // Layout conventions shared by all kernels:
 //   - a graph is CSR: indptr int64 [R+1], indices int64 [nnz] (sorted within each row),

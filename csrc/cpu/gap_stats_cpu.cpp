@@ -19,19 +19,16 @@
 // Each task owns float64 moments for its channels; blocks are merged at the end (Chan again).
 // Software prefetch keeps DRAM busy while a chunk's second pass and merge run from L1.
 //
-// Vector code: 32-byte GCC/Clang vector-extension types (8 floats or 4 doubles per vector;
-// acc_t = float, or double for float64 input; fp16/bf16 are widened to float on load). Why not
-// at::vec::Vectorized: the extension is built without -mavx2 (a portable wheel), where
-// Vectorized<float> is ATen's generic array implementation, and GCC left its operators as
-// out-of-line calls (0.4 GB/s measured). Builtin vector operators always inline, so the same
-// kernel body is compiled twice: for the baseline ISA, and inside a function with
-// __attribute__((target("avx2,fma,f16c"))) that is picked at run time when the CPU has AVX2.
+// Vector code (cpu/simd.h): 32-byte GCC/Clang vector-extension types (8 floats or 4 doubles per
+// vector; acc_t = float, or double for float64 input; fp16/bf16 are widened to float on load).
+// The kernel body is compiled twice, for the baseline ISA and as an AVX2 clone picked at run time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "cpu/gap_stats_common.h"
+#include "common/gap_stats.h"
+#include "cpu/simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -45,25 +42,17 @@
 namespace gcnprune {
 namespace {
 
-#if defined(__GNUC__) || defined(__clang__)
-#define GAP_INLINE inline __attribute__((always_inline))
-#else
-#define GAP_INLINE inline
-#endif
+using cpu::hmax;
+using cpu::hsum;
+using cpu::Simd;
+using cpu::splat;
+using cpu::vabs;
+using cpu::vmax;
 
 // Bytes of x reduced per chunk (read twice: the second read hits L1).
 constexpr int64_t kChunkBytes = 16384;
 // Software prefetch distance of the plane-contiguous loop.
 constexpr int64_t kPrefetchBytes = 4096;
-
-template <typename scalar_t>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
 
 // Running moments of one channel, float64.
 struct Moments {
@@ -78,8 +67,9 @@ struct Moments {
 
 // Merge a chunk (nb elements with sum sum_b, mean mean_b = sum_b / nb, m2 around mean_b, ...)
 // into `a` (Chan et al.).
-GAP_INLINE void merge_chunk(Moments& a, double nb, double sum_b, double mean_b, double m2_b,
-                            double abs_b, double zeros_b, double max_b) {
+GCNPRUNE_ALWAYS_INLINE void merge_chunk(Moments& a, double nb, double sum_b, double mean_b,
+                                         double m2_b, double abs_b, double zeros_b,
+                                         double max_b) {
   if (a.n == 0) {
     a.mean = mean_b;
     a.m2 = m2_b;
@@ -96,7 +86,7 @@ GAP_INLINE void merge_chunk(Moments& a, double nb, double sum_b, double mean_b, 
   a.max = std::max(a.max, max_b);
 }
 
-GAP_INLINE void merge_moments(Moments& a, const Moments& b) {
+GCNPRUNE_ALWAYS_INLINE void merge_moments(Moments& a, const Moments& b) {
   if (b.n == 0) return;
   if (a.n == 0) {
     a = b;
@@ -113,48 +103,9 @@ GAP_INLINE void merge_moments(Moments& a, const Moments& b) {
   a.max = std::max(a.max, b.max);
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // vector types never cross a non-inlined call
-#endif
-
-// 32-byte vectors of acc_t and the matching integer lanes (comparison results).
-template <typename acc_t>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(32)));
-  static constexpr int64_t kSize = 8;
-  static constexpr int32_t kAbsMask = 0x7fffffff;
-};
-template <>
-struct Simd<double> {
-  typedef double V __attribute__((vector_size(32)));
-  typedef int64_t I __attribute__((vector_size(32)));
-  static constexpr int64_t kSize = 4;
-  static constexpr int64_t kAbsMask = 0x7fffffffffffffffLL;
-};
-
-template <typename acc_t>
-GAP_INLINE typename Simd<acc_t>::V splat(acc_t a) {
-  return typename Simd<acc_t>::V{} + a;
-}
-
-template <typename acc_t>
-GAP_INLINE typename Simd<acc_t>::V vabs(typename Simd<acc_t>::V v) {
-  using I = typename Simd<acc_t>::I;
-  return (typename Simd<acc_t>::V)((I)v & Simd<acc_t>::kAbsMask);
-}
-
-// max without NaN propagation (like maxps); a NaN in the data is flagged through sum |x|.
-template <typename acc_t>
-GAP_INLINE typename Simd<acc_t>::V vmax(typename Simd<acc_t>::V v, typename Simd<acc_t>::V m) {
-  return v > m ? v : m;
-}
-
 // Simd<acc_t>::kSize consecutive elements of p as acc_t lanes.
 template <typename scalar_t, typename acc_t>
-GAP_INLINE typename Simd<acc_t>::V load_lanes(const scalar_t* p) {
+GCNPRUNE_ALWAYS_INLINE typename Simd<acc_t>::V load_lanes(const scalar_t* p) {
   using V = typename Simd<acc_t>::V;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     V v;
@@ -182,42 +133,20 @@ GAP_INLINE typename Simd<acc_t>::V load_lanes(const scalar_t* p) {
 
 // The first `count` lanes from p (count may be <= 0 or >= kSize); other lanes are 0.
 template <typename scalar_t, typename acc_t>
-GAP_INLINE typename Simd<acc_t>::V load_lanes_partial(const scalar_t* p, int64_t count) {
+GCNPRUNE_ALWAYS_INLINE typename Simd<acc_t>::V load_lanes_partial(const scalar_t* p,
+                                                                  int64_t count) {
   if (count >= Simd<acc_t>::kSize) return load_lanes<scalar_t, acc_t>(p);
   typename Simd<acc_t>::V v = {};
   for (int64_t i = 0; i < count; ++i) v[i] = static_cast<acc_t>(p[i]);
   return v;
 }
 
-// Horizontal sum / max of a 32-byte vector: halve twice with vector ops, then 2 scalar lanes
-// (this runs once per chunk, so its latency matters for short planes).
-template <typename V>
-GAP_INLINE double hsum(V v) {
-  constexpr int K = sizeof(V) / sizeof(v[0]);
-  typedef std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> T;
-  typedef T H __attribute__((vector_size(16)));
-  H h;
-  if constexpr (K == 8) {
-    h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
-    return static_cast<double>(h[0] + h[2]) + static_cast<double>(h[1] + h[3]);
-  } else {
-    h = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
-    return static_cast<double>(h[0]) + static_cast<double>(h[1]);
-  }
-}
-
-template <typename V>
-GAP_INLINE double hmax(V v) {
-  double m = static_cast<double>(v[0]);
-  for (size_t i = 1; i < sizeof(V) / sizeof(v[0]); ++i) m = std::max(m, static_cast<double>(v[i]));
-  return m;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Layout A: one contiguous run of `len` elements of one channel (len * sizeof <= kChunkBytes).
 // Returns its sum; merges its moments into `mom`.
 template <typename scalar_t, typename acc_t>
-GAP_INLINE double reduce_contiguous_chunk(const scalar_t* p, int64_t len, Moments& mom) {
+GCNPRUNE_ALWAYS_INLINE double reduce_contiguous_chunk(const scalar_t* p, int64_t len,
+                                                      Moments& mom) {
   using V = typename Simd<acc_t>::V;
   using I = typename Simd<acc_t>::I;
   constexpr int64_t kVS = Simd<acc_t>::kSize;
@@ -287,9 +216,9 @@ GAP_INLINE double reduce_contiguous_chunk(const scalar_t* p, int64_t len, Moment
 
 // Planes (n, c) for n in [n0, n1), c in [c0, c1); x is plane-contiguous (stride(S) == 1).
 template <typename scalar_t, typename acc_t>
-GAP_INLINE void reduce_planes(const scalar_t* x, int64_t n0, int64_t n1, int64_t c0, int64_t c1,
-                              int64_t S, int64_t sN, int64_t sC, int64_t C, acc_t* gap,
-                              Moments* mom) {
+GCNPRUNE_ALWAYS_INLINE void reduce_planes(const scalar_t* x, int64_t n0, int64_t n1, int64_t c0,
+                                          int64_t c1, int64_t S, int64_t sN, int64_t sC,
+                                          int64_t C, acc_t* gap, Moments* mom) {
   const int64_t chunk = std::max<int64_t>(64, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t)));
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -318,9 +247,10 @@ constexpr int64_t kRowBlock = 4;
 constexpr int64_t kMaxChunkRows = 1024;  // rows per float accumulator before merging in float64
 
 template <typename scalar_t, typename acc_t>
-GAP_INLINE void reduce_channel_range(const scalar_t* x, int64_t n0, int64_t n1, int64_t cb,
-                                     int64_t ce, int64_t S, int64_t sN, int64_t sS, int64_t C,
-                                     acc_t* gap, Moments* mom) {
+GCNPRUNE_ALWAYS_INLINE void reduce_channel_range(const scalar_t* x, int64_t n0, int64_t n1,
+                                                 int64_t cb, int64_t ce, int64_t S, int64_t sN,
+                                                 int64_t sS, int64_t C, acc_t* gap,
+                                                 Moments* mom) {
   using V = typename Simd<acc_t>::V;
   using I = typename Simd<acc_t>::I;
   constexpr int64_t kVS = Simd<acc_t>::kSize;
@@ -442,9 +372,10 @@ struct Plan {
 
 // Tasks [begin, end) of the (sample block, channel group) grid; `mom` is [nblocks, C].
 template <typename scalar_t>
-GAP_INLINE void gap_stats_tasks_impl(const scalar_t* x, const Plan& pl, int64_t begin,
-                                     int64_t end, typename AccType<scalar_t>::type* gap,
-                                     Moments* mom) {
+GCNPRUNE_ALWAYS_INLINE void gap_stats_tasks_impl(const scalar_t* x, const Plan& pl,
+                                                 int64_t begin, int64_t end,
+                                                 typename AccType<scalar_t>::type* gap,
+                                                 Moments* mom) {
   using acc_t = typename AccType<scalar_t>::type;
   for (int64_t t = begin; t < end;) {
     const int64_t b = t / pl.groups;
@@ -465,30 +396,19 @@ GAP_INLINE void gap_stats_tasks_impl(const scalar_t* x, const Plan& pl, int64_t 
 
 // One instantiation per ISA: everything it calls is force-inlined, so the whole loop nest is
 // compiled for that ISA. (No lambdas in the hot path: a lambda body would not inherit the
-// target attribute.) The AVX2 variant is only called when the CPU has AVX2, FMA and F16C.
+// target attribute.) The AVX2 clone is only called when cpu::cpu_has_avx2().
 template <typename scalar_t>
 void gap_stats_tasks_base(const scalar_t* x, const Plan& pl, int64_t begin, int64_t end,
                           typename AccType<scalar_t>::type* gap, Moments* mom) {
   gap_stats_tasks_impl<scalar_t>(x, pl, begin, end, gap, mom);
 }
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(_M_X64)) && \
-    !defined(__AVX2__)
-#define GAP_HAVE_AVX2_VARIANT 1
+#if GCNPRUNE_HAVE_AVX2_CLONE
 template <typename scalar_t>
-__attribute__((target("avx2,fma,f16c"))) void gap_stats_tasks_avx2(
-    const scalar_t* x, const Plan& pl, int64_t begin, int64_t end,
-    typename AccType<scalar_t>::type* gap, Moments* mom) {
+GCNPRUNE_TARGET_AVX2 void gap_stats_tasks_avx2(const scalar_t* x, const Plan& pl, int64_t begin,
+                                               int64_t end, typename AccType<scalar_t>::type* gap,
+                                               Moments* mom) {
   gap_stats_tasks_impl<scalar_t>(x, pl, begin, end, gap, mom);
-}
-
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-  }();
-  return has;
 }
 #endif
 
@@ -542,13 +462,9 @@ gap_stats_cpu(const at::Tensor& x_in) {
     const int64_t work_per_task =
         std::max<int64_t>(1, pl.block * pl.S * (pl.channel_contiguous ? pl.group : 1));
     const int64_t grain = std::max<int64_t>(1, 32768 / work_per_task);
-#ifdef GAP_HAVE_AVX2_VARIANT
-    const bool avx2 = cpu_has_avx2();
-#else
-    const bool avx2 = false;
-#endif
+    const bool avx2 = cpu::cpu_has_avx2();
     at::parallel_for(0, pl.nblocks * pl.groups, grain, [&](int64_t begin, int64_t end) {
-#ifdef GAP_HAVE_AVX2_VARIANT
+#if GCNPRUNE_HAVE_AVX2_CLONE
       if (avx2) {
         gap_stats_tasks_avx2<scalar_t>(xp, pl, begin, end, gp, mp);
         return;

@@ -1,7 +1,7 @@
 // CPU kernels of gcnprune::cosine_similarity and gcnprune::knn_graph.
 //
 // Layout: f [C, B] (any float dtype, any strides) -> normalized rows xn [C, B] contiguous in the
-// compute dtype (float32, or float64 for float64 input). See knn_graph_common.h for semantics.
+// compute dtype (float32, or float64 for float64 input). See common/knn_graph.h for semantics.
 //
 // knn_graph never materializes C x C. Within each segment it enumerates the upper-triangular
 // tiles (I <= J) of T x T rows; a worker takes a tile from a shared counter, computes
@@ -22,7 +22,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/knn_graph_common.h"
+#include "common/knn_graph.h"
 
 namespace gcnprune {
 namespace {
@@ -306,13 +306,12 @@ at::Tensor cosine_similarity_cpu(const at::Tensor& f, bool center) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cpu(
     const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center) {
   knn_detail::check_features(f);
-  TORCH_CHECK_VALUE(k >= 0, "k: must be >= 0, got ", k);
+  knn_detail::check_k(k);
   const int64_t c = f.size(0);
   std::vector<int64_t> offs = knn_detail::segment_offsets(segments, c, f);
   at::Tensor xn = normalized_rows(f, center);
-  int64_t max_len = 0;
-  for (size_t g = 0; g + 1 < offs.size(); ++g) max_len = std::max(max_len, offs[g + 1] - offs[g]);
-  const int64_t kk = std::min<int64_t>(k, std::max<int64_t>(max_len - 1, 0));
+  const int64_t max_len = knn_detail::max_segment_length(offs);
+  const int64_t kk = knn_detail::effective_k(k, max_len);
   at::Tensor indptr = at::zeros({c + 1}, f.options().dtype(at::kLong));
   if (kk == 0) {
     return {indptr, at::empty({0}, indptr.options()), at::empty({0}, xn.options())};

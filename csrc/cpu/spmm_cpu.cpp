@@ -11,15 +11,16 @@
 // row kernel, reading the values through the entry permutation.
 //
 // Vectorization: the inner loops run over fixed-size blocks of d (accumulators held in
-// registers) that the compiler vectorizes. The extension is compiled without -march flags, so the
-// hot loops are compiled twice (default and AVX2+FMA via function target attributes) and picked at
-// run time; ATen's at::vec::Vectorized would be its non-AVX generic fallback in this build.
+// registers, 32-byte vectors of cpu/simd.h). The extension is compiled without -march flags, so
+// the hot loops are compiled twice (default and an AVX2 clone, cpu/simd.h) and picked at run time;
+// ATen's at::vec::Vectorized would be its non-AVX generic fallback in this build.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "cpu/spmm_checks.h"
+#include "common/spmm.h"
+#include "cpu/simd.h"
 
 #include <algorithm>
 #include <atomic>
@@ -29,40 +30,14 @@
 #include <type_traits>
 #include <vector>
 
-// The 32-byte vector helpers are always inlined, so the non-AVX ABI note does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace gcnprune {
 namespace {
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define GCNP_HAVE_AVX2_CLONE 1
-#define GCNP_ALWAYS_INLINE inline __attribute__((always_inline))
-#define GCNP_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define GCNP_HAVE_AVX2_CLONE 0
-#define GCNP_ALWAYS_INLINE inline
-#define GCNP_TARGET_AVX2
-#endif
-
-bool cpu_has_avx2() {
-#if GCNP_HAVE_AVX2_CLONE
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
-template <typename T>
-struct AccType { using type = T; };
-template <>
-struct AccType<at::Half> { using type = float; };
-template <>
-struct AccType<at::BFloat16> { using type = float; };
+using cpu::cpu_has_avx2;
+using cpu::Simd;
 
 // ---------------------------------------------------------------------------------------------
-// Data checks done while reading the CSR arrays (argument checks: cpu/spmm_checks.h).
+// Data checks done while reading the CSR arrays (argument checks: common/spmm.h).
 
 // indptr[0] == 0 and indptr[R] == nnz; per-row monotonicity and column ranges are verified by the
 // kernels as they go (rows that fail are skipped and reported after the parallel loop).
@@ -135,37 +110,30 @@ void parallel_rows(const int64_t* indptr, int64_t num_rows, int64_t nnz, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// 32-byte vectors (GCC/Clang vector extensions: one AVX2 register in the AVX2 clones, two SSE
-// registers otherwise) of the accumulation type; unaligned, may-alias loads and stores.
-
-typedef float f32x8 __attribute__((vector_size(32), aligned(4), may_alias));
-typedef double f64x4 __attribute__((vector_size(32), aligned(8), may_alias));
+// Unaligned loads and stores of Simd<acc_t>::kSize elements as one vector of the accumulation
+// type (element-wise conversion for float16/bfloat16).
 
 template <typename acc_t>
-struct Vec;
-template <>
-struct Vec<float> { using type = f32x8; };
-template <>
-struct Vec<double> { using type = f64x4; };
+using Vec = typename Simd<acc_t>::U;
 
 template <typename acc_t>
-constexpr int kLanes = 32 / sizeof(acc_t);
+constexpr int kLanes = static_cast<int>(Simd<acc_t>::kSize);
 
 template <typename acc_t, typename scalar_t>
-GCNP_ALWAYS_INLINE typename Vec<acc_t>::type load_vec(const scalar_t* p) {
+GCNPRUNE_ALWAYS_INLINE Vec<acc_t> load_vec(const scalar_t* p) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    return *reinterpret_cast<const typename Vec<acc_t>::type*>(p);
+    return *reinterpret_cast<const Vec<acc_t>*>(p);
   } else {
-    typename Vec<acc_t>::type v;
+    Vec<acc_t> v;
     for (int i = 0; i < kLanes<acc_t>; ++i) v[i] = static_cast<acc_t>(p[i]);
     return v;
   }
 }
 
 template <typename acc_t, typename scalar_t>
-GCNP_ALWAYS_INLINE void store_vec(scalar_t* p, typename Vec<acc_t>::type v) {
+GCNPRUNE_ALWAYS_INLINE void store_vec(scalar_t* p, Vec<acc_t> v) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    *reinterpret_cast<typename Vec<acc_t>::type*>(p) = v;
+    *reinterpret_cast<Vec<acc_t>*>(p) = v;
   } else {
     for (int i = 0; i < kLanes<acc_t>; ++i) p[i] = static_cast<scalar_t>(v[i]);
   }
@@ -178,11 +146,11 @@ GCNP_ALWAYS_INLINE void store_vec(scalar_t* p, typename Vec<acc_t>::type v) {
 constexpr int64_t kPrefetchDistance = 8;
 
 template <int NV, typename scalar_t, typename acc_t>
-GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals,
+GCNPRUNE_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals,
                                    const int64_t* perm, int64_t e0,
                                    int64_t e1, int64_t e_limit, const scalar_t* x, int64_t d,
                                    int64_t j0, scalar_t* y) {
-  using V = typename Vec<acc_t>::type;
+  using V = Vec<acc_t>;
   constexpr int L = kLanes<acc_t>;
   V acc[NV];
 #pragma GCC unroll 16
@@ -208,7 +176,7 @@ GCNP_ALWAYS_INLINE void spmm_block(const int64_t* cols, const scalar_t* vals,
 
 // One column j of d (the < L leftover columns).
 template <typename scalar_t, typename acc_t>
-GCNP_ALWAYS_INLINE void spmm_column(const int64_t* cols, const scalar_t* vals,
+GCNPRUNE_ALWAYS_INLINE void spmm_column(const int64_t* cols, const scalar_t* vals,
                                     const int64_t* perm, int64_t e0,
                                     int64_t e1, const scalar_t* x, int64_t d, int64_t j,
                                     scalar_t* y) {
@@ -221,7 +189,7 @@ GCNP_ALWAYS_INLINE void spmm_column(const int64_t* cols, const scalar_t* vals,
 }
 
 template <typename scalar_t>
-GCNP_ALWAYS_INLINE void spmm_rows_impl(const int64_t* indptr, const int64_t* cols,
+GCNPRUNE_ALWAYS_INLINE void spmm_rows_impl(const int64_t* indptr, const int64_t* cols,
                                        const scalar_t* vals, const int64_t* perm,
                                        const scalar_t* x, scalar_t* out,
                                        int64_t r0, int64_t r1, int64_t d, int64_t nnz,
@@ -265,7 +233,7 @@ void spmm_rows_default(const int64_t* indptr, const int64_t* cols, const scalar_
 }
 
 template <typename scalar_t>
-GCNP_TARGET_AVX2 void spmm_rows_avx2(const int64_t* indptr, const int64_t* cols,
+GCNPRUNE_TARGET_AVX2 void spmm_rows_avx2(const int64_t* indptr, const int64_t* cols,
                                      const scalar_t* vals, const int64_t* perm,
                                      const scalar_t* x, scalar_t* out,
                                      int64_t r0, int64_t r1, int64_t d, int64_t nnz,
@@ -294,12 +262,12 @@ void spmm_kernel(const int64_t* indptr, const int64_t* cols, const scalar_t* val
 // sddmm row kernel: out[e] = <a[r], b[cols[e]]> for the entries e of rows [r0, r1).
 
 template <typename scalar_t>
-GCNP_ALWAYS_INLINE void sddmm_rows_impl(const int64_t* indptr, const int64_t* cols,
+GCNPRUNE_ALWAYS_INLINE void sddmm_rows_impl(const int64_t* indptr, const int64_t* cols,
                                         const scalar_t* a, const scalar_t* b, scalar_t* out,
                                         int64_t r0, int64_t r1, int64_t d, int64_t nnz,
                                         int64_t num_cols, RowErrors* err) {
   using acc_t = typename AccType<scalar_t>::type;
-  using V = typename Vec<acc_t>::type;
+  using V = Vec<acc_t>;
   constexpr int L = kLanes<acc_t>;
   for (int64_t r = r0; r < r1; ++r) {
     if (!row_ok(indptr, cols, r, nnz, num_cols, *err)) continue;
@@ -339,7 +307,7 @@ void sddmm_rows_default(const int64_t* indptr, const int64_t* cols, const scalar
 }
 
 template <typename scalar_t>
-GCNP_TARGET_AVX2 void sddmm_rows_avx2(const int64_t* indptr, const int64_t* cols,
+GCNPRUNE_TARGET_AVX2 void sddmm_rows_avx2(const int64_t* indptr, const int64_t* cols,
                                       const scalar_t* a, const scalar_t* b, scalar_t* out,
                                       int64_t r0, int64_t r1, int64_t d, int64_t nnz,
                                       int64_t num_cols, RowErrors* err) {

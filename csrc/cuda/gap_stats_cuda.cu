@@ -19,7 +19,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "cpu/gap_stats_common.h"
+#include "common/acc_type.h"
+#include "common/gap_stats.h"
 
 #include <cmath>
 #include <cstdint>
@@ -30,15 +31,6 @@ namespace gcnprune {
 namespace {
 
 constexpr int kWarp = 32;
-
-template <typename scalar_t>
-struct CudaAcc {
-  using type = float;
-};
-template <>
-struct CudaAcc<double> {
-  using type = double;
-};
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -233,7 +225,7 @@ gap_stats_cuda(const at::Tensor& x_in) {
   at::Tensor zeros = at::empty({N, C}, x_in.options().dtype(at::kLong));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gap_stats_cuda", [&] {
-    using acc_t = typename CudaAcc<scalar_t>::type;
+    using acc_t = typename AccType<scalar_t>::type;
     PlaneStats<acc_t> ps{gap.mutable_data_ptr<acc_t>(), m2.mutable_data_ptr<acc_t>(),
                          abs_sum.mutable_data_ptr<acc_t>(), zeros.mutable_data_ptr<int64_t>(),
                          pmax.mutable_data_ptr<acc_t>()};

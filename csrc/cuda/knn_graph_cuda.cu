@@ -1,7 +1,7 @@
 // CUDA kernels of gcnprune::cosine_similarity and gcnprune::knn_graph.
 //
 // Layout: f [C, B] -> normalized rows xn [C, B] contiguous in the compute dtype (float32, or
-// float64 for float64 input), exactly as on the CPU (csrc/cpu/knn_graph_common.h).
+// float64 for float64 input), exactly as on the CPU (csrc/common/knn_graph.h).
 //
 // knn_graph: within each segment, T x T tiles S = xn[I] xn[J]^T (cuBLAS through at::mm_out)
 // are merged into a running per-row top-k list (topv/topi [C, k], sorted best first) by
@@ -22,7 +22,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/knn_graph_common.h"
+#include "common/knn_graph.h"
 
 namespace gcnprune {
 namespace {
@@ -127,14 +127,13 @@ at::Tensor cosine_similarity_cuda(const at::Tensor& f, bool center) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cuda(
     const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center) {
   knn_detail::check_features(f);
-  TORCH_CHECK_VALUE(k >= 0, "k: must be >= 0, got ", k);
+  knn_detail::check_k(k);
   c10::cuda::CUDAGuard guard(f.device());
   const int64_t c = f.size(0);
   std::vector<int64_t> offs = knn_detail::segment_offsets(segments, c, f);
   at::Tensor xn = knn_detail::normalized_rows(f, center);
-  int64_t max_len = 0;
-  for (size_t g = 0; g + 1 < offs.size(); ++g) max_len = std::max(max_len, offs[g + 1] - offs[g]);
-  const int64_t kk = std::min<int64_t>(k, std::max<int64_t>(max_len - 1, 0));
+  const int64_t max_len = knn_detail::max_segment_length(offs);
+  const int64_t kk = knn_detail::effective_k(k, max_len);
   const auto long_opts = f.options().dtype(at::kLong);
   if (kk == 0) {
     return {at::zeros({c + 1}, long_opts), at::empty({0}, long_opts),

@@ -22,7 +22,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "cpu/spmm_checks.h"
+#include "common/acc_type.h"
+#include "common/spmm.h"
 
 #include <cstdint>
 
@@ -32,13 +33,6 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 constexpr unsigned kFullMask = 0xffffffffu;
-
-template <typename T>
-struct AccType { using type = T; };
-template <>
-struct AccType<at::Half> { using type = float; };
-template <>
-struct AccType<at::BFloat16> { using type = float; };
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {

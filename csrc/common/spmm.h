@@ -1,6 +1,7 @@
-// Argument checks shared by the CPU and CUDA kernels of gcn_norm / spmm / spmm_transpose / sddmm.
-// Header-only host code, valid for any device. The Python wrappers check more thoroughly and with
-// friendlier messages; these keep direct torch.ops / C++ callers memory-safe.
+// Argument checks shared by the CPU and CUDA kernels of gcn_norm / spmm / spmm_transpose / sddmm
+// (csrc/cpu/spmm_cpu.cpp, csrc/cuda/spmm_cuda.cu). Header-only host code, valid for any device.
+// The Python wrappers check more thoroughly and with friendlier messages; these keep direct
+// torch.ops / C++ callers memory-safe.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,5 +1,6 @@
-// Shared by the CPU and CUDA kernels of gap_stats: argument checks, output allocation, the
-// empty-input rule and the layout decision. Header-only host code (ATen ops, any device).
+// Shared by the CPU and CUDA kernels of gap_stats (csrc/cpu/gap_stats_cpu.cpp,
+// csrc/cuda/gap_stats_cuda.cu): argument checks, output allocation, the empty-input rule and the
+// layout decision. Header-only host code (ATen ops, any device).
 //
 // Semantics (mirrors gcnprune_fast/ops/reference/gap.py): x is viewed as [N, C, S]; outputs are
 // float64 for float64 input, float32 otherwise; no elements (N, C or S == 0) -> NaN outputs.

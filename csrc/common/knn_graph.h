@@ -1,5 +1,6 @@
-// Shared by the CPU and CUDA kernels of cosine_similarity / knn_graph: argument checks, row
-// normalization and helpers. Header-only; host code (ATen ops only, valid for any device).
+// Shared by the CPU and CUDA kernels of cosine_similarity / knn_graph (csrc/cpu/knn_graph_cpu.cpp,
+// csrc/cuda/knn_graph_cuda.cu): argument checks, row normalization and helpers. Header-only; host
+// code (ATen ops only, valid for any device).
 //
 // Semantics (mirrors gcnprune_fast/ops/reference/graph.py):
 //   - compute dtype: float64 for float64 input, float32 otherwise;
@@ -11,8 +12,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,9 @@ inline void check_features(const at::Tensor& f) {
   TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                    "f: expected float16, bfloat16, float32 or float64, got ", t);
 }
+
+// knn_graph's k (f is checked by check_features).
+inline void check_k(int64_t k) { TORCH_CHECK_VALUE(k >= 0, "k: must be >= 0, got ", k); }
 
 // Unit-norm rows [C, B] in the compute dtype, contiguous. Raises ValueError for NaN/inf in f.
 inline at::Tensor normalized_rows(const at::Tensor& f, bool center) {
@@ -69,6 +75,18 @@ inline std::vector<int64_t> segment_offsets(const std::optional<at::Tensor>& seg
   TORCH_CHECK_VALUE(offs.back() == c, "segments: must end at C = ", c, " (rows of f), got ",
                     offs.back());
   return offs;
+}
+
+// Rows of the longest segment.
+inline int64_t max_segment_length(const std::vector<int64_t>& offs) {
+  int64_t max_len = 0;
+  for (size_t g = 0; g + 1 < offs.size(); ++g) max_len = std::max(max_len, offs[g + 1] - offs[g]);
+  return max_len;
+}
+
+// Neighbours kept per row: k, at most (rows of the longest segment - 1).
+inline int64_t effective_k(int64_t k, int64_t max_len) {
+  return std::min<int64_t>(k, std::max<int64_t>(max_len - 1, 0));
 }
 
 // Tile edge: GCNPRUNE_KNN_TILE when set (> 0), else the device default.
