@@ -1,0 +1,253 @@
+"""MetaPruning's evolutionary search (Liu et al. 2019, liuzechun/MetaPruning) over per-group keep
+ratios, as a method of its own.
+
+- a candidate is one legal width per group (a keep ratio from the grid 0.1..1.0, step 0.05, then
+  legal widths via ``counts_from_ratios``); a candidate over the budget is scaled down to it
+  (``fit_ratios_to_budget``: the shape of the proposal is kept, its size cut), and the initial
+  candidates are random grid ratios divided by their maximum and scaled the same way, so they lie
+  on the budget surface instead of far below it;
+- population 50, 20 iterations; the top ``parents`` (10) of everything scored so far are the
+  parents; each iteration makes 25 mutations (each gene replaced by a random grid ratio with
+  probability 0.1) and 25 crossovers (each gene from one of two random parents), duplicates
+  rejected, and fills up with random candidates;
+- score: top-1 accuracy on the reward set after BN re-estimation (``reward="accuracy_bn"``) of the
+  PruningNet sub-network when ``pruningnet_steps`` > 0 (a PruningNet is trained first, see
+  :mod:`.search.pruningnet`), else of the original weights sliced by importance (filter L1);
+- result: the best candidate, as masks keeping the most important original channels.
+
+Checkpoints: ``evolution_pruningnet.pt`` (PruningNet training) and ``evolution_search.pt`` (after
+every iteration); ``resume=True`` continues exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from gcnprune_fast.methods.allocation import (counts_from_ratios, fit_ratios_to_budget,
+                                              masks_from_counts)
+from gcnprune_fast.methods.context import MethodResult, SearchContext
+from gcnprune_fast.methods.registry import get_method, option, register_method
+from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, SearchCheckpoint,
+                                          channels_last_evaluation)
+from gcnprune_fast.methods.search.pruningnet import (PruningNetOptions, PruningNetScorer,
+                                                     importance_scores, prepare_pruningnet,
+                                                     ratio_grid)
+from gcnprune_fast.methods.search.ratio_search import reward_set
+
+__all__ = ["NAME", "EvolutionOptions", "search", "PRUNINGNET_CHECKPOINT", "SEARCH_CHECKPOINT"]
+
+NAME = "evolution"
+PRUNINGNET_CHECKPOINT = "evolution_pruningnet.pt"
+SEARCH_CHECKPOINT = "evolution_search.pt"
+
+
+@dataclass
+class EvolutionOptions(PruningNetOptions):
+    """Options of evolution (MetaPruning's defaults)."""
+
+    pruningnet_steps: Optional[int] = option(
+        0, "train a PruningNet for this many steps and score candidates with its weights (0: "
+        "score the original weights sliced by importance; None: by model size)", minimum=0)
+    population: int = option(50, "candidates per iteration", minimum=2)
+    iterations: int = option(20, "evolution iterations", minimum=1)
+    parents: int = option(10, "top-k candidates (of all scored) that parent the next generation",
+                          minimum=1)
+    mutations: int = option(25, "mutated children per iteration", minimum=0)
+    crossovers: int = option(25, "crossover children per iteration", minimum=0)
+    mutation_prob: float = option(0.1, "probability that a gene (a group's ratio) mutates",
+                                  minimum=0.0)
+    reward: str = option("accuracy_bn", "accuracy_bn: top-1 with BN statistics re-estimated on "
+                         "the reward set; accuracy: with the original statistics; loss: -CE",
+                         choices=REWARD_KINDS)
+    reward_samples: int = option(256, "images in the cached reward set", minimum=1)
+    reward_batch_size: int = option(256, "forward chunk on the reward set", minimum=1)
+    reward_source: str = option("loader", "where the reward set comes from",
+                                choices=("loader", "val"))
+    channels_last: bool = option(True, "sliced scoring in channels_last (faster on CPU)")
+
+
+def _fingerprint(space, ctx: SearchContext, opts: EvolutionOptions) -> Dict[str, Any]:
+    fp = {k: v for k, v in dataclasses.asdict(opts).items()
+          if k not in ("iterations", "pruningnet_checkpoint_every")}
+    fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
+              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params,
+              round_to=int(space.round_to), min_channels=int(space.min_channels))
+    return fp
+
+
+class _Evolution:
+    """The candidate operators (all randomness from ``gen``)."""
+
+    def __init__(self, space, budget, grid: torch.Tensor, gen: torch.Generator):
+        self.space, self.budget, self.grid, self.gen = space, budget, grid, gen
+        self.sizes = torch.tensor([g.size for g in space.groups], dtype=torch.float64)
+
+    def project(self, ratios: torch.Tensor) -> Tuple[int, ...]:
+        counts = counts_from_ratios(self.space, ratios)
+        f, p = self.space.cost_from_counts(torch.tensor(counts, dtype=torch.long))
+        if not bool(self.budget.feasible(f, p)):
+            counts = fit_ratios_to_budget(self.space, ratios, self.budget)
+        return tuple(int(c) for c in counts)
+
+    def ratios(self, counts) -> torch.Tensor:
+        return torch.tensor(counts, dtype=torch.float64) / self.sizes
+
+    def grid_sample(self) -> torch.Tensor:
+        return self.grid[torch.randint(0, self.grid.numel(), (self.space.num_groups,),
+                                       generator=self.gen)]
+
+    def random(self) -> Tuple[int, ...]:
+        r = self.grid_sample()
+        return self.project(r / r.max())
+
+    def mutate(self, parent, prob: float) -> Tuple[int, ...]:
+        flip = torch.rand(self.space.num_groups, generator=self.gen, dtype=torch.float64) < prob
+        return self.project(torch.where(flip, self.grid_sample(), self.ratios(parent)))
+
+    def crossover(self, a, b) -> Tuple[int, ...]:
+        pick = torch.rand(self.space.num_groups, generator=self.gen, dtype=torch.float64) < 0.5
+        return self.project(torch.where(pick, self.ratios(a), self.ratios(b)))
+
+
+def search(space, ctx: SearchContext) -> MethodResult:
+    """Run evolution on ``space`` (options :class:`EvolutionOptions` or a dict of overrides)."""
+    opts = get_method(NAME).resolve_options(ctx.options)
+    if opts.parents > opts.population:
+        raise ValueError(f"method {NAME!r}: parents ({opts.parents}) must be <= population "
+                         f"({opts.population})")
+    if opts.mutation_prob > 1:
+        raise ValueError(f"method {NAME!r} option mutation_prob must be <= 1, got "
+                         f"{opts.mutation_prob!r}")
+    t_start = time.perf_counter()
+    seed = int(ctx.seed)
+    info: Dict[str, Any] = {}
+    steps = opts.pruningnet_steps
+    use_pnet = steps is None or steps > 0
+    importance = importance_scores(space, opts.importance)
+    rewards = reward_set(ctx, opts)
+    if use_pnet:
+        pnet, info = prepare_pruningnet(space, ctx.loader, opts, seed=seed, device=ctx.device,
+                                        checkpoint_dir=ctx.checkpoint_dir,
+                                        checkpoint_name=PRUNINGNET_CHECKPOINT,
+                                        resume=ctx.resume, progress=ctx.progress)
+        scorer = PruningNetScorer(pnet, rewards, opts.reward)
+        score_fn = scorer
+    else:
+        scorer = MaskScorer(space, rewards, opts.reward, ctx.device)
+
+        def score_fn(counts):
+            return scorer(masks_from_counts(importance, counts))
+
+    grid = ratio_grid(float(opts.grid_low), 1.0, float(opts.grid_step))
+    gen = torch.Generator().manual_seed(seed)
+    evo = _Evolution(space, ctx.budget, grid, gen)
+    checkpoint = SearchCheckpoint(ctx.checkpoint_dir, SEARCH_CHECKPOINT,
+                                  _fingerprint(space, ctx, opts))
+    state: Dict[str, Any] = {"iteration": 0, "population": None, "scored": {}, "order": [],
+                             "reward_curve": [], "best_curve": []}
+    saved = checkpoint.load(ctx.resume)
+    if saved is not None:
+        gen.set_state(saved["rng"])
+        state = saved["state"]
+    # scored: candidate key "w1,w2,..." -> [reward, accuracy, -loss]; order: keys by time scored
+    scored: Dict[str, List[float]] = state["scored"]
+
+    def key(c) -> str:
+        return ",".join(str(int(v)) for v in c)
+
+    def unkey(k: str) -> Tuple[int, ...]:
+        return tuple(int(v) for v in k.split(","))
+
+    def score(c) -> None:
+        k = key(c)
+        if k not in scored:
+            r, acc, loss = score_fn(list(c))
+            scored[k] = [float(r), float(acc), -float(loss)]
+            state["order"].append(k)
+            state["reward_curve"].append(float(r))
+
+    def top(n: int) -> List[str]:
+        return sorted(scored, key=lambda k: (scored[k][0], scored[k][2]), reverse=True)[:n]
+
+    def fill(children: List[Tuple[int, ...]], n: int, tries: int, seen: set) -> None:
+        """Random candidates not in ``seen`` until ``children`` has ``n``."""
+        for _ in range(tries):
+            if len(children) >= n:
+                break
+            c = evo.random()
+            if key(c) not in seen:
+                seen.add(key(c))
+                children.append(c)
+
+    bar = None
+    if ctx.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=opts.iterations, initial=min(state["iteration"], opts.iterations),
+                   desc=f"{NAME} search", unit="it", leave=False)
+    with channels_last_evaluation(space, rewards, opts.channels_last and not use_pnet):
+        try:
+            if state["population"] is None:
+                pop: List[Tuple[int, ...]] = []
+                fill(pop, opts.population, 20 * opts.population, set())
+                state["population"] = [key(c) for c in pop]
+            while state["iteration"] < opts.iterations:
+                for k in state["population"]:
+                    score(unkey(k))
+                parents = [unkey(k) for k in top(opts.parents)]
+                state["best_curve"].append(scored[key(parents[0])][0])
+                children: List[Tuple[int, ...]] = []
+                seen = set(scored)
+                for n_target, make in ((opts.mutations, lambda: evo.mutate(
+                        parents[int(torch.randint(0, len(parents), (), generator=gen))],
+                        float(opts.mutation_prob))),
+                                       (opts.crossovers, lambda: evo.crossover(
+                        parents[int(torch.randint(0, len(parents), (), generator=gen))],
+                        parents[int(torch.randint(0, len(parents), (), generator=gen))]))):
+                    made = 0
+                    for _ in range(10 * max(n_target, 1)):
+                        if made >= n_target:
+                            break
+                        c = make()
+                        if key(c) not in seen:
+                            seen.add(key(c))
+                            children.append(c)
+                            made += 1
+                fill(children, opts.population, 20 * opts.population, seen)
+                state["population"] = [key(c) for c in children]
+                state["iteration"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(best=f"{state['best_curve'][-1]:.4f}", scored=len(scored))
+                checkpoint.save(rng=gen.get_state(), state=state)
+            for k in state["population"]:  # the last generation is scored too
+                score(unkey(k))
+        finally:
+            if bar is not None:
+                bar.close()
+    best = unkey(top(1)[0])
+    info.update({
+        "episodes": len(scored),
+        "iterations": int(state["iteration"]),
+        "reward_curve": list(state["reward_curve"]),
+        "best_curve": list(state["best_curve"]),
+        "best_reward": float(scored[key(best)][0]),
+        "ratios": {g.name: c / g.size for g, c in zip(space.groups, best)},
+        "scored_with": "pruningnet" if use_pnet else "sliced",
+        "reward": opts.reward,
+        "reward_samples": len(rewards),
+        "masked_evaluations": scorer.evaluations,
+        "search_time_s": time.perf_counter() - t_start,
+    })
+    return MethodResult(masks_from_counts(importance, list(best)), info)
+
+
+@register_method(NAME, options=EvolutionOptions, supports_resume=True,
+                 summary="MetaPruning's evolutionary search over per-group keep ratios (PruningNet "
+                 "weights when trained, else sliced original weights)")
+def run(ctx: SearchContext) -> MethodResult:
+    """evolution on ``ctx.space`` (see the module docstring)."""
+    return search(ctx.space, ctx)
