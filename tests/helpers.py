@@ -1,4 +1,6 @@
-"""Small shared builders for the tests (importable because pytest puts tests/ on sys.path)."""
+"""Small shared model-level builders for the tests (importable because pytest puts tests/ on
+sys.path). The op-level ones -- markers, devices, dtypes, tolerances, sample inputs, random CSR
+graphs -- are in tests/conftest.py."""
 import torch
 
 from gcnprune_fast.models import get_model

@@ -11,34 +11,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import (DTYPES, SampleInput, copy_to, dtype_name, needs_native, randn, sample_ids,
+                      tolerances)
 from gcnprune_fast.ops import GapAccumulator, GapStats, gap_stats, native_available
 from gcnprune_fast.ops import reference
-from gcnprune_fast.ops._native import native_cuda_available
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; threads: own test
 
 FIELDS = GapStats._fields
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["nchw", "channels_last", "ncl", "nc", "slice", "transposed"]
 
-needs_native = pytest.mark.skipif(not native_available(), reason="native gcnprune ops not built")
-needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and native_cuda_available()),
-                                reason="no CUDA device or no CUDA kernels")
 
-
-def tolerances(dtype):
-    # fp16/bf16 inputs are widened exactly, so only the summation order differs; float32 sums of
-    # a few thousand terms agree to ~1e-6 relative.
-    if dtype == torch.float64:
-        return dict(rtol=1e-9, atol=1e-9)
-    if dtype == torch.float32:
-        return dict(rtol=1e-5, atol=1e-5)
-    return dict(rtol=1e-4, atol=1e-4)
-
-
-def make_input(layout, dtype, n=5, c=19, h=6, w=7, seed=0, device="cpu"):
+def make_input(layout, dtype, n=5, c=19, h=6, w=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     # relu makes exact zeros (zero_frac), the offset makes mean != 0.
     base = (torch.randn(n, c, h, w, generator=g) + 0.3).relu() - 0.1
-    base = base.to(dtype).to(device)
+    base = base.to(dtype)
     if layout == "nchw":
         return base
     if layout == "channels_last":
@@ -48,11 +36,81 @@ def make_input(layout, dtype, n=5, c=19, h=6, w=7, seed=0, device="cpu"):
     if layout == "nc":
         return base[:, :, 0, 0].contiguous()
     if layout == "slice":  # non-contiguous along every dim
-        big = torch.randn(2 * n, 2 * c, h + 2, w + 3, generator=g).to(dtype).to(device)
+        big = torch.randn(2 * n, 2 * c, h + 2, w + 3, generator=g).to(dtype)
         return big[::2, 1::2, 1:-1, 2:-1]
     if layout == "transposed":  # neither the spatial nor the channel stride is 1
         return base.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)[:, :, :, 1:]
     raise ValueError(layout)
+
+
+def non_finite_input(layout):
+    x = randn(4, 5, 6, 6, seed=6)
+    x[1, 0, 2, 3] = float("nan")            # channel 0: NaN
+    x[2, 1, 0, 0] = float("inf")            # channel 1: +inf
+    x[0, 2, 1, 1], x[3, 2, 1, 1] = float("inf"), float("-inf")  # channel 2: +inf and -inf
+    x[:, 3] = 0                             # channel 3: all zeros
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    return x
+
+
+def _shape_name(shape):
+    return "x".join(map(str, shape))
+
+
+# besides every layout in float32 and every dtype in nchw
+OPCHECK_EXTRA = {("ncl", torch.float64), ("nc", torch.bfloat16)}
+
+
+def sample_inputs_gap_stats():
+    """Every gap_stats input of the native-vs-reference, device, no-grad and opcheck tests:
+    layouts x dtypes at two sizes, long planes and odd channel counts, degenerate shapes, a large
+    offset (variance accuracy) and non-finite values.
+
+    ``meta["nan"]``: some outputs are NaN (opcheck cannot compare those); ``meta["tol"]``: a
+    tolerance other than the dtype's; ``meta["sweep"]``: one more size / dtype of a layout already
+    sampled -- the numerical tests run it, opcheck (registration and fake kernel, not numerics)
+    does not."""
+    for n, c, h, w in [(5, 19, 6, 7), (6, 45, 9, 10)]:
+        for layout in LAYOUTS:
+            for dtype in DTYPES:
+                sweep = n == 6 or not (dtype == torch.float32 or layout == "nchw" or
+                                       (layout, dtype) in OPCHECK_EXTRA)
+                yield SampleInput(f"{layout}-{dtype_name(dtype)}-{_shape_name((n, c, h, w))}",
+                                  (make_input(layout, dtype, n, c, h, w),),
+                                  meta={"sweep": sweep})
+    # Planes longer than one chunk, channel counts that are not a multiple of the vector group,
+    # each also with the channels innermost (stride 1 along C).
+    for shape in [(3, 1, 5000), (2, 3, 70000), (1, 1, 1), (300, 3), (1, 40), (2, 37, 1, 1),
+                  (65, 33, 3)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+            name = f"long-{_shape_name(shape)}-{dtype_name(dtype)}"
+            yield SampleInput(name, (x,), meta={"sweep": dtype != torch.float32})
+            if x.dim() > 2:
+                yield SampleInput(f"{name}-channels_minor",
+                                  (x.transpose(1, -1).contiguous().transpose(1, -1),),
+                                  meta={"sweep": True})
+    # N = 0 and H*W = 0 give NaN statistics; C = 0, C = 1, N = 1, H*W = 1; constants (var 0).
+    for shape, nan in [((0, 3, 2, 2), True), ((2, 3, 0), True), ((3, 0, 2, 2), False),
+                       ((1, 1, 1, 1), False), ((4, 1, 3, 3), False), ((1, 5, 3, 3), False),
+                       ((4, 5, 1, 1), False)]:
+        yield SampleInput(f"degenerate-{_shape_name(shape)}", (randn(*shape, seed=2),),
+                          meta={"nan": nan})
+    yield SampleInput("constant-3x2x4x4", (torch.full((3, 2, 4, 4), 7.25),), meta={"sweep": True})
+    yield SampleInput("constant-1x2x1x1", (torch.full((1, 2, 1, 1), 3.0),), meta={"sweep": True})
+    # Mean 1000, variance 1: a float32 E[x^2] - E[x]^2 would lose everything here.
+    x = 1000.0 + randn(64, 8, 16, 16, seed=3)
+    for name, xx in [("nchw", x), ("channels_last", x.to(memory_format=torch.channels_last)),
+                     ("ncl_slice", x.flatten(2)[:, :, :200])]:
+        yield SampleInput(f"offset1000-{name}", (xx,),
+                          meta={"tol": dict(rtol=2e-4, atol=1e-4), "sweep": name != "nchw"})
+    for layout in ("nchw", "channels_last"):
+        yield SampleInput(f"non_finite-{layout}", (non_finite_input(layout),), meta={"nan": True})
+
+
+GAP_SAMPLES = list(sample_inputs_gap_stats())
+OPCHECK_SAMPLES = [s for s in GAP_SAMPLES if not (s.meta.get("nan") or s.meta.get("sweep"))]
 
 
 def assert_stats_close(actual: GapStats, expected: GapStats, **tol):
@@ -79,23 +137,29 @@ def float64_oracle(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------ native
 @needs_native
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_native_matches_reference(layout, dtype):
-    x = make_input(layout, dtype)
-    out = torch.ops.gcnprune.gap_stats(x)
-    assert_stats_close(GapStats(*out), reference.gap_stats(x), **tolerances(dtype))
+@pytest.mark.parametrize("sample", GAP_SAMPLES, ids=sample_ids(GAP_SAMPLES))
+def test_native_matches_reference(sample, device):
+    (x,) = sample.to(device)
+    out = GapStats(*torch.ops.gcnprune.gap_stats(x))
+    assert all(t.device == x.device for t in out)
+    expected = reference.gap_stats(*sample.args)
+    tol = sample.meta.get("tol") or tolerances(x.dtype, widened=True)
+    assert_stats_close(GapStats(*(t.cpu() for t in out)), expected, **tol)
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", [(3, 1, 5000), (2, 3, 70000), (1, 1, 1), (300, 3), (1, 40),
-                                   (2, 37, 1, 1), (65, 33, 3)])
-def test_native_long_planes_and_odd_channel_counts(shape, dtype):
-    # planes longer than one chunk, channel counts that are not a multiple of the vector group
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    for xx in (x, x.transpose(1, -1).contiguous().transpose(1, -1)):
-        assert_stats_close(gap_stats(xx), reference.gap_stats(xx), **tolerances(dtype))
+@pytest.mark.parametrize("sample", OPCHECK_SAMPLES, ids=sample_ids(OPCHECK_SAMPLES))
+def test_opcheck(sample, device):
+    torch.library.opcheck(torch.ops.gcnprune.gap_stats.default, sample.to(device))
+
+
+@pytest.mark.parametrize("sample", GAP_SAMPLES, ids=sample_ids(GAP_SAMPLES))
+def test_outputs_carry_no_grad(sample, device):
+    (x,) = sample.to(device, requires_grad=True)
+    stats = gap_stats(x)
+    assert not any(t.requires_grad for t in stats)
+    assert all(t.device == x.device for t in stats)
+    assert x.grad is None
 
 
 @needs_native
@@ -113,63 +177,27 @@ def test_native_threads_do_not_change_results():
 
 
 @needs_native
-@pytest.mark.parametrize("x", [
-    torch.randn(4, 6, 5, 5),
-    torch.randn(3, 17, 4, 4).to(memory_format=torch.channels_last),
-    torch.randn(5, 9, 11, dtype=torch.float64),
-    torch.randn(7, 33).to(torch.bfloat16),
-    torch.randn(2, 3, 4, 4).to(torch.float16),
-    torch.randn(3, 0, 2, 2),  # (N = 0 gives NaN statistics, which opcheck cannot compare)
-], ids=["nchw", "channels_last", "ncl_f64", "nc_bf16", "f16", "no_channels"])
-def test_opcheck(x):
-    torch.library.opcheck(torch.ops.gcnprune.gap_stats, (x,))
-
-
-@needs_native
-def test_large_offset_variance_is_accurate():
-    g = torch.Generator().manual_seed(3)
-    x = 1000.0 + torch.randn(64, 8, 16, 16, generator=g)
+def test_large_offset_variance_is_accurate(device):
+    x = 1000.0 + randn(64, 8, 16, 16, seed=3)
     true_var = x.double().var(dim=(0, 2, 3), correction=0)
     for xx in (x, x.to(memory_format=torch.channels_last), x.flatten(2)[:, :, :200]):
         expected = xx.double().reshape(64, 8, -1).var(dim=(0, 2), correction=0)
-        got = torch.ops.gcnprune.gap_stats(xx)[2]
-        torch.testing.assert_close(got.double(), expected, rtol=2e-4, atol=0)
+        got = torch.ops.gcnprune.gap_stats(xx.to(device))[2]
+        torch.testing.assert_close(got.double().cpu(), expected, rtol=2e-4, atol=0)
     # (a float32 E[x^2] - E[x]^2 would lose everything here: x^2 ~ 1e6, eps * 1e6 ~ 0.1)
-    torch.testing.assert_close(gap_stats(x).var.double(), true_var, rtol=2e-4, atol=0)
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_cuda_matches_reference(layout, dtype):
-    x = make_input(layout, dtype, n=6, c=45, h=9, w=10)
-    out = GapStats(*torch.ops.gcnprune.gap_stats(x.cuda()))
-    expected = reference.gap_stats(x)
-    assert all(t.is_cuda for t in out)
-    assert_stats_close(GapStats(*(t.cpu() for t in out)), expected, **tolerances(dtype))
-
-
-@needs_cuda
-def test_cuda_degenerate_and_opcheck():
-    for shape in [(0, 3, 2, 2), (1, 1, 1, 1), (3, 1, 5000), (300, 3)]:
-        x = torch.randn(*shape)
-        got = GapStats(*(t.cpu() for t in torch.ops.gcnprune.gap_stats(x.cuda())))
-        assert_stats_close(got, reference.gap_stats(x), rtol=1e-5, atol=1e-5)
-    torch.library.opcheck(torch.ops.gcnprune.gap_stats, (torch.randn(4, 6, 5, 5, device="cuda"),))
-    x = 1000.0 + torch.randn(16, 4, 32, 32, device="cuda")
-    torch.testing.assert_close(gap_stats(x).var.double().cpu(),
-                               x.double().var(dim=(0, 2, 3), correction=0).cpu(), rtol=2e-4, atol=0)
+    torch.testing.assert_close(gap_stats(x.to(device)).var.double().cpu(), true_var, rtol=2e-4,
+                               atol=0)
 
 
 # --------------------------------------------------------------------- public function semantics
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_public_gap_stats_matches_float64_oracle(layout):
+def test_public_gap_stats_matches_float64_oracle(layout, device):
     x = make_input(layout, torch.float32, seed=4)
-    stats = gap_stats(x)
+    stats = gap_stats(copy_to(x, device))
     oracle = float64_oracle(x)
     for name in FIELDS:
         assert getattr(stats, name).dtype == torch.float32
-        torch.testing.assert_close(getattr(stats, name).double(), oracle[name], rtol=1e-5,
+        torch.testing.assert_close(getattr(stats, name).double().cpu(), oracle[name], rtol=1e-5,
                                    atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
@@ -210,44 +238,39 @@ def test_property_matches_oracle(n, c, h, w, dtype, layout, seed):
                            **tolerances(dtype))
 
 
-def test_degenerate_shapes():
+def test_degenerate_shapes(device):
     # C = 1, N = 1, H*W = 1
     for shape in [(4, 1, 3, 3), (1, 5, 3, 3), (4, 5, 1, 1), (1, 1, 1, 1)]:
         x = torch.randn(*shape)
-        stats = gap_stats(x)
+        stats = gap_stats(x.to(device))
         oracle = float64_oracle(x)
         for name in FIELDS:
-            torch.testing.assert_close(getattr(stats, name).double(), oracle[name], rtol=1e-5,
-                                       atol=1e-6)
-    single = gap_stats(torch.full((1, 2, 1, 1), 3.0))
+            torch.testing.assert_close(getattr(stats, name).double().cpu(), oracle[name],
+                                       rtol=1e-5, atol=1e-6)
+    single = gap_stats(torch.full((1, 2, 1, 1), 3.0, device=device))
     assert single.var.tolist() == [0.0, 0.0] and single.max.tolist() == [3.0, 3.0]
-    constant = gap_stats(torch.full((3, 2, 4, 4), 7.25))
+    constant = gap_stats(torch.full((3, 2, 4, 4), 7.25, device=device))
     assert constant.var.tolist() == [0.0, 0.0]
 
 
-def test_empty_batch_gives_empty_gap_and_nan_stats():
-    stats = gap_stats(torch.randn(0, 4, 3, 3))
+def test_empty_batch_gives_empty_gap_and_nan_stats(device):
+    stats = gap_stats(torch.randn(0, 4, 3, 3, device=device))
     assert stats.gap.shape == (0, 4)
     for name in FIELDS[1:]:
         v = getattr(stats, name)
         assert v.shape == (4,) and torch.isnan(v).all(), name
-    no_positions = gap_stats(torch.randn(2, 3, 0))
+    no_positions = gap_stats(torch.randn(2, 3, 0, device=device))
     assert no_positions.gap.shape == (2, 3) and torch.isnan(no_positions.gap).all()
     assert torch.isnan(no_positions.var).all()
-    no_channels = gap_stats(torch.randn(2, 0, 3, 3))
+    no_channels = gap_stats(torch.randn(2, 0, 3, 3, device=device))
     assert no_channels.gap.shape == (2, 0) and no_channels.mean.shape == (0,)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_non_finite_values(layout):
-    x = torch.randn(4, 5, 6, 6)
-    x[1, 0, 2, 3] = float("nan")            # channel 0: NaN
-    x[2, 1, 0, 0] = float("inf")            # channel 1: +inf
-    x[0, 2, 1, 1], x[3, 2, 1, 1] = float("inf"), float("-inf")  # channel 2: +inf and -inf
-    x[:, 3] = 0                             # channel 3: all zeros
-    if layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
-    s = gap_stats(x)
+def test_non_finite_values(layout, device):
+    x = non_finite_input(layout)
+    s = gap_stats(copy_to(x, device))
+    s = GapStats(*(t.cpu() for t in s))
     assert torch.isnan(s.gap[1, 0]) and torch.isfinite(s.gap[0, 0])
     assert all(torch.isnan(getattr(s, f)[0]) for f in ("mean", "var", "abs_mean", "max"))
     assert torch.isfinite(s.zero_frac[0])
@@ -257,13 +280,6 @@ def test_non_finite_values(layout):
     assert s.zero_frac[3] == 1.0 and s.var[3] == 0 and s.max[3] == 0 and s.mean[3] == 0
     torch.testing.assert_close(s.mean[4], x[:, 4].mean(), rtol=1e-5, atol=1e-6)
     assert_stats_close(s, reference.gap_stats(x), rtol=1e-5, atol=1e-5)
-
-
-def test_outputs_carry_no_grad():
-    x = torch.randn(3, 4, 5, 5, requires_grad=True)
-    stats = gap_stats(x)
-    assert not any(t.requires_grad for t in stats)
-    assert x.grad is None
 
 
 @pytest.mark.parametrize("bad,err,match", [

@@ -13,28 +13,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gcnprune_fast.ops import CSRGraph, cosine_similarity, knn_graph, native_available
-from gcnprune_fast.ops import native_cuda_available
+from conftest import (DTYPES, SampleInput, dtype_name, needs_cuda_device, needs_native, randn,
+                      sample_ids)
+from gcnprune_fast.ops import CSRGraph, cosine_similarity, knn_graph
 from gcnprune_fast.ops.reference import graph as ref
 
-needs_native = pytest.mark.skipif(not native_available(), reason="native library not built")
-needs_cuda = pytest.mark.skipif(not native_cuda_available(), reason="no CUDA device / CUDA build")
-
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+TILE = "GCNPRUNE_KNN_TILE"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared; one intra-op thread keeps tests cheap (the kernels still run their
-    # parallel code paths, with one worker).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _native_knn(f, k, segments=None, center=False) -> CSRGraph:
-    return CSRGraph(*torch.ops.gcnprune.knn_graph(f, k, segments, center))
+# The machine is shared: one intra-op thread (conftest.one_thread) keeps tests cheap.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bounds(c, segments):
@@ -78,24 +66,136 @@ def assert_graph_properties(g: CSRGraph, f, k, segments=None, center=False, tol=
     assert torch.equal(a, a.T), "edge weights are not symmetric"
 
 
-# --- cosine_similarity -------------------------------------------------------------------------
+# --- sample inputs ----------------------------------------------------------------------------
+
+def sample_inputs_cosine_similarity():
+    """(f, center) for the native-vs-reference, device and opcheck tests: every dtype with a zero
+    row and a constant row (zero after centering) over several tiles, a larger input at a tiny and
+    a huge tile, and C = 0, C = 1, B = 0, B = 1, all-zero inputs. ``meta["sweep"]``: see
+    sample_inputs_knn_graph."""
+    for dtype in DTYPES:
+        f = (randn(53, 7, seed=0) + 0.3).to(dtype)
+        f[5] = 0  # zero row
+        f[9] = 2.5  # constant row (zero after centering)
+        for center in (False, True):
+            yield SampleInput(f"53x7-{dtype_name(dtype)}-center={center}", (f, center),
+                              env={TILE: "16"})
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        f = randn(300, 16, seed=4, dtype=dtype)
+        for tile in ("7", "4096"):
+            yield SampleInput(f"300x16-{dtype_name(dtype)}-tile{tile}", (f, False),
+                              env={TILE: tile}, meta={"sweep": (dtype, tile) != (torch.float32, "7")})
+    for name, f in [("C0", randn(0, 3)), ("C1", randn(1, 3)), ("B0", randn(4, 0)),
+                    ("B1", randn(4, 1)), ("zeros", torch.zeros(5, 4)), ("9x4", randn(9, 4))]:
+        for center in (False, True):
+            yield SampleInput(f"{name}-center={center}", (f, center),
+                              meta={"sweep": center and name != "9x4"})
+
+
+def sample_inputs_knn_graph():
+    """(f, k, segments, center) for the native-vs-reference, device and opcheck tests.
+    ``meta["exact"]``: where native and reference must build the very same graph ("all": every
+    device, "cpu": the CPU kernels; elsewhere near-ties may round differently, and only the graph
+    properties are checked). ``meta["sweep"]``: one more k / dtype / tile of a case already
+    sampled -- the numerical tests run it, opcheck (schema, fake kernel, not numerics) does not."""
+    seg = torch.tensor([0, 3, 3, 4, 25, 40])  # sizes 3, 0, 1, 21, 15
+    for dtype in DTYPES:
+        f = randn(40, 9, seed=1, dtype=dtype)
+        exact = "all" if dtype == torch.float64 else "cpu"
+        for center in (False, True):
+            for k in (0, 1, 4, 30):
+                sweep = k != 4 and not (dtype == torch.float32 and not center)
+                yield SampleInput(f"40x9-{dtype_name(dtype)}-k{k}-center={center}",
+                                  (f, k, seg, center), env={TILE: "8"},
+                                  meta={"exact": exact, "sweep": sweep})
+    seg = torch.tensor([0, 1, 1, 120, 300])
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        f = randn(300, 16, seed=4, dtype=dtype)
+        exact = "all" if dtype == torch.float64 else None
+        for tile in ("7", "4096"):
+            for k in (0, 3, 8, 200):
+                sweep = (dtype, tile, k) != (torch.float32, "7", 8)
+                yield SampleInput(f"300x16-{dtype_name(dtype)}-k{k}-tile{tile}-center",
+                                  (f, k, seg, True), env={TILE: tile},
+                                  meta={"exact": exact, "sweep": sweep})
+    f = randn(12, 4, seed=5, dtype=torch.float64)
+    yield SampleInput("12x4-float64-k3-segments", (f, 3, torch.tensor([0, 5, 5, 12]), False),
+                      meta={"exact": "all"})
+    yield SampleInput("12x4-float32-k20-center", (f.float(), 20, None, True),
+                      meta={"exact": "cpu"})
+    yield SampleInput("12x4-float32-k3", (f.float(), 3, None, False), meta={"exact": "cpu"})
+    # C = 1, k = 0, C = 0, k >= C - 1 (complete graph), B = 1 (similarities +-1, ties), B = 0
+    # and all-zero rows (similarity 0 everywhere: ties broken to the lowest indices).
+    for name, f, k, exact in [("C1", randn(1, 3), 4, "all"), ("k0", randn(5, 3), 0, "all"),
+                              ("C0", randn(0, 3), 2, "all"), ("complete", randn(6, 3), 10, "all"),
+                              ("B1", randn(4, 1), 1, "cpu"), ("B0", randn(4, 0), 2, "all")]:
+        yield SampleInput(f"degenerate-{name}", (f, k, None, False), meta={"exact": exact})
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        yield SampleInput(f"zeros-{dtype_name(dtype)}", (torch.zeros(6, 3, dtype=dtype), 2, None,
+                                                         False),
+                          meta={"exact": "all", "sweep": dtype != torch.float32})
+
+
+COSINE_SAMPLES = list(sample_inputs_cosine_similarity())
+KNN_SAMPLES = list(sample_inputs_knn_graph())
+COSINE_OPCHECK = [s for s in COSINE_SAMPLES if not s.meta.get("sweep")]
+KNN_OPCHECK = [s for s in KNN_SAMPLES if not s.meta.get("sweep")]
+
+# (No gradient tests: neither op is differentiable; the native ops register no autograd kernel.)
+
+
+# --- native vs reference, on every device ------------------------------------------------------
 
 @needs_native
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("center", [False, True])
-def test_cosine_similarity_matches_reference(dtype, center, monkeypatch):
-    monkeypatch.setenv("GCNPRUNE_KNN_TILE", "16")  # several block rows
-    f = (torch.randn(53, 7) + 0.3).to(dtype)
-    f[5] = 0  # zero row
-    f[9] = 2.5  # constant row (zero after centering)
+@pytest.mark.parametrize("sample", COSINE_SAMPLES, ids=sample_ids(COSINE_SAMPLES))
+def test_cosine_similarity_matches_reference(sample, device, monkeypatch):
+    sample.apply_env(monkeypatch)
+    f, center = sample.to(device)
     out = torch.ops.gcnprune.cosine_similarity(f, center)
-    want = ref.cosine_similarity(f, center)
-    assert out.dtype == want.dtype == ref.compute_dtype(dtype)
+    assert out.device == f.device
+    out = out.cpu()
+    want = ref.cosine_similarity(*sample.args)
+    assert out.dtype == want.dtype == ref.compute_dtype(f.dtype)
     torch.testing.assert_close(out, want)
     assert torch.equal(out, out.T)
-    assert bool((out[5] == 0).all())
-    if center:
-        assert bool((out[9] == 0).all())
+    # rows of zero norm (after centering) are similar to nothing, themselves included
+    g = sample.args[0].double()
+    if center and g.numel():
+        g = g - g.mean(1, keepdim=True)
+    assert bool((out[g.norm(dim=1) == 0] == 0).all())
+
+
+@needs_native
+@pytest.mark.parametrize("sample", KNN_SAMPLES, ids=sample_ids(KNN_SAMPLES))
+def test_knn_graph_matches_reference(sample, device, monkeypatch):
+    sample.apply_env(monkeypatch)
+    got = CSRGraph(*torch.ops.gcnprune.knn_graph(*sample.to(device)))
+    assert all(t.device.type == device for t in got)
+    got = got.to("cpu")
+    f, k, segments, center = sample.args
+    assert_graph_properties(got, f, k, segments, center)
+    exact = sample.meta.get("exact")
+    if exact == "all" or (exact == "cpu" and device == "cpu"):
+        want = ref.knn_graph(f, k, segments, center)
+        assert torch.equal(got.indptr, want.indptr)
+        assert torch.equal(got.indices, want.indices)
+        torch.testing.assert_close(got.values, want.values)
+
+
+@needs_native
+@pytest.mark.parametrize("sample", COSINE_OPCHECK, ids=sample_ids(COSINE_OPCHECK))
+def test_opcheck_cosine_similarity(sample, device, monkeypatch):
+    sample.apply_env(monkeypatch)
+    torch.library.opcheck(torch.ops.gcnprune.cosine_similarity.default, sample.to(device))
+
+
+@needs_native
+@pytest.mark.parametrize("sample", KNN_OPCHECK, ids=sample_ids(KNN_OPCHECK))
+def test_opcheck_knn_graph(sample, device, monkeypatch):
+    # All default checks, test_aot_dispatch_dynamic included: the fake kernel gives nnz as an
+    # unbacked size (it depends on ties and on the union of i->j and j->i).
+    sample.apply_env(monkeypatch)
+    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, sample.to(device))
 
 
 def test_cosine_similarity_values():
@@ -117,23 +217,6 @@ def test_cosine_similarity_huge_values_do_not_overflow():
 
 
 # --- knn_graph: exact agreement where ties are impossible --------------------------------------
-
-@needs_native
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("center", [False, True])
-def test_knn_graph_matches_reference(dtype, center, monkeypatch):
-    monkeypatch.setenv("GCNPRUNE_KNN_TILE", "8")
-    torch.manual_seed(1)
-    f = torch.randn(40, 9).to(dtype)
-    seg = torch.tensor([0, 3, 3, 4, 25, 40])  # sizes 3, 0, 1, 21, 15
-    for k in [0, 1, 4, 30]:
-        got = _native_knn(f, k, seg, center)
-        want = ref.knn_graph(f, k, seg, center)
-        assert torch.equal(got.indptr, want.indptr)
-        assert torch.equal(got.indices, want.indices)
-        torch.testing.assert_close(got.values, want.values)
-        assert_graph_properties(got, f, k, seg, center)
-
 
 @needs_native
 def test_knn_graph_large_c_many_tiles(monkeypatch):
@@ -271,7 +354,7 @@ def test_knn_graph_properties(args):
 
 # --- errors -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["public", "native"])
+@pytest.mark.parametrize("impl", ["public", pytest.param("native", marks=needs_native)])
 @pytest.mark.parametrize("f, exc, match", [
     (torch.randn(3), ValueError, "f:"),
     (torch.randn(2, 3, 4), ValueError, "f:"),
@@ -280,8 +363,6 @@ def test_knn_graph_properties(args):
     (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), ValueError, "f:"),
 ])
 def test_bad_features(impl, f, exc, match):
-    if impl == "native" and not native_available():
-        pytest.skip("native library not built")
     knn = knn_graph if impl == "public" else torch.ops.gcnprune.knn_graph
     cos = cosine_similarity if impl == "public" else torch.ops.gcnprune.cosine_similarity
     with pytest.raises(exc, match=match):
@@ -295,7 +376,7 @@ def test_reference_rejects_non_finite():
         ref.knn_graph(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), 1)
 
 
-@pytest.mark.parametrize("impl", ["public", "native"])
+@pytest.mark.parametrize("impl", ["public", pytest.param("native", marks=needs_native)])
 @pytest.mark.parametrize("segments, exc, match", [
     (torch.tensor([0, 2, 4], dtype=torch.int32), TypeError, "segments"),
     (torch.tensor([[0, 4]]), ValueError, "segments"),
@@ -305,8 +386,6 @@ def test_reference_rejects_non_finite():
     (torch.tensor([0, 5]), ValueError, "end at C"),
 ])
 def test_bad_segments(impl, segments, exc, match):
-    if impl == "native" and not native_available():
-        pytest.skip("native library not built")
     fn = knn_graph if impl == "public" else torch.ops.gcnprune.knn_graph
     with pytest.raises(exc, match=match):
         fn(torch.randn(4, 3), 2, segments)
@@ -322,62 +401,18 @@ def test_bad_k_and_center():
         knn_graph(f, 2, center=1)
     with pytest.raises(TypeError, match="f:"):
         knn_graph(f.numpy(), 2)
-    if native_available():
-        with pytest.raises(ValueError, match="k:"):
-            torch.ops.gcnprune.knn_graph(f, -1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_native
+def test_native_bad_k():
+    with pytest.raises(ValueError, match="k:"):
+        torch.ops.gcnprune.knn_graph(torch.randn(4, 3), -1)
+
+
+@needs_cuda_device
 def test_segments_device_mismatch():
     with pytest.raises(ValueError, match="segments"):
         knn_graph(torch.randn(4, 3, device="cuda"), 2, torch.tensor([0, 4]))
-
-
-# --- opcheck ----------------------------------------------------------------------------------
-
-@needs_native
-@pytest.mark.parametrize("center", [False, True])
-def test_opcheck_cosine_similarity(center):
-    torch.library.opcheck(torch.ops.gcnprune.cosine_similarity.default,
-                          (torch.randn(9, 4), center))
-
-
-@needs_native
-def test_opcheck_knn_graph():
-    f = torch.randn(12, 4, dtype=torch.float64)
-    seg = torch.tensor([0, 5, 5, 12])
-    # All default checks, test_aot_dispatch_dynamic included: the fake kernel gives nnz as an
-    # unbacked size (it depends on ties and on the union of i->j and j->i).
-    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f, 3, seg, False))
-    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f.float(), 20, None, True))
-
-
-# --- CUDA -------------------------------------------------------------------------------------
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("tile", ["7", "4096"])
-def test_cuda_matches_cpu(dtype, tile, monkeypatch):
-    monkeypatch.setenv("GCNPRUNE_KNN_TILE", tile)
-    torch.manual_seed(4)
-    f = torch.randn(300, 16, dtype=dtype)
-    seg = torch.tensor([0, 1, 1, 120, 300])
-    for k in [0, 3, 8, 200]:
-        got = knn_graph(f.cuda(), k, seg.cuda(), center=True).to("cpu")
-        want = ref.knn_graph(f.double(), k, seg, center=True) if dtype == torch.float64 else None
-        assert_graph_properties(got, f, k, seg, center=True)
-        if want is not None:
-            assert torch.equal(got.indices, want.indices)
-    torch.testing.assert_close(cosine_similarity(f.cuda()).cpu(), ref.cosine_similarity(f))
-    z = torch.zeros(6, 3, dtype=dtype, device="cuda")
-    assert torch.equal(knn_graph(z, 2).indices.cpu(), ref.knn_graph(z.cpu(), 2).indices)
-
-
-@needs_cuda
-def test_cuda_opcheck():
-    f = torch.randn(12, 4, device="cuda")
-    torch.library.opcheck(torch.ops.gcnprune.cosine_similarity.default, (f, False))
-    torch.library.opcheck(torch.ops.gcnprune.knn_graph.default, (f, 3, None, False))
 
 
 @needs_native

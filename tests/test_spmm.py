@@ -1,4 +1,8 @@
-"""Sparse GCN propagation ops: gcn_norm, spmm (+ spmm_transpose, sddmm), native vs reference."""
+"""Sparse GCN propagation ops: gcn_norm, spmm (+ spmm_transpose, sddmm), native vs reference.
+
+Every native op has one list of sample inputs (``sample_inputs_<op>``) feeding the
+native-vs-reference test on every device, the gradient tests and opcheck; the tests after them
+cover the public wrappers' semantics, properties and errors."""
 from __future__ import annotations
 
 import pytest
@@ -6,35 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gcnprune_fast.ops import CSRGraph, gcn_norm, native_available, native_cuda_available, spmm
+from conftest import (DTYPES, SampleInput, dtype_name, gcnprune_op_names, native_cuda_built,
+                      needs_native, randn, random_csr, tolerances)
+from gcnprune_fast.ops import CSRGraph, gcn_norm, native_available, spmm
 from gcnprune_fast.ops import _native
 from gcnprune_fast.ops.reference import sparse as ref
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-
-needs_native = pytest.mark.skipif(not native_available(), reason="native library not built")
-needs_cuda = pytest.mark.skipif(not native_cuda_available(), reason="no CUDA device / CUDA kernels")
-
-ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def tol(dtype):
-    return {torch.float16: dict(atol=2e-2, rtol=2e-2), torch.bfloat16: dict(atol=8e-2, rtol=5e-2),
-            torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: {}}[dtype]
-
-
-def random_csr(num_rows, num_cols, density=0.3, dtype=torch.float32, seed=0, empty_rows=True,
-               device="cpu") -> CSRGraph:
-    """Sorted, duplicate-free CSR [num_rows, num_cols]; some rows emptied on purpose."""
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.rand(num_rows, num_cols, generator=gen) < density
-    if empty_rows and num_rows > 2:
-        mask[::3] = False
-    rows, cols = mask.nonzero(as_tuple=True)
-    indptr = torch.zeros(num_rows + 1, dtype=torch.int64)
-    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
-    values = (torch.rand(cols.numel(), generator=gen, dtype=torch.float64) + 0.1).to(dtype)
-    return CSRGraph(indptr, cols.contiguous(), values).to(device)
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def dense(graph, num_cols, dtype=torch.float64):
@@ -49,37 +32,314 @@ def with_reference(monkeypatch):
     monkeypatch.setattr(_native, "use_native", lambda *t: False)
 
 
+def _no_edges(num_rows):
+    return CSRGraph(torch.zeros(num_rows + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                    torch.zeros(0))
+
+
 # ------------------------------------------------------------------------------------------------
-# spmm
+# Sample inputs: one list per native op, argument tuples in the op's own order.
+#
+# meta["sweep"]: one more width / seed of a shape class already sampled. The numerical tests run
+# every sample; opcheck (registration, fake kernel, autograd wiring -- not numerics) skips these.
+# meta["grad"]: small float64 samples for gradcheck / gradgradcheck.
+
+# (rows, cols, d values): the small grid, and a larger one with d around the vector widths
+GRIDS = [(23, 17, (0, 1, 7, 8, 32, 67, 136)), (50, 37, (0, 1, 5, 32, 64, 131))]
+
+
+def _sweep(d, ds, dtype, rows):
+    """Sweep samples: the second grid (the widths around the CUDA vector paths), and in the first
+    every width but its first d > 1 (and d = 0 in float32)."""
+    if rows == GRIDS[1][0]:
+        return True
+    return not (d == next(w for w in ds if w > 1) or (d == 0 and dtype == torch.float32))
+
+
+def _grad_samples(make_args):
+    """Small float64 samples (a few dozen inputs) for gradcheck / gradgradcheck, marked
+    ``meta["grad"]``: make_args(graph, rows, cols, d, seed) -> the op's arguments."""
+    for rows, cols, d, seed in [(7, 6, 5, 2), (9, 7, 4, 3), (4, 5, 1, 4)]:
+        g = random_csr(rows, cols, dtype=torch.float64, seed=seed)
+        yield SampleInput(f"grad-{rows}x{cols}-d{d}-float64", make_args(g, rows, cols, d, seed),
+                          meta={"grad": True})
+    g = _no_edges(3)._replace(values=torch.zeros(0, dtype=torch.float64))
+    yield SampleInput("grad-nnz0-float64", make_args(g, 3, 2, 2, 5), meta={"grad": True})
+
+
+def sample_inputs_spmm():
+    """(indptr, indices, values, x): every dtype over two graphs and many widths d (empty rows
+    included), non-contiguous x, R = 0, nnz = 0, Ncol = 0."""
+    for rows, cols, ds in GRIDS:
+        for dtype in DTYPES:
+            for d in ds:
+                g = random_csr(rows, cols, dtype=dtype, seed=d)
+                yield SampleInput(f"{rows}x{cols}-d{d}-{dtype_name(dtype)}",
+                                  (*g, randn(cols, d, seed=100 + d, dtype=dtype)),
+                                  meta={"sweep": _sweep(d, ds, dtype, rows)})
+    for dtype in (torch.float32, torch.float64):
+        g = random_csr(11, 20, dtype=dtype, seed=3)
+        base = randn(40, 20, seed=3, dtype=dtype)
+        for name, x in [("t", base.t()), ("t_step2", base.t()[:, ::2]),
+                        ("step2_t_offset", base[::2].t()[:, 1:])]:
+            assert not x.is_contiguous()
+            yield SampleInput(f"11x20-x_{name}-{dtype_name(dtype)}", (*g, x),
+                              meta={"sweep": dtype != torch.float32})
+    yield SampleInput("R0", (*_no_edges(0), randn(5, 3)))
+    yield SampleInput("nnz0", (*_no_edges(3), randn(2, 3)))
+    yield SampleInput("Ncol0", (*_no_edges(3), randn(0, 3)))
+    yield from _grad_samples(lambda g, rows, cols, d, seed: (*g, randn(cols, d, seed=seed,
+                                                                        dtype=torch.float64)))
+
+
+def sample_inputs_spmm_transpose():
+    """(indptr, indices, values, g, n_cols): every dtype over two graphs and several widths,
+    n_cols beyond the largest column, R = 0, nnz = 0."""
+    grids = [(19, 13, (1, 9, 40, 64), 5)] + [(r, c, ds, None) for r, c, ds in GRIDS[1:]]
+    for rows, cols, ds, seed in grids:
+        for dtype in DTYPES:
+            for d in ds:
+                g = random_csr(rows, cols, dtype=dtype, seed=d if seed is None else seed)
+                yield SampleInput(f"{rows}x{cols}-d{d}-{dtype_name(dtype)}",
+                                  (*g, randn(rows, d, seed=200 + d, dtype=dtype), cols),
+                                  meta={"sweep": _sweep(d, ds, dtype, rows)})
+    g = random_csr(12, 10, density=0.4, dtype=torch.float64, seed=21, empty_rows=False)
+    yield SampleInput("12x10-n_cols11-float64", (*g, randn(12, 5, seed=21, dtype=torch.float64),
+                                                 11))
+    yield SampleInput("R0", (*_no_edges(0), randn(0, 3), 5))
+    yield SampleInput("nnz0", (*_no_edges(3), randn(3, 2), 4))
+    yield from _grad_samples(lambda g, rows, cols, d, seed: (*g, randn(rows, d, seed=seed,
+                                                                        dtype=torch.float64), cols))
+
+
+def sample_inputs_sddmm():
+    """(indptr, indices, a, b): every dtype over two graphs and several widths, R = 0, nnz = 0."""
+    grids = [(19, 13, (1, 9, 40, 64), 5)] + [(r, c, ds, None) for r, c, ds in GRIDS[1:]]
+    for rows, cols, ds, seed in grids:
+        for dtype in DTYPES:
+            for d in ds:
+                g = random_csr(rows, cols, dtype=dtype, seed=d if seed is None else seed)
+                yield SampleInput(f"{rows}x{cols}-d{d}-{dtype_name(dtype)}",
+                                  (g.indptr, g.indices, randn(rows, d, seed=300 + d, dtype=dtype),
+                                   randn(cols, d, seed=400 + d, dtype=dtype)),
+                                  meta={"sweep": _sweep(d, ds, dtype, rows)})
+    g = _no_edges(0)
+    yield SampleInput("R0", (g.indptr, g.indices, randn(0, 3), randn(4, 3)))
+    g = _no_edges(3)
+    yield SampleInput("nnz0", (g.indptr, g.indices, randn(3, 2), randn(4, 2)))
+    yield from _grad_samples(lambda g, rows, cols, d, seed: (
+        g.indptr, g.indices, randn(rows, d, seed=seed, dtype=torch.float64),
+        randn(cols, d, seed=seed + 1, dtype=torch.float64)))
+
+
+def sample_inputs_gcn_norm():
+    """(indptr, indices, values, add_self_loops): every dtype over random square graphs (some
+    stored diagonal entries, empty rows), rows whose weights sum to 0, R = 0, isolated nodes, a
+    ring, unsorted rows."""
+    for dtype in DTYPES:
+        for add_self_loops in (True, False):
+            g = random_csr(40, 40, density=0.2, dtype=dtype, seed=12)
+            yield SampleInput(f"40x40-{dtype_name(dtype)}-self_loops={add_self_loops}",
+                              (*g, add_self_loops))
+        for seed in (1, 2, 6, 33, 65, 132):
+            g = random_csr(30, 30, dtype=dtype, seed=seed)
+            yield SampleInput(f"30x30-seed{seed}-{dtype_name(dtype)}", (*g, True),
+                              meta={"sweep": True})
+    for add_self_loops in (True, False):
+        yield SampleInput(f"7x7-self_loops={add_self_loops}", (*random_csr(7, 7, seed=7),
+                                                               add_self_loops))
+        # row 1's weights sum to 0, row 2 is empty
+        zero_degree = CSRGraph(torch.tensor([0, 1, 3, 3]), torch.tensor([1, 0, 2]),
+                               torch.tensor([2.0, 1.0, -1.0]))
+        yield SampleInput(f"zero_degree-self_loops={add_self_loops}",
+                          (*zero_degree, add_self_loops))
+        yield SampleInput(f"R0-self_loops={add_self_loops}", (*_no_edges(0), add_self_loops))
+        yield SampleInput(f"isolated-self_loops={add_self_loops}", (*_no_edges(3), add_self_loops))
+        n = 6
+        cols = torch.stack([(torch.arange(n) - 1) % n, (torch.arange(n) + 1) % n], 1)
+        ring = CSRGraph(torch.arange(0, 2 * n + 1, 2), cols.sort(1).values.flatten(),
+                        torch.ones(2 * n))
+        yield SampleInput(f"ring-self_loops={add_self_loops}", (*ring, add_self_loops))
+        unsorted = CSRGraph(torch.tensor([0, 2, 4]), torch.tensor([1, 0, 1, 0]),
+                            torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        yield SampleInput(f"unsorted-self_loops={add_self_loops}", (*unsorted, add_self_loops))
+        g = random_csr(6, 6, dtype=torch.float64, seed=13)
+        yield SampleInput(f"grad-6x6-float64-self_loops={add_self_loops}", (*g, add_self_loops),
+                          meta={"grad": True})
+
+
+SAMPLES = {
+    "spmm": list(sample_inputs_spmm()),
+    "spmm_transpose": list(sample_inputs_spmm_transpose()),
+    "sddmm": list(sample_inputs_sddmm()),
+    "gcn_norm": list(sample_inputs_gcn_norm()),
+}
+DIFFERENTIABLE = ("spmm", "spmm_transpose", "sddmm")
+
+
+def _cases(ops, keep=lambda s: True):
+    return [pytest.param(op, s, id=f"{op}-{s.name}") for op in ops for s in SAMPLES[op] if keep(s)]
+
+
+def _grad(s: SampleInput) -> bool:
+    return s.meta.get("grad", False)
+
+
+# The plain-PyTorch reference of each native op, with the native op's signature.
+REFERENCE = {
+    "spmm": lambda indptr, indices, values, x: ref.spmm(CSRGraph(indptr, indices, values), x),
+    "spmm_transpose": lambda indptr, indices, values, g, n_cols: ref.spmm_transpose(
+        CSRGraph(indptr, indices, values), g, n_cols),
+    "sddmm": ref.sddmm,
+    "gcn_norm": lambda indptr, indices, values, add_self_loops: tuple(
+        ref.gcn_norm(CSRGraph(indptr, indices, values), add_self_loops)),
+}
+
+
+def dense_formula(op, *args):
+    """The op's result from dense float64 matrices."""
+    if op == "spmm":
+        indptr, indices, values, x = args
+        return dense(CSRGraph(indptr, indices, values), x.shape[0]) @ x.double()
+    if op == "spmm_transpose":
+        indptr, indices, values, g, n_cols = args
+        return dense(CSRGraph(indptr, indices, values), n_cols).t() @ g.double()
+    indptr, indices, a, b = args  # sddmm
+    return (a.double() @ b.double().t())[ref.row_ids(indptr), indices]
+
+
+# ------------------------------------------------------------------------------------------------
+# Native vs reference (every sample, every device), gradients, opcheck
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("d", [0, 1, 7, 8, 32, 67, 136])
-def test_spmm_native_matches_reference_and_dense(dtype, d):
-    g = random_csr(23, 17, dtype=dtype, seed=d)
-    x = torch.randn(17, d, dtype=torch.float64).to(dtype)
-    out = spmm(g, x)
-    assert out.shape == (23, d) and out.dtype == dtype
-    expected = ref.spmm(g, x)
-    torch.testing.assert_close(out, expected, **tol(dtype))
-    torch.testing.assert_close(out.double(), dense(g, 17) @ x.double(), **tol(dtype))
+@pytest.mark.parametrize("op, sample", _cases(DIFFERENTIABLE))
+def test_native_matches_reference(op, sample, device):
+    args = sample.to(device)
+    out = getattr(torch.ops.gcnprune, op)(*args)
+    assert out.device == args[2].device
+    out = out.cpu()
+    expected = REFERENCE[op](*sample.args)
+    assert out.shape == expected.shape and out.dtype == expected.dtype == sample.args[2].dtype
+    tol = tolerances(out.dtype)
+    torch.testing.assert_close(out, expected, **tol)
+    torch.testing.assert_close(out.double(), dense_formula(op, *sample.args), **tol)
+    if op == "spmm":  # the public wrapper runs the same kernel
+        indptr, indices, values, x = args
+        torch.testing.assert_close(spmm(CSRGraph(indptr, indices, values), x).cpu(), out,
+                                   rtol=0, atol=0)
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_spmm_non_contiguous_x(dtype):
-    g = random_csr(11, 20, dtype=dtype, seed=3)
-    base = torch.randn(40, 20, dtype=dtype)
-    for x in (base.t(), base.t()[:, ::2], base[::2].t()[:, 1:]):
-        assert not x.is_contiguous()
-        torch.testing.assert_close(spmm(g, x), dense(g, 20, dtype) @ x)
+@pytest.mark.parametrize("op, sample", _cases(["gcn_norm"]))
+def test_native_gcn_norm_matches_reference(op, sample, device):
+    args = sample.to(device)
+    out = CSRGraph(*torch.ops.gcnprune.gcn_norm(*args))
+    assert all(t.device == args[2].device for t in out)
+    out = out.to("cpu")
+    expected = CSRGraph(*REFERENCE[op](*sample.args))
+    assert torch.equal(out.indptr, expected.indptr) and torch.equal(out.indices, expected.indices)
+    dtype = sample.args[2].dtype
+    assert out.indptr.dtype == out.indices.dtype == torch.int64 and out.values.dtype == dtype
+    assert torch.isfinite(out.values).all()
+    torch.testing.assert_close(out.values, expected.values, **tolerances(dtype))
+    indptr, indices, values, add_self_loops = sample.args
+    torch.testing.assert_close(
+        out.to_dense().double(), dense_gcn_norm(CSRGraph(indptr, indices, values), add_self_loops),
+        **tolerances(dtype))
+    # the public wrapper runs the same kernel
+    public = gcn_norm(CSRGraph(*args[:3]), add_self_loops).to("cpu")
+    assert torch.equal(public.indices, out.indices)
+    torch.testing.assert_close(public.values, out.values, rtol=0, atol=0)
 
 
-def test_spmm_reference_matches_dense():
-    g = random_csr(9, 6, dtype=torch.float64, seed=1)
-    x = torch.randn(6, 5, dtype=torch.float64)
-    torch.testing.assert_close(ref.spmm(g, x), dense(g, 6) @ x)
+@needs_native
+@pytest.mark.parametrize("op, sample", _cases(DIFFERENTIABLE))
+def test_native_gradients_match_reference(op, sample, device):
+    args = sample.to(device, requires_grad=True)
+    out = getattr(torch.ops.gcnprune, op)(*args)
+    grad = randn(*out.shape, seed=7, dtype=out.dtype)
+    out.backward(grad.to(device))
+    ref_args = sample.to("cpu", requires_grad=True)
+    REFERENCE[op](*ref_args).backward(grad)
+    for a, r in zip(args, ref_args):
+        if isinstance(r, torch.Tensor) and r.requires_grad:
+            torch.testing.assert_close(a.grad.cpu(), r.grad, **tolerances(r.dtype))
+
+
+@pytest.mark.parametrize("impl", [pytest.param("native", marks=needs_native), "reference"])
+@pytest.mark.parametrize("op, sample", _cases(DIFFERENTIABLE, _grad))
+def test_gradcheck(op, sample, impl, device):
+    fn = getattr(torch.ops.gcnprune, op) if impl == "native" else REFERENCE[op]
+    args = sample.to(device, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, args)
+    if impl == "native":
+        assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("impl", [pytest.param("native", marks=needs_native), "reference"])
+@pytest.mark.parametrize("sample", [s for s in SAMPLES["spmm"] if _grad(s)],
+                         ids=lambda s: s.name)
+def test_public_spmm_gradcheck(sample, impl, device, monkeypatch):
+    if impl == "reference":
+        with_reference(monkeypatch)
+    indptr, indices, values, x = sample.to(device, requires_grad=True)
+
+    def fn(values, x):
+        return spmm(CSRGraph(indptr, indices, values), x)
+
+    assert torch.autograd.gradcheck(fn, (values, x))
+
+
+@pytest.mark.parametrize("sample", [s for s in SAMPLES["gcn_norm"] if _grad(s)],
+                         ids=lambda s: s.name)
+def test_gcn_norm_gradcheck_in_values(sample, device):
+    indptr, indices, values, add_self_loops = sample.to(device, requires_grad=True)
+
+    def fn(values):
+        return gcn_norm(CSRGraph(indptr, indices, values), add_self_loops).values
+
+    assert torch.autograd.gradcheck(fn, (values,))
+
+
+# gcn_norm has no autograd formula (the public gcn_norm differentiates through the reference).
+def _opcheck_grad_variants(op, s):
+    """requires_grad settings opcheck runs a sample with: inputs requiring grad only where the op
+    has an autograd formula and in float32 / float64; the gradient samples only that way."""
+    if op not in DIFFERENTIABLE or s.args[2].dtype not in (torch.float32, torch.float64):
+        return (False,)
+    return (True,) if s.meta.get("grad") else (False, True)
+
+
+OPCHECK_CASES = [
+    pytest.param(op, s, requires_grad,
+                 id=f"{op}-{s.name}{'-requires_grad' if requires_grad else ''}")
+    for op in SAMPLES for s in SAMPLES[op] if not s.meta.get("sweep")
+    for requires_grad in _opcheck_grad_variants(op, s)]
+
+
+@needs_native
+@pytest.mark.parametrize("op, sample, requires_grad", OPCHECK_CASES)
+def test_opcheck(op, sample, requires_grad, device):
+    torch.library.opcheck(getattr(torch.ops.gcnprune, op).default,
+                          sample.to(device, requires_grad=requires_grad))
+
+
+@needs_native
+def test_native_build_registers_every_op_for_its_devices():
+    """Every torch.ops.gcnprune op has a CPU kernel, and a CUDA kernel when the library was
+    built with CUDA (checked without a GPU: a build that forgot to register one fails here)."""
+    names = gcnprune_op_names()
+    assert {f"gcnprune::{op}" for op in SAMPLES} <= set(names)
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    assert [n for n in names if not has(n, "CPU")] == []
+    if not native_cuda_built():
+        pytest.skip("native library built without CUDA kernels (GCNPRUNE_CUDA=0 or no toolkit)")
+    assert [n for n in names if not has(n, "CUDA")] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# spmm: public wrapper
 
 
 @needs_native
@@ -91,37 +351,22 @@ def test_spmm_promotes_mixed_dtypes():
     torch.testing.assert_close(out, dense(g, 4, torch.float32) @ x.float())
 
 
-@pytest.mark.parametrize("native", [True, False])
+def test_spmm_reference_matches_dense():
+    g = random_csr(9, 6, dtype=torch.float64, seed=1)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    torch.testing.assert_close(ref.spmm(g, x), dense(g, 6) @ x)
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False])
 def test_spmm_degenerate_shapes(native, monkeypatch):
-    if native and not native_available():
-        pytest.skip("native library not built")
     if not native:
         with_reference(monkeypatch)
-    empty = CSRGraph(torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
-                     torch.zeros(0))
-    assert spmm(empty, torch.randn(5, 3)).shape == (0, 3)  # R = 0
-    no_edges = CSRGraph(torch.zeros(4, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
-                        torch.zeros(0))
+    assert spmm(_no_edges(0), torch.randn(5, 3)).shape == (0, 3)  # R = 0
+    no_edges = _no_edges(3)
     assert torch.equal(spmm(no_edges, torch.randn(2, 3)), torch.zeros(3, 3))  # nnz = 0
     assert torch.equal(spmm(no_edges, torch.randn(0, 3)), torch.zeros(3, 3))  # Ncol = 0
     g = random_csr(4, 4)
     assert spmm(g, torch.randn(4, 0)).shape == (4, 0)  # d = 0
-
-
-@needs_native
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_spmm_transpose_and_sddmm_match_reference(dtype):
-    g = random_csr(19, 13, dtype=dtype, seed=5)
-    for d in (1, 9, 40, 64):
-        gr = torch.randn(19, d, dtype=torch.float64).to(dtype)
-        x = torch.randn(13, d, dtype=torch.float64).to(dtype)
-        out = torch.ops.gcnprune.spmm_transpose(*g, gr, 13)
-        torch.testing.assert_close(out, ref.spmm_transpose(g, gr, 13), **tol(dtype))
-        torch.testing.assert_close(out.double(), dense(g, 13).t() @ gr.double(), **tol(dtype))
-        s = torch.ops.gcnprune.sddmm(g.indptr, g.indices, gr, x)
-        torch.testing.assert_close(s, ref.sddmm(g.indptr, g.indices, gr, x), **tol(dtype))
-        expected = (gr.double() @ x.double().t())[ref.row_ids(g.indptr), g.indices]
-        torch.testing.assert_close(s.double(), expected, **tol(dtype))
 
 
 @needs_native
@@ -165,63 +410,8 @@ def test_spmm_transpose_structure_cache_sees_changes():
                                    dense(other, 10).t() @ gr)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_spmm_gradcheck(native, monkeypatch):
-    if native and not native_available():
-        pytest.skip("native library not built")
-    if not native:
-        with_reference(monkeypatch)
-    g = random_csr(7, 6, dtype=torch.float64, seed=2)
-    values = g.values.clone().requires_grad_()
-    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
-
-    def fn(values, x):
-        return spmm(CSRGraph(g.indptr, g.indices, values), x)
-
-    assert torch.autograd.gradcheck(fn, (values, x))
-    if native:
-        assert torch.autograd.gradgradcheck(fn, (values, x))
-
-
-@needs_native
-def test_spmm_native_gradients_match_reference():
-    g = random_csr(30, 25, dtype=torch.float32, seed=4)
-    x = torch.randn(25, 33)
-    grad = torch.randn(30, 33)
-    grads = []
-    for fn in (native_spmm, ref.spmm):
-        v = g.values.clone().requires_grad_()
-        xx = x.clone().requires_grad_()
-        fn(CSRGraph(g.indptr, g.indices, v), xx).backward(grad)
-        grads.append((v.grad, xx.grad))
-    torch.testing.assert_close(grads[0], grads[1])
-
-
-@needs_native
-def test_opcheck_all_ops():
-    g = random_csr(8, 6, dtype=torch.float32, seed=6)
-    x = torch.randn(6, 4)
-    gr = torch.randn(8, 4)
-    square = random_csr(7, 7, seed=7)
-    ops = torch.ops.gcnprune
-    cases = [
-        (ops.spmm, (g.indptr, g.indices, g.values, x)),
-        (ops.spmm, (g.indptr, g.indices, g.values.clone().requires_grad_(),
-                    x.clone().requires_grad_())),
-        (ops.spmm_transpose, (g.indptr, g.indices, g.values, gr, 6)),
-        (ops.spmm_transpose, (g.indptr, g.indices, g.values.clone().requires_grad_(),
-                              gr.clone().requires_grad_(), 6)),
-        (ops.sddmm, (g.indptr, g.indices, gr, x)),
-        (ops.sddmm, (g.indptr, g.indices, gr.clone().requires_grad_(), x.clone().requires_grad_())),
-        (ops.gcn_norm, (*square, False)),
-        (ops.gcn_norm, (*square, True)),
-    ]
-    for op, args in cases:
-        torch.library.opcheck(op, args)
-
-
 # ------------------------------------------------------------------------------------------------
-# gcn_norm
+# gcn_norm: public wrapper
 
 
 def dense_gcn_norm(graph, add_self_loops=True):
@@ -234,11 +424,9 @@ def dense_gcn_norm(graph, add_self_loops=True):
     return s[:, None] * a * s[None, :]
 
 
-@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("impl", [pytest.param("native", marks=needs_native), "reference"])
 @pytest.mark.parametrize("add_self_loops", [True, False])
 def test_gcn_norm_matches_dense_formula(impl, add_self_loops):
-    if impl == "native" and not native_available():
-        pytest.skip("native library not built")
     g = random_csr(15, 15, dtype=torch.float64, seed=11)
     assert ((ref.row_ids(g.indptr) == g.indices).sum() > 0)  # some stored diagonal entries (+1)
     assert (g.indptr.diff() == 0).any()  # and empty rows (self loop only)
@@ -255,22 +443,8 @@ def test_gcn_norm_matches_dense_formula(impl, add_self_loops):
         assert torch.all(cols[1:] > cols[:-1])
 
 
-@needs_native
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("add_self_loops", [True, False])
-def test_gcn_norm_native_matches_reference(dtype, add_self_loops):
-    g = random_csr(40, 40, density=0.2, dtype=dtype, seed=12)
-    out = gcn_norm(g, add_self_loops)
-    expected = ref.gcn_norm(g, add_self_loops)
-    assert torch.equal(out.indptr, expected.indptr) and torch.equal(out.indices, expected.indices)
-    assert out.values.dtype == dtype
-    torch.testing.assert_close(out.values, expected.values, **tol(dtype))
-
-
-@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("impl", [pytest.param("native", marks=needs_native), "reference"])
 def test_gcn_norm_zero_degree_rows_are_finite(impl):
-    if impl == "native" and not native_available():
-        pytest.skip("native library not built")
     fn = gcn_norm if impl == "native" else ref.gcn_norm
     # Row 1 has weights summing to 0, row 2 is empty; no self loops: their scale must be 0.
     g = CSRGraph(torch.tensor([0, 1, 3, 3]), torch.tensor([1, 0, 2]),
@@ -306,16 +480,6 @@ def test_gcn_norm_regular_graph_and_unsorted_rows():
         out = gcn_norm(unsorted)
         assert torch.equal(out.indices, expected.indices)
         torch.testing.assert_close(out.values, expected.values)
-
-
-def test_gcn_norm_differentiable_in_values():
-    g = random_csr(6, 6, dtype=torch.float64, seed=13)
-    values = g.values.clone().requires_grad_()
-
-    def fn(values):
-        return gcn_norm(CSRGraph(g.indptr, g.indices, values)).values
-
-    assert torch.autograd.gradcheck(fn, (values,))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -397,10 +561,8 @@ def _g():
     return random_csr(4, 4, density=0.5, seed=1, empty_rows=False)
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False])
 def test_argument_errors(native, monkeypatch):
-    if native and not native_available():
-        pytest.skip("native library not built")
     if not native:
         with_reference(monkeypatch)
     g, x = _g(), torch.randn(4, 3)
@@ -453,43 +615,3 @@ def test_native_ops_reject_bad_input_directly():
         ops.sddmm(g.indptr, g.indices, x, x[:2])
     with pytest.raises(ValueError, match="indices must lie in"):
         ops.gcn_norm(torch.tensor([0, 1]), torch.tensor([3]), torch.ones(1), True)
-
-
-# ------------------------------------------------------------------------------------------------
-# CUDA
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("d", [0, 1, 5, 32, 64, 131])
-def test_cuda_ops_match_cpu(dtype, d):
-    g = random_csr(50, 37, dtype=dtype, seed=d)
-    gc = g.to("cuda")
-    x = torch.randn(37, d, dtype=torch.float64).to(dtype)
-    gr = torch.randn(50, d, dtype=torch.float64).to(dtype)
-    torch.testing.assert_close(spmm(gc, x.cuda()).cpu(), ref.spmm(g, x), **tol(dtype))
-    torch.testing.assert_close(torch.ops.gcnprune.spmm_transpose(*gc, gr.cuda(), 37).cpu(),
-                               ref.spmm_transpose(g, gr, 37), **tol(dtype))
-    torch.testing.assert_close(torch.ops.gcnprune.sddmm(gc.indptr, gc.indices, gr.cuda(),
-                                                        x.cuda()).cpu(),
-                               ref.sddmm(g.indptr, g.indices, gr, x), **tol(dtype))
-    sq = random_csr(30, 30, dtype=dtype, seed=d + 1)
-    out = gcn_norm(sq.to("cuda"))
-    expected = ref.gcn_norm(sq)
-    assert torch.equal(out.indices.cpu(), expected.indices)
-    torch.testing.assert_close(out.values.cpu(), expected.values, **tol(dtype))
-
-
-@needs_cuda
-def test_cuda_gradcheck_and_opcheck():
-    g = random_csr(9, 7, dtype=torch.float64, seed=3).to("cuda")
-    values = g.values.clone().requires_grad_()
-    x = torch.randn(7, 4, dtype=torch.float64, device="cuda", requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda v, xx: spmm(CSRGraph(g.indptr, g.indices, v), xx), (values, x))
-    torch.library.opcheck(torch.ops.gcnprune.spmm, (g.indptr, g.indices, values, x))
-    sq = random_csr(7, 7, seed=4).to("cuda")
-    torch.library.opcheck(torch.ops.gcnprune.gcn_norm, (*sq, True))
-    torch.library.opcheck(torch.ops.gcnprune.spmm_transpose,
-                          (g.indptr, g.indices, values, torch.randn(9, 4, dtype=torch.float64,
-                                                                     device="cuda"), 7))
