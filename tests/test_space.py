@@ -555,3 +555,28 @@ def test_space_attributes_and_prune_model(r20):
         prune_model(model, space.example_inputs, {"conv1": masks[0].float()})
     with pytest.raises(RuntimeError, match="output shape"):
         prune_model(model, space.example_inputs, keep, output_shape=(1, 11))
+
+
+def test_frozen_parameters_do_not_shrink_the_space():
+    """Pruning does not depend on requires_grad: a frozen stem / layer1 / whole backbone gives the
+    same groups and costs as the trainable model, and the pruned model keeps the frozen flags."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ref = PruningSpace(model, x)
+    masks = _random_masks(ref, p=0.5, seed=3)
+    ref_out = ref.prune(masks).eval()(x)
+    for frozen in ([model.conv1, model.bn1, model.layer1], [model]):
+        for mod in frozen:
+            mod.requires_grad_(False)
+        space = PruningSpace(model, x)
+        assert [(g.name, g.size, g.layers) for g in space.groups] == [
+            (g.name, g.size, g.layers) for g in ref.groups]
+        assert (space.base_flops, space.base_params) == (ref.base_flops, ref.base_params)
+        assert space.cost(masks) == ref.cost(masks)
+        pruned = space.prune(masks).eval()
+        torch.testing.assert_close(pruned(x), ref_out)
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        assert {n: p.requires_grad for n, p in pruned.named_parameters()} == flags
+        assert not all(flags.values())
+    model.requires_grad_(True)

@@ -7,30 +7,93 @@ It traces a model once (on a copy the caller owns), lists the coupled channel gr
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
+from numbers import Number
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning import _helpers as _tp_helpers
+from torch_pruning.dependency.dependency import Dependency as _TPDependency
+from torch_pruning.dependency.group import Group as _TPGroup
+from torch_pruning.pruner import function as _tp_function
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
 
-@contextlib.contextmanager
-def _frozen_index_mapping():
-    """torch-pruning recomputes every concat/split index mapping for each group it forms (quadratic
-    in the number of groups: minutes for DenseNets). While no layer changes shape the mappings are
-    constant, so the recomputation is skipped inside this context."""
-    module = tp.dependency.index_mapping
-    original = module.update_index_mapping
-    module.update_index_mapping = lambda dg: None
-    try:
-        yield
-    finally:
-        module.update_index_mapping = original
+class _DependencyGraph(tp.DependencyGraph):
+    """torch-pruning's DependencyGraph with an opt-out, per instance, of the index-mapping refresh.
+
+    ``get_pruning_group`` recomputes every concat/split index mapping of the graph for each group
+    it forms (quadratic in the number of groups: minutes for DenseNets). While no layer changes
+    shape the mappings are constant, so inside ``frozen_mappings()`` the recomputation is skipped.
+    The switch is an attribute of this graph object only: nothing global is patched, so graphs
+    used by other threads (or later calls) are never affected."""
+
+    def __init__(self):
+        super().__init__()
+        self._mappings_frozen = False
+
+    @contextlib.contextmanager
+    def frozen_mappings(self):
+        previous = self._mappings_frozen
+        self._mappings_frozen = True
+        try:
+            yield self
+        finally:
+            self._mappings_frozen = previous
+
+    def get_pruning_group(self, module, pruning_fn, idxs):
+        """``tp.DependencyGraph.get_pruning_group`` (torch-pruning 1.6.1) with the index-mapping
+        refresh skipped while the mappings are frozen; otherwise the same steps."""
+        if not self._mappings_frozen:
+            return super().get_pruning_group(module, pruning_fn, idxs)
+        if module not in self.module2node:
+            raise ValueError("Module {} is not in the dependency graph.".format(module))
+        if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels \
+                and module.out_channels > 1:
+            pruning_fn = _tp_function.prune_depthwise_conv_out_channels
+        if isinstance(idxs, Number):
+            idxs = [idxs]
+        idxs = [_tp_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+        group = _TPGroup()
+        root_node = self.module2node[module]
+        group.add_dep(dep=_TPDependency(pruning_fn, pruning_fn, source=root_node, target=root_node),
+                      idxs=idxs)
+        visited_node = set()
+        stack = [tuple(group[0])]
+        while stack:
+            dep, dep_idxs = stack.pop(-1)
+            node, fn = dep.target, dep.handler
+            visited_node.add(node)
+            for new_dep in node.dependencies:
+                if not new_dep.is_triggered_by(fn):
+                    continue
+                new_indices = dep_idxs
+                for mapping in new_dep.index_mapping:
+                    if mapping is not None:
+                        new_indices = mapping(new_indices)
+                if len(new_indices) == 0:
+                    continue
+                if new_dep.target in visited_node and group.has_pruning_op(new_dep, new_indices):
+                    continue
+                group.add_dep(new_dep, new_indices)
+                stack.append((new_dep, new_indices))
+        merged_group = _TPGroup()
+        for dep, dep_idxs in group.items:
+            if isinstance(dep.target.module, nn.Parameter) and any(
+                    dep.target.module is p for p in self.ignored_params):
+                continue
+            merged_group.add_and_merge(dep, dep_idxs)
+        merged_group._DG = self
+        for i in range(len(merged_group)):
+            hybrid_idxs = merged_group[i].idxs
+            item = _tp_helpers.GroupItem(merged_group[i].dep, _tp_helpers.to_plain_idxs(hybrid_idxs))
+            item.root_idxs = _tp_helpers.to_root_idxs(hybrid_idxs)
+            merged_group[i] = item
+        return merged_group
 
 
 @dataclass
@@ -109,15 +172,28 @@ class TracedDependencies:
     def __init__(self, model: nn.Module, example_inputs, forward_fn: Callable,
                  ignored_modules: Sequence[nn.Module] = ()):
         self.model = model
-        self.dg = tp.DependencyGraph()
-        with warnings.catch_warnings(record=True) as caught, torch.enable_grad():
-            warnings.simplefilter("always")
-            try:
-                self.dg.build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=True)
-            except Exception as e:
-                raise RuntimeError(_describe_failure(e)) from e
-        self.unknown_ops = sorted({str(w.message).split("operation ")[-1].split(" encountered")[0]
-                                   for w in caught if "Unknown operation" in str(w.message)})
+        self.dg = _DependencyGraph()
+        # torch-pruning follows autograd: a frozen parameter (requires_grad=False) fed by a frozen
+        # input leaves no grad_fn and its layer drops out of the graph (a frozen stem or backbone
+        # would silently shrink the pruning space). The trace sees every parameter as trainable;
+        # the flags are restored afterwards (pruned layers get new parameters: see surgery).
+        thawed = [p for p in model.parameters()
+                  if not p.requires_grad and (p.is_floating_point() or p.is_complex())]
+        try:
+            for p in thawed:
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                # verbose=False: no warnings (catching them would patch the global warnings state,
+                # which is not thread-safe); unknown ops are read from the graph below.
+                self.dg.build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False)
+        except Exception as e:
+            raise RuntimeError(_describe_failure(e)) from e
+        finally:
+            for p in thawed:
+                p.requires_grad_(False)
+        self.unknown_ops = sorted({str(n.grad_fn) for n in self.dg.module2node.values()
+                                   if isinstance(n.module, tp.ops._ElementWiseOp)
+                                   and getattr(n.module, "_grad_fn", None) == "Unknown"})
         self.nodes = {id(n): n for n in self.dg.module2node.values()}
         self.grad_fn_to_node_id = {n.grad_fn: id(n) for n in self.dg.module2node.values()
                                    if n.grad_fn is not None}
@@ -128,7 +204,7 @@ class TracedDependencies:
             id(n): (_kind(n), tuple(id(i) for i in n.inputs)) for n in self.dg.module2node.values()}
         module_names = {m: n for n, m in model.named_modules()}
         self.groups: List[RawGroup] = []
-        with _frozen_index_mapping():  # build_dependency computed them; nothing is pruned here
+        with self.dg.frozen_mappings():  # build_dependency computed them; nothing is pruned here
             try:
                 all_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored_modules),
                                                          root_module_types=ROOT_TYPES))
@@ -180,7 +256,7 @@ def prune_groups_inplace(dep_graph: TracedDependencies, removals: Dict[str, Sequ
             group.prune(record_history=False)
         return
     work: Dict[tuple, list] = {}
-    with _frozen_index_mapping():
+    with dg.frozen_mappings():
         for name, idxs in removals.items():
             pruner = dg.get_pruner_of_module(roots[name])
             group = dg.get_pruning_group(roots[name], pruner.prune_out_channels, [int(i) for i in idxs])

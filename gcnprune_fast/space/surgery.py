@@ -29,8 +29,8 @@ def prune_model(model: nn.Module, example_inputs, keep: Dict[str, torch.Tensor],
             error message when the pruned model fails.
 
     Returns:
-        the compact model, with the module types and the train/eval flags of ``model`` and no
-        gradients.
+        the compact model, with the module types, the train/eval flags and the parameters'
+        ``requires_grad`` flags of ``model`` and no gradients.
 
     Raises:
         TypeError: bad ``keep`` entries.
@@ -46,6 +46,7 @@ def prune_model(model: nn.Module, example_inputs, keep: Dict[str, torch.Tensor],
                             f"{type(mask).__name__}"
                             f"{' of dtype ' + str(mask.dtype) if isinstance(mask, torch.Tensor) else ''}")
     flags = {n: m.training for n, m in model.named_modules()}
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     pruned = copy.deepcopy(model)
     pruned.eval()
     todo = {r: m for r, m in keep.items() if not bool(m.all())}
@@ -73,6 +74,8 @@ def prune_model(model: nn.Module, example_inputs, keep: Dict[str, torch.Tensor],
                            f"the original {tuple(output_shape)}")
     for n, m in pruned.named_modules():
         m.training = flags.get(n, m.training)
-    for p in pruned.parameters():
+    for n, p in pruned.named_parameters():
         p.grad = None
+        if n in trainable:  # pruned layers got new parameters: keep the frozen ones frozen
+            p.requires_grad_(trainable[n])
     return pruned
