@@ -13,29 +13,39 @@ What ``prune`` does, in order:
 5. physical surgery (``space.prune``), BatchNorm re-estimation (``training.recalibrate_bn``) and
    optional fine-tuning (``training.train``, distilling from the original when ``distill=True``).
 
-Everything runs under a forked, seeded RNG (``seed``), so results are reproducible and the caller's
-global RNG state is left as it was.
+Randomness is per call (``torch.Generator`` objects seeded with ``seed``), so results are
+reproducible, concurrent calls in threads equal sequential ones, and the caller's global RNG state
+is left as it was.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
+import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from gcnprune_fast.data import split_batch
+from gcnprune_fast.data import check_labels, check_reiterable, split_batch
 from gcnprune_fast.features import non_finite_activation_error
 from gcnprune_fast.methods import Budget, SearchContext, default_method, get_method
 from gcnprune_fast.methods.allocation import check_budget_ratio, check_budget_reachable
 from gcnprune_fast.report import prune_report_markdown, write_json
 from gcnprune_fast.utils import model_device
 
-__all__ = ["prune", "PruneResult"]
+__all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT"]
+
+logger = logging.getLogger("gcnprune_fast")
+
+FINETUNE_CHECKPOINT = "finetune.pt"
+"""File name of the fine-tuning checkpoint in ``checkpoint_dir``."""
 
 
 @dataclass
@@ -49,7 +59,10 @@ class PruneResult:
         ``params_ratio``, ``acc_before``, ``acc_pruned`` (after BN re-estimation), ``acc_finetuned``
         (None when not fine-tuned), ``widths`` (per group name/before/after), ``method``,
         ``allocation`` (the criteria's, else the method name), ``search_time_s``, ``episodes``,
-        ``reward_curve`` (search methods), ``seed``.
+        ``reward_curve`` (search methods), ``seed``, ``flops_after_measured`` /
+        ``params_after_measured`` (counted on the pruned model), ``cost_model_mismatch`` (True when
+        they differ from ``flops_after`` / ``params_after`` by more than 1%; None when the count
+        failed) and ``cost_model_error`` (the relative difference), ``resumed``.
     masks: the keep-masks (bool [C_g] per group).
     example_inputs: inputs used to trace the model (also used for export).
     """
@@ -96,9 +109,128 @@ def _first_batch(loader, name: str):
     raise ValueError(f"{name} is empty: it yielded no batches")
 
 
+def _generator(seed: int) -> torch.Generator:
+    """A fresh CPU generator for one phase of one call (every phase starts from ``seed``)."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _check_device(model: nn.Module, device) -> torch.device:
+    """The working device, or ValueError for one that cannot be used (before any work)."""
+    try:
+        dev = model_device(model, device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}); use e.g. 'cpu', "
+                         f"'cuda' or 'cuda:1'") from None
+    if dev.type == "meta":
+        raise ValueError("device='meta' holds no data; pick a real device such as 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(dev)!r} but no CUDA GPU is available "
+                             f"(torch.cuda.is_available() is False); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(dev)!r} but only {torch.cuda.device_count()} CUDA "
+                             f"device(s) exist")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps")
+                                    and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' but the MPS backend is not available; use device='cpu'")
+    return dev
+
+
+def _check_materialized(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_meta:
+            raise ValueError(f"the model is on the meta device ({name!r} has no data): build it "
+                             f"on a real device or materialize it (model.to_empty(device=...) and "
+                             f"load_state_dict) before pruning")
+
+
+def _plain(obj):
+    """JSON round trip: tuples become lists, unknown objects strings (fingerprints compare equal
+    after a reload)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _resume_problem(spec, checkpoint_dir: Optional[str], finetune_epochs: int) -> Optional[str]:
+    """Why ``resume=True`` cannot work (a message), or None. Checked before any work; also used
+    by the command line before it loads data."""
+    if checkpoint_dir is None:
+        return "resume=True needs checkpoint_dir (where the checkpoints are)"
+    ft = os.path.join(checkpoint_dir, FINETUNE_CHECKPOINT)
+    if spec.supports_resume:
+        found = os.path.isdir(checkpoint_dir) and any(
+            f.endswith(".pt") for f in os.listdir(checkpoint_dir))
+        if not found:
+            return (f"resume=True but {checkpoint_dir} holds no checkpoint: nothing to resume "
+                    f"(run without resume to start)")
+        return None
+    if finetune_epochs <= 0:
+        return (f"method {spec.name!r} keeps no search checkpoint (its search is rerun) and there "
+                f"is no fine-tuning (finetune_epochs=0): nothing to resume; run without resume")
+    if not os.path.isfile(ft):
+        return (f"resume=True but {ft} does not exist: nothing to resume (method {spec.name!r} "
+                f"keeps no search checkpoint, only the fine-tuning one); run without resume")
+    return None
+
+
+def _check_finetune_checkpoint(path: str, expected: Dict[str, Any]) -> None:
+    """Refuse (ValueError, before the search) a fine-tune checkpoint written by other work: the
+    keys of ``expected`` (method, options, budget, seed, fine-tune settings) must match."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, pickled objects, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot read the fine-tune checkpoint {path} ({first}); delete it or "
+                         f"run without resume") from e
+    theirs = saved.get("fingerprint", {}) if isinstance(saved, dict) else {}
+    diff = sorted(k for k in expected if theirs.get(k) != expected[k])
+    if diff:
+        raise ValueError(f"the fine-tune checkpoint {path} belongs to a different run (differs in "
+                         f"{diff}); use another checkpoint_dir or run without resume")
+
+
+def _plan_digest(plan: Dict[str, Any]) -> str:
+    """sha256 (16 hex chars) of the kept channels of every group: the widths and the choice."""
+    text = json.dumps([[g["root"], g["size"], g["kept"]] for g in plan["groups"]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+COST_TOLERANCE = 0.01
+"""Relative difference above which the predicted cost of the masks and the count on the pruned
+model are reported as a cost-model mismatch."""
+
+
+def _measure_cost(compact: nn.Module, example_inputs: torch.Tensor, flops_pred: int,
+                  params_pred: int) -> Dict[str, Any]:
+    """Count FLOPs / params on the pruned model itself (a fresh ``PruningSpace``) and compare
+    them with what the cost model predicted for the masks; warn when they differ by more than
+    :data:`COST_TOLERANCE`."""
+    from gcnprune_fast.space import PruningSpace
+
+    try:
+        measured = PruningSpace(compact, example_inputs)
+        mf, mp = int(measured.base_flops), int(measured.base_params)
+    except Exception as e:  # the check must not cost a finished result
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        warnings.warn(f"gcnprune_fast: could not count the pruned model's cost to verify the cost "
+                      f"model ({type(e).__name__}: {first})", RuntimeWarning, stacklevel=3)
+        return {"flops_after_measured": None, "params_after_measured": None,
+                "cost_model_mismatch": None, "cost_model_error": None}
+    err = max(abs(mf - flops_pred) / max(mf, 1), abs(mp - params_pred) / max(mp, 1))
+    mismatch = err > COST_TOLERANCE
+    if mismatch:
+        warnings.warn(f"gcnprune_fast: cost model mismatch: the masks were predicted to keep "
+                      f"{flops_pred:,} FLOPs (MACs) and {params_pred:,} params, the pruned model "
+                      f"counts {mf:,} and {mp:,} ({err:.1%} off); the budget may not hold for "
+                      f"this architecture (report['cost_model_mismatch'] is True)",
+                      RuntimeWarning, stacklevel=3)
+    return {"flops_after_measured": mf, "params_after_measured": mp,
+            "cost_model_mismatch": bool(mismatch), "cost_model_error": float(err)}
+
+
 @torch.no_grad()
-def _check_finite_activations(space, example_inputs: torch.Tensor) -> None:
-    """Raise ValueError naming the first group whose activations are NaN/inf on the example."""
+def _check_finite_activations(space, example_inputs: torch.Tensor) -> torch.Tensor:
+    """Raise ValueError naming the first group whose activations are NaN/inf on the example;
+    returns the model's output on it."""
     bad = []
 
     def hook(g, act):
@@ -109,8 +241,13 @@ def _check_finite_activations(space, example_inputs: torch.Tensor) -> None:
         out = space.model(example_inputs)
     if bad:
         raise non_finite_activation_error(space, bad[0])
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must return [N, num_classes] logits; on the example inputs "
+                         f"it returned {shape}")
     if not torch.isfinite(out).all():
         raise ValueError("the model's output contains NaN/inf on the example inputs")
+    return out
 
 
 def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Optional[float] = None,
@@ -125,7 +262,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
     Args:
         model: a trained classifier ``[N, C, H, W] -> [N, classes]``; never modified.
         loader: yields ``(inputs, targets)``: features, the reward set, criteria data, and (when
-            no ``train_loader``) BN re-estimation / fine-tuning data.
+            no ``train_loader``) BN re-estimation / fine-tuning data. Must be re-iterable (a
+            DataLoader, a TensorBatchLoader, a list of batches; not a generator).
         method: a registered method name (``gcnprune_fast.methods.method_names()``; ``gcnprune
             methods`` lists them with their options); None = the registry's default method.
         flops / params: keep at most this fraction (in (0, 1]) of the original MACs / parameters;
@@ -135,11 +273,23 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         train_loader: BN re-estimation and fine-tuning data (default: ``loader``).
         finetune_epochs: fine-tuning epochs after surgery (0 = none; ``acc_finetuned`` is None).
         device: where to work (default: the model's device). The model copy is moved there.
-        seed: seeds everything (sampling, initialization, random criterion, loader shuffling).
-        checkpoint_dir: methods that support resume write a search checkpoint here.
+        seed: seeds everything of this call (sampling, initialization, random criterion, loader
+            shuffling and augmentation, dropout).
+        checkpoint_dir: where checkpoints go: the search checkpoint of methods whose registry
+            entry has ``supports_resume``, and the fine-tuning checkpoint ``finetune.pt`` (after
+            every epoch). Each is fingerprinted (method, options, budget, seed, the pruning plan,
+            fine-tune settings) and read only when ``resume=True``; without ``resume`` existing
+            files are ignored and overwritten.
         progress: tqdm bars for features, search and fine-tuning.
-        resume: continue the method's search from ``checkpoint_dir`` (methods whose registry entry
-            has ``supports_resume``; others raise ValueError).
+        resume: continue an interrupted run from ``checkpoint_dir``. Resumable methods continue
+            their search from its checkpoint; the others (the criteria: fast and deterministic
+            for a seed) rerun their search, saying so in one logged line (logger
+            ``gcnprune_fast``, INFO). Fine-tuning then continues from ``finetune.pt`` when it
+            exists. A checkpoint written by different work raises ValueError naming what
+            differs (checked before the search where possible); ``resume=True`` with nothing to
+            resume (no checkpoint in ``checkpoint_dir``, or a non-resumable method without a
+            fine-tune checkpoint) raises ValueError before any work. Checkpoints are loaded with
+            ``weights_only=True``.
         round_to / min_channels / ignored_layers: passed to the PruningSpace.
         distill: fine-tune with knowledge distillation from the original model.
         finetune_lr: initial learning rate of fine-tuning (cosine schedule).
@@ -149,15 +299,30 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             dataclass before any work (e.g. ``episodes=300`` for the default method,
             ``allocation="uniform"`` for the criteria).
 
+    Randomness is per call: every phase draws from its own ``torch.Generator`` seeded with
+    ``seed``, and standard loaders are given one (``training.with_generator``: DataLoader,
+    TensorBatchLoader; the user's loader objects are not modified). Torch's global RNG is only
+    used, forked and seeded under a process-wide lock, by fine-tuning (dropout), so prunes running
+    concurrently in threads give the results of sequential runs (their fine-tunes take turns), and
+    the caller's global RNG state is left as it was. A custom loader that draws from the global
+    RNG itself is reproducible only if you seed it.
+
+    After surgery the FLOPs / params of the pruned model are counted on the model itself and
+    compared with the cost model's prediction for the masks (``flops_after_measured``,
+    ``params_after_measured``, ``cost_model_mismatch`` in the report; a RuntimeWarning when they
+    differ by more than 1%).
+
     Returns:
         :class:`PruneResult`.
 
     Raises:
         ValueError: unknown method, bad option value, missing or out-of-range budget, a budget below what
             ``min_channels``/``round_to`` allow (the message gives the minimum ratio), an empty
-            loader, NaN/inf activations (the group is named).
-        TypeError: a loader that does not yield ``(inputs, targets)``, a non-module model, unknown
-            method options.
+            loader, a label outside ``[0, num_classes)`` (the value and range are named), NaN/inf
+            activations (the group is named), a model on the meta device, an unusable device
+            (e.g. ``"cuda"`` without a GPU), nothing to resume, or a checkpoint of other work.
+        TypeError: a loader that does not yield ``(inputs, targets)`` or is a one-shot iterator
+            (a generator), a non-module model, unknown method options.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -178,26 +343,47 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             kind = "positive" if minimum else "non-negative"
             raise ValueError(f"{name} must be a {kind} int, got {value!r}")
-    if resume and not spec.supports_resume:
-        raise ValueError(f"method {method!r} cannot resume (it has no search checkpoint); run it "
-                         f"without resume")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir (where the search checkpoint is)")
+    if resume:
+        problem = _resume_problem(spec, checkpoint_dir, finetune_epochs)
+        if problem:
+            raise ValueError(problem)
     if loader is None:
         raise ValueError("loader is required (it provides features and the reward set)")
-    device = model_device(model, device)
+    for name, value in (("loader", loader), ("val_loader", val_loader),
+                        ("train_loader", train_loader)):
+        check_reiterable(value, name)
+    _check_materialized(model)
+    device = _check_device(model, device)
     val_loader = loader if val_loader is None else val_loader
     train_loader = loader if train_loader is None else train_loader
 
     from gcnprune_fast import training
     from gcnprune_fast.space import PruningSpace, resolve_ignored_layers
+    from gcnprune_fast.space.plans import structure_fingerprint
 
     # Modules of the user's model are mapped to names here, before the model is copied.
     ignored = None if ignored_layers is None else resolve_ignored_layers(model, ignored_layers)
+    ft_path = None if checkpoint_dir is None else os.path.join(checkpoint_dir, FINETUNE_CHECKPOINT)
+    ft_fingerprint = _plain({
+        "kind": "prune-finetune", "method": method, "options": dataclasses.asdict(options),
+        "flops_budget": flops, "params_budget": params, "prune_seed": seed,
+        "original_model": structure_fingerprint(model), "round_to": round_to,
+        "min_channels": min_channels, "ignored_layers": None if ignored is None else sorted(ignored),
+        "distill": bool(distill), "finetune_lr": finetune_lr, "bn_batches": bn_batches,
+        "finetune_epochs": finetune_epochs})
+    resume_finetune = bool(resume and finetune_epochs > 0 and os.path.isfile(ft_path))
+    if resume_finetune:
+        _check_finetune_checkpoint(ft_path, ft_fingerprint)
+    if resume and not spec.supports_resume:
+        logger.info("resume: method %r keeps no search checkpoint; rerunning its search "
+                    "(deterministic for seed %d), then resuming the fine-tuning from %s",
+                    method, seed, ft_path)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x0, _ = _first_batch(loader, "loader")
+    def data(which):  # the loader drawing its shuffling from a fresh generator of this call
+        return training.with_generator(which, _generator(seed))
+
+    with training.preserved_global_rng():
+        x0, y0 = _first_batch(data(loader), "loader")
         if example_inputs is None:
             example_inputs = x0[:2]
         if not isinstance(example_inputs, torch.Tensor):
@@ -210,14 +396,18 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
                              min_channels=min_channels)
         budget = Budget.from_ratios(space, flops, params)
         check_budget_reachable(space, budget)
-        _check_finite_activations(space, example_inputs)
+        num_classes = int(_check_finite_activations(space, example_inputs).shape[1])
+        check_labels(y0, num_classes, "loader")
+        if finetune_epochs > 0 and train_loader is not loader:
+            check_labels(_first_batch(data(train_loader), "train_loader")[1], num_classes,
+                         "train_loader")
 
-        torch.manual_seed(seed)
-        acc_before = training.evaluate(work, val_loader, device=device, max_batches=eval_batches)
-        ctx = SearchContext(space=space, budget=budget, loader=loader, device=device, seed=seed,
-                            val_loader=val_loader, progress=progress, checkpoint_dir=checkpoint_dir,
-                            resume=resume, options=options)
-        torch.manual_seed(seed)
+        acc_before = training.evaluate(work, data(val_loader), device=device,
+                                       max_batches=eval_batches)
+        ctx = SearchContext(space=space, budget=budget, loader=data(loader), device=device,
+                            seed=seed, val_loader=data(val_loader),
+                            progress=progress, checkpoint_dir=checkpoint_dir,
+                            resume=bool(resume and spec.supports_resume), options=options)
         t0 = time.perf_counter()
         result = spec.run(ctx)
         search_time = result.info.get("search_time_s", time.perf_counter() - t0)
@@ -228,21 +418,23 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             raise RuntimeError(f"internal error: method {method!r} returned masks over the budget "
                                f"(flops {flops_after}/{budget.max_flops:.0f}, params "
                                f"{params_after}/{budget.max_params:.0f})")
+        plan = space.plan(masks)
 
         compact = space.prune(masks).to(device).eval()
-        training.recalibrate_bn(compact, train_loader, num_batches=bn_batches, device=device)
-        acc_pruned = training.evaluate(compact, val_loader, device=device, max_batches=eval_batches)
+        cost_check = _measure_cost(compact, example_inputs, int(flops_after), int(params_after))
+        training.recalibrate_bn(compact, data(train_loader),
+                                num_batches=bn_batches, device=device)
+        acc_pruned = training.evaluate(compact, data(val_loader), device=device,
+                                       max_batches=eval_batches)
         acc_finetuned = None
         if finetune_epochs > 0:
-            torch.manual_seed(seed)
-            ft_ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, "finetune.pt")
             training.train(compact, train_loader, finetune_epochs, lr=finetune_lr, device=device,
                            teacher=work if distill else None, progress=progress,
-                           checkpoint_path=ft_ckpt, seed=seed)
+                           checkpoint_path=ft_path, resume=resume_finetune,
+                           fingerprint={**ft_fingerprint, "plan": _plan_digest(plan)}, seed=seed)
             compact.eval()
-            acc_finetuned = training.evaluate(compact, val_loader, device=device,
-                                              max_batches=eval_batches)
-        plan = space.plan(masks)
+            acc_finetuned = training.evaluate(compact, data(val_loader),
+                                              device=device, max_batches=eval_batches)
 
     report: Dict[str, Any] = {
         "method": method,
@@ -256,11 +448,13 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "params_after": int(params_after),
         "flops_ratio": float(flops_after) / max(float(space.base_flops), 1.0),
         "params_ratio": float(params_after) / max(float(space.base_params), 1.0),
+        **cost_check,
         "acc_before": acc_before,
         "acc_pruned": acc_pruned,
         "acc_finetuned": acc_finetuned,
         "finetune_epochs": finetune_epochs,
         "distill": bool(distill),
+        "resumed": bool(resume),
         "widths": [{"name": g.name, "before": int(g.size), "after": int(m.sum())}
                    for g, m in zip(space.groups, masks)],
         "search_time_s": float(search_time),

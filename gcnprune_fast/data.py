@@ -45,6 +45,41 @@ def split_batch(batch, loader_name: str = "loader") -> Tuple[torch.Tensor, torch
     return x, y
 
 
+def check_reiterable(loader, loader_name: str = "loader") -> None:
+    """Raise TypeError unless ``loader`` can be iterated more than once.
+
+    A generator or any other object that is its own iterator (``iter(loader) is loader``) is
+    exhausted after one pass, while features, the reward set, BN re-estimation, evaluation and
+    every fine-tuning epoch each iterate the data again. Checked without starting an iteration
+    (no DataLoader workers are spawned)."""
+    if loader is None:
+        return
+    if isinstance(loader, (str, bytes)) or not hasattr(loader, "__iter__"):
+        raise TypeError(f"{loader_name} must be an iterable of (inputs, targets) batches (a "
+                        f"DataLoader, a TensorBatchLoader or a list), got {type(loader).__name__}")
+    if hasattr(loader, "__next__"):
+        raise TypeError(f"{loader_name} is a one-shot iterator ({type(loader).__name__}): it is "
+                        f"consumed by its first pass, but pruning iterates the data several times; "
+                        f"pass a re-iterable loader such as a torch DataLoader, a TensorBatchLoader "
+                        f"or a list of (inputs, targets) batches")
+
+
+def check_labels(targets: torch.Tensor, num_classes: int, loader_name: str = "loader") -> None:
+    """Raise ValueError unless ``targets`` are integer class indices in ``[0, num_classes)``;
+    the message names the valid range and the first offending value."""
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"{loader_name} yielded targets of dtype {str(targets.dtype).replace('torch.', '')}; "
+                         f"expected integer class indices (int64) in [0, {num_classes - 1}]")
+    if targets.numel() == 0:
+        return
+    lo, hi = int(targets.min()), int(targets.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{loader_name} yielded the label {bad}, outside the valid range "
+                         f"[0, {num_classes - 1}] of a model with {num_classes} outputs; check the "
+                         f"dataset's labels or the model's number of classes")
+
+
 def iterate_inputs(loader, loader_name: str = "loader") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield checked ``(inputs, targets)``; raise ValueError if the loader is empty."""
     empty = True
@@ -575,5 +610,5 @@ def dataset_channels(ds: Dataset) -> int:
 __all__ = [
     "DATASET_NAMES", "TensorImageDataset", "TensorBatchLoader", "random_crop_flip", "make_loaders",
     "synthetic_dataset", "load_shared_cifar10", "read_jpeg_npz", "get_dataset", "default_cache_dir",
-    "dataset_num_classes", "dataset_channels",
+    "dataset_num_classes", "dataset_channels", "check_reiterable", "check_labels",
 ]

@@ -121,13 +121,73 @@ def test_checkpoint_resume_matches_uninterrupted_run(loaders, tmp_path):
         TensorBatchLoader.__iter__ = original_iter
     assert ckpt.is_file()
     resumed = tiny_model(seed=5)  # different init: everything must come from the checkpoint
-    h = train(resumed, train_loader, 3, progress=False, seed=1, checkpoint_path=str(ckpt))
+    h = train(resumed, train_loader, 3, progress=False, seed=1, checkpoint_path=str(ckpt),
+              resume=True)
     assert h["resumed_from"] == 2 and h["epochs"] == 3
     assert h["loss"] == pytest.approx(h_ref["loss"])
     for pa, pb in zip(ref.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(pa, pb)
-    with pytest.raises(ValueError, match="checkpoint"):
-        train(tiny_model(), train_loader, 5, progress=False, checkpoint_path=str(ckpt))
+    # the checkpoint is plain data: tensors and numbers only
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["fingerprint"]["epochs"] == 3 and saved["fingerprint"]["seed"] == 1
+    # another run's settings: refused, naming what differs
+    for kwargs, key in (({"epochs": 5}, "epochs"), ({"lr": 0.5}, "lr"), ({"seed": 2}, "seed")):
+        args = {"epochs": 3, "seed": 1, **kwargs}
+        with pytest.raises(ValueError, match=key):
+            train(tiny_model(), train_loader, args.pop("epochs"), progress=False,
+                  checkpoint_path=str(ckpt), resume=True, **args)
+    with pytest.raises(ValueError, match="plan"):
+        train(tiny_model(), train_loader, 3, progress=False, seed=1, checkpoint_path=str(ckpt),
+              resume=True, fingerprint={"plan": "abc"})
+
+
+def test_checkpoint_used_only_on_resume(loaders, tmp_path):
+    """A finished run's checkpoint is never picked up by a run without resume; resume without a
+    checkpoint is an error; a truncated checkpoint is reported as such."""
+    train_loader, _ = loaders
+    ckpt = tmp_path / "run.ckpt"
+    train(tiny_model(), train_loader, 1, progress=False, seed=1, checkpoint_path=str(ckpt))
+    fresh, plain = tiny_model(seed=4), tiny_model(seed=4)
+    h = train(fresh, train_loader, 1, progress=False, seed=2, checkpoint_path=str(ckpt))
+    train(plain, train_loader, 1, progress=False, seed=2)
+    assert h["resumed_from"] is None
+    for a, b in zip(fresh.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_model(), train_loader, 1, progress=False, resume=True,
+              checkpoint_path=str(tmp_path / "missing.ckpt"))
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot read the checkpoint"):
+        train(tiny_model(), train_loader, 1, progress=False, seed=2, resume=True,
+              checkpoint_path=str(ckpt))
+
+
+def test_train_leaves_global_rng_and_loader_alone(loaders):
+    train_loader, _ = loaders
+    model = tiny_model()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    train(model, train_loader, 1, progress=False, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert train_loader.generator is None  # a copy got the per-call generator
+
+
+def test_with_generator_makes_dataloader_order_reproducible():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gcnprune_fast.training import with_generator
+
+    ds = TensorDataset(torch.arange(20).float().view(20, 1), torch.arange(20))
+    dl = DataLoader(ds, batch_size=4, shuffle=True)
+    orders = []
+    for _ in range(2):
+        torch.manual_seed(len(orders))  # the global RNG must not matter
+        bound = with_generator(dl, torch.Generator().manual_seed(3))
+        orders.append(torch.cat([y for _, y in bound]))
+    assert torch.equal(orders[0], orders[1]) and sorted(orders[0].tolist()) == list(range(20))
+    assert dl.generator is None and dl.sampler.generator is None
+    assert with_generator([1, 2], torch.Generator()) == [1, 2]
 
 
 def test_distillation(loaders):
@@ -165,3 +225,16 @@ def test_train_errors(loaders):
         train(tiny_model(), train_loader, 1, kd_alpha=2.0, progress=False)
     with pytest.raises(TypeError, match="targets"):
         train(tiny_model(), [[torch.zeros(4, 3, 12, 12)]], 1, progress=False)
+    with pytest.raises(TypeError, match="re-iterable"):
+        train(tiny_model(), (b for b in train_loader), 1, progress=False)
+
+
+@pytest.mark.parametrize("labels, value", [([0, 1, 10, 2], "10"), ([0, -1, 2, 3], "-1")])
+def test_labels_out_of_range_are_named(labels, value):
+    batch = [(torch.zeros(4, 3, 12, 12), torch.tensor(labels))]
+    for call in (lambda: train(tiny_model(), batch, 1, progress=False),
+                 lambda: evaluate(tiny_model(), batch)):
+        with pytest.raises(ValueError, match=rf"label {value}, outside the valid range \[0, 9\]"):
+            call()
+    with pytest.raises(ValueError, match="integer class indices"):
+        evaluate(tiny_model(), [(torch.zeros(4, 3, 12, 12), torch.zeros(4))])
