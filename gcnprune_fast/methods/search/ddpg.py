@@ -20,6 +20,7 @@ from a checkpoint continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
@@ -234,13 +235,14 @@ class DDPGAgent:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to continue exactly (tensors and plain values only)."""
-        return {"config": asdict(self.config), "actor": self.actor.state_dict(),
+        """Everything needed to continue exactly (tensors and plain values only; a deep copy, so
+        that an agent loading it shares no tensor, e.g. optimizer moments, with this one)."""
+        return copy.deepcopy({"config": asdict(self.config), "actor": self.actor.state_dict(),
                 "critic": self.critic.state_dict(), "actor_target": self.actor_target.state_dict(),
                 "critic_target": self.critic_target.state_dict(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "replay": self.replay.state_dict(), "generator": self.generator.get_state(),
-                "episode": self.episode, "moving_average": self.moving_average}
+                "episode": self.episode, "moving_average": self.moving_average})
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state["config"] != asdict(self.config):

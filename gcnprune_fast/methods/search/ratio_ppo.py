@@ -10,6 +10,7 @@ that of the *executed* action (after the action wall), as for the policy gradien
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
@@ -129,10 +130,11 @@ class RatioPPOAgent:
         self.pending = []
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"config": asdict(self.config), "policy": self.policy.state_dict(),
+        """Everything needed to continue exactly (a deep copy: nothing shared with this agent)."""
+        return copy.deepcopy({"config": asdict(self.config), "policy": self.policy.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "baseline": self.baseline.value, "pending": list(self.pending),
-                "episode": self.episode}
+                "episode": self.episode})
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state["config"] != asdict(self.config):

@@ -8,8 +8,8 @@ wall assumes the remaining layers at the action's lower bound. When the budget c
 with every group at its floor, the floors drop to ``space.min_keep`` (the wall of
 :func:`~gcnprune_fast.methods.allocation.action_wall`), so the result always meets the budget.
 
-Legal widths of group g: ``space.min_keep(g)``, the full size, and the multiples of the group's
-rounding step in between (the space's ``round_to``; with ``channel_round`` > 1, the least common
+Legal widths of group g: the full size and the multiples of the group's rounding step from
+``space.min_keep(g)`` up (the space's ``round_to``; with ``channel_round`` > 1, the least common
 multiple of both for groups at least ``4 * channel_round`` wide: AMC rounds to 8 where a layer is
 wide enough). A ratio maps to the nearest legal width.
 
@@ -120,7 +120,7 @@ class RatioEnvironment:
 
     def _legal(self, g: int) -> torch.Tensor:
         size, mk, step = self.sizes[g], self.min_keeps[g], self.steps[g]
-        w = {mk, size} | {c for c in range(mk, size + 1) if c % step == 0}
+        w = {size} | {c for c in range(mk, size + 1) if c % step == 0}
         return torch.tensor(sorted(w), dtype=torch.long)
 
     def nearest(self, g: int, ratio: float) -> int:
