@@ -10,25 +10,14 @@
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
 import torch
 import torchvision
 
+from common import bench_main, row, time_ms
 from gcnprune_fast.space import PruningSpace
-
-
-def _per_call_ms(fn, repeats: int, inner: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) * 1e3 / inner)
-    return statistics.median(times)
 
 
 def table_rows(quick: bool = False) -> list[dict]:
@@ -49,7 +38,7 @@ def table_rows(quick: bool = False) -> list[dict]:
         m[0] = True
         masks.append(m)
     pruned = space.prune(masks)
-    ref_ms = _per_call_ms(lambda: tp.utils.count_ops_and_params(pruned, x), repeats=repeats, inner=1)
+    ref_ms = time_ms(lambda: tp.utils.count_ops_and_params(pruned, x), repeats=repeats)
     ref_flops, ref_params = tp.utils.count_ops_and_params(pruned, x)
     flops, params = space.cost(masks)
     err = max(abs(flops / ref_flops - 1), abs(params / ref_params - 1))
@@ -65,17 +54,12 @@ def table_rows(quick: bool = False) -> list[dict]:
         ("cost_from_counts [G]", lambda: space.cost_from_counts(counts), 1, 200),
         (f"cost_from_counts [{batch},G]", lambda: space.cost_from_counts(batched), batch, 5),
     ):
-        impl_ms = _per_call_ms(fn, repeats=repeats, inner=inner) / per
-        rows.append({"op": op, "shape": shape, "impl_ms": impl_ms,
-                     "ref_name": "tp.count_ops_and_params(pruned)", "ref_ms": ref_ms,
-                     "ratio": ref_ms / impl_ms,
-                     "note": f"{1e3 / impl_ms:,.0f} evals/s; max rel err vs ref {err:.1e}; "
-                             f"space build {build_s:.1f}s"})
+        impl_ms = time_ms(fn, repeats=repeats, inner=inner) / per
+        rows.append(row(op, shape, impl_ms, "tp.count_ops_and_params(pruned)", ref_ms,
+                        f"{1e3 / impl_ms:,.0f} evals/s; max rel err vs ref {err:.1e}; "
+                        f"space build {build_s:.1f}s"))
     return rows
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ".")
-    from run import format_table  # noqa: E402  (benchmarks/run.py)
-
-    print(format_table(table_rows(quick="--quick" in sys.argv)))
+    sys.exit(bench_main(table_rows, __doc__))

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gcnprune_fast.export as gexport  # noqa: E402
+from common import row  # noqa: E402
 from gcnprune_fast.models import get_model  # noqa: E402
 from gcnprune_fast.space import PruningSpace  # noqa: E402
 
@@ -204,10 +205,9 @@ def table_rows(quick: bool = False) -> List[Dict]:
     rows = []
     for r in measure(batches=batches, variants=("frozen",) if quick else ("frozen", "ofi"),
                      rounds=1 if quick else 3, quick=quick, log=lambda *_: None):
-        rows.append(dict(
-            op=f"gcnprune_run {r['model']} pruned ({r['variant']})",
-            shape=f"{r['batch']}x3x32x32",
-            impl_ms=r["pruned_ms"], ref_name="unpruned", ref_ms=r["orig_ms"], ratio=r["speedup"],
+        rows.append(row(
+            f"gcnprune_run {r['model']} pruned ({r['variant']})", f"{r['batch']}x3x32x32",
+            r["pruned_ms"], "unpruned", r["orig_ms"],
             note=(f"{r['metric']} time; flops ratio {r['flops_ratio']:.3f}; speed-up/(1/flops) "
                   f"{r['efficiency']:.0%} (target {TARGET_EFFICIENCY:.0%}); "
                   f"{r['threads']} thread(s), round_to={r['round_to']}")))

@@ -1,20 +1,65 @@
 """Time a channel-gcn search (features + graph + RL episodes) on a built-in model.
 
     python benchmarks/bench_search.py --model resnet56 --episodes 300 --threads 2
+    python benchmarks/run.py --only search [--quick]     # as a table row
 
 Prints wall time and process CPU time. On a shared machine run with ``--threads 1``: the CPU time
 of a single-threaded run is then close to the wall time the same run takes on an idle core, which
 is the figure to compare with the target (ResNet-56, 300 episodes, <= 10 minutes on 2 cores).
 Inputs are random 32x32 images (search speed does not depend on the data).
+
+``table_rows(quick)`` (for run.py): ResNet-56 with 300 episodes against the 10-minute target
+(ratio = target / wall time, >= 1 when met); quick: ResNet-20 with 10 episodes and no target.
 """
+from __future__ import annotations
+
 import argparse
-import time
+import sys
 
 import torch
 
-from gcnprune_fast.methods import Budget, SearchContext, channel_gcn
+from common import Timing, measure, row
+from gcnprune_fast.methods import Budget, SearchContext, run_method
 from gcnprune_fast.models import get_model
 from gcnprune_fast.space import PruningSpace
+
+TARGET_MS = 10 * 60 * 1e3  # ResNet-56, 300 episodes, 2 cores
+
+
+def time_search(model_name: str = "resnet56", episodes: int = 300, flops: float = 0.5,
+                reward_samples: int = 256, image_size: int = 32):
+    """(Timing of one search, the space, the method's result)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, image_size, image_size, generator=gen)
+    y = torch.randint(0, 10, (512,), generator=gen)
+    loader = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 512, 128)]
+    torch.manual_seed(0)
+    model = get_model(model_name).eval()
+    space = PruningSpace(model, x[:2])
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, flops), loader=loader,
+                        device=torch.device("cpu"),
+                        options={"episodes": episodes, "reward_samples": reward_samples})
+    results = []
+    timing = measure(lambda: results.append(run_method("channel-gcn", ctx)), repeats=1,
+                     warmup=0)
+    return timing, space, results[-1]
+
+
+def _summary(model: str, episodes: int, timing: Timing, space, result, reward_samples: int) -> str:
+    return (f"{model}: {space.num_groups} groups, {sum(g.size for g in space.groups)} channels; "
+            f"channel-gcn {episodes} episodes ({result.info.get('masked_evaluations', '?')} masked "
+            f"evaluations of {reward_samples} images), threads {torch.get_num_threads()}: "
+            f"wall {timing.median_ms / 1e3:.1f} s, cpu {timing.cpu_median_ms / 1e3:.1f} s, "
+            f"{timing.median_ms / 1e3 / episodes:.2f} s/episode wall")
+
+
+def table_rows(quick: bool = False) -> list[dict]:
+    """Rows with keys op, shape, impl_ms, ref_name, ref_ms, ratio, note (see the module doc)."""
+    model, episodes, reward_samples = ("resnet20", 10, 64) if quick else ("resnet56", 300, 256)
+    timing, space, result = time_search(model, episodes, reward_samples=reward_samples)
+    return [row("channel-gcn search", f"{model} {episodes} episodes 32x32", timing.median_ms,
+                "-" if quick else "target (10 min)", None if quick else TARGET_MS,
+                _summary(model, episodes, timing, space, result, reward_samples))]
 
 
 def main(argv=None) -> int:
@@ -27,25 +72,11 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=32)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 3, args.image_size, args.image_size, generator=gen)
-    y = torch.randint(0, 10, (512,), generator=gen)
-    loader = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 512, 128)]
-    torch.manual_seed(0)
-    model = get_model(args.model).eval()
-    space = PruningSpace(model, x[:2])
-    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, args.flops), loader=loader,
-                        device=torch.device("cpu"),
-                        options={"episodes": args.episodes, "reward_samples": args.reward_samples})
-    c0, w0 = time.process_time(), time.perf_counter()
-    result = channel_gcn.search(space, ctx)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    print(f"{args.model}: {space.num_groups} groups, {sum(g.size for g in space.groups)} channels; "
-          f"channel-gcn {args.episodes} episodes ({result.info['masked_evaluations']} masked "
-          f"evaluations of {args.reward_samples} images), threads {args.threads}: wall {wall:.1f} s, "
-          f"cpu {cpu:.1f} s, {wall / args.episodes:.2f} s/episode wall")
+    timing, space, result = time_search(args.model, args.episodes, args.flops,
+                                        args.reward_samples, args.image_size)
+    print(_summary(args.model, args.episodes, timing, space, result, args.reward_samples))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

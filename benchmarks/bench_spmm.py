@@ -17,50 +17,19 @@ Times are medians over repeats, in milliseconds, with the process's torch thread
 """
 from __future__ import annotations
 
-import os
-import statistics
 import sys
-import time
 import warnings
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from gcnprune_fast.ops import CSRGraph, gcn_norm, native_available, spmm  # noqa: E402
-from gcnprune_fast.ops.reference import sparse as reference  # noqa: E402
+from common import format_table, header, random_graph, row, time_ms
+from gcnprune_fast.ops import CSRGraph, gcn_norm, native_available, spmm
+from gcnprune_fast.ops.reference import sparse as reference
 
 
-def random_graph(num_nodes: int, min_deg: int = 8, max_deg: int = 16, seed: int = 0) -> CSRGraph:
-    """CSR graph with min_deg..max_deg distinct random neighbours per node (sorted columns)."""
-    gen = torch.Generator().manual_seed(seed)
-    deg = torch.randint(min_deg, max_deg + 1, (num_nodes,), generator=gen)
-    rows = torch.repeat_interleave(torch.arange(num_nodes), deg)
-    cols = torch.randint(0, num_nodes, (rows.numel(),), generator=gen)
-    key = torch.unique(rows * num_nodes + cols)  # sorted, duplicate-free
-    rows, cols = key // num_nodes, key % num_nodes
-    indptr = torch.zeros(num_nodes + 1, dtype=torch.int64)
-    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0)
-    values = torch.rand(cols.numel(), generator=gen)
-    return CSRGraph(indptr, cols, values)
-
-
-def time_ms(fn, repeats: int, warmup: int = 2, budget_s: float = 4.0) -> float:
-    """Median wall time of fn() in ms; slow functions get fewer runs (within about budget_s)."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1 if first < 0.2 else 0):
-        fn()
-    repeats = max(1, min(repeats, int(budget_s / max(first, 1e-9))))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _time(fn, repeats: int) -> float:
+    """Median ms; slow functions get fewer runs (about 4 s each at most)."""
+    return time_ms(fn, repeats=repeats, warmup=2, budget_s=4.0)
 
 
 def _peers(graph: CSRGraph, num_nodes: int):
@@ -123,51 +92,43 @@ def table_rows(quick: bool = False, num_nodes: int | None = None) -> list[dict]:
             def timed(fn, mode=mode, x0=x0, grad_out=grad_out):
                 if mode == "fwd":
                     with torch.no_grad():
-                        return time_ms(lambda: fn(graph.values, x0), repeats)
+                        return _time(lambda: fn(graph.values, x0), repeats)
                 values = graph.values.clone().requires_grad_()
                 x = x0.clone().requires_grad_()
 
                 def step():
                     values.grad = x.grad = None
                     fn(values, x).backward(grad_out)
-                return time_ms(step, repeats)
+                return _time(step, repeats)
 
             impl_ms = timed(ours)
             for name, fn in peers.items():
                 try:
-                    ref_ms = timed(fn)
-                    ratio, note = ref_ms / impl_ms, impl_note
+                    ref_ms, note = timed(fn), impl_note
                 except RuntimeError as exc:  # e.g. torch.sparse.mm's backward allocating N x N
-                    ref_ms = ratio = None
+                    ref_ms = None
                     note = f"{impl_note}; peer failed: {str(exc).splitlines()[0][:120]}"
-                rows.append(dict(op=f"spmm {mode}", shape=shape, impl_ms=impl_ms, ref_name=name,
-                                 ref_ms=ref_ms, ratio=ratio, note=note))
+                rows.append(row(f"spmm {mode}", shape, impl_ms, name, ref_ms, note))
 
     shape = f"N={num_nodes} nnz={nnz}"
-    impl_ms = time_ms(lambda: gcn_norm(graph), repeats)
-    ref_ms = time_ms(lambda: reference.gcn_norm(graph), repeats)
-    rows.append(dict(op="gcn_norm", shape=shape, impl_ms=impl_ms, ref_name="reference (torch)",
-                     ref_ms=ref_ms, ratio=ref_ms / impl_ms, note=impl_note))
+    impl_ms = _time(lambda: gcn_norm(graph), repeats)
+    ref_ms = _time(lambda: reference.gcn_norm(graph), repeats)
+    rows.append(row("gcn_norm", shape, impl_ms, "reference (torch)", ref_ms, impl_note))
     try:
         from torch_geometric.nn.conv.gcn_conv import gcn_norm as pyg_gcn_norm
 
         edge_index = torch.stack([reference.row_ids(graph.indptr), graph.indices])
-        ref_ms = time_ms(lambda: pyg_gcn_norm(edge_index, graph.values, num_nodes,
-                                              add_self_loops=True), repeats)
-        rows.append(dict(op="gcn_norm", shape=shape, impl_ms=impl_ms,
-                         ref_name="torch_geometric gcn_norm (COO)", ref_ms=ref_ms,
-                         ratio=ref_ms / impl_ms, note=impl_note))
+        ref_ms = _time(lambda: pyg_gcn_norm(edge_index, graph.values, num_nodes,
+                                            add_self_loops=True), repeats)
+        rows.append(row("gcn_norm", shape, impl_ms, "torch_geometric gcn_norm (COO)", ref_ms,
+                        impl_note))
     except ImportError:
         pass
     return rows
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from run import format_table
-
-    print(f"# spmm / gcn_norm, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"native={native_available()}")
+    print(header("spmm / gcn_norm"))
     quick = "--quick" in sys.argv
     rows = table_rows(quick=quick)
     if not quick:  # torch.sparse.mm's backward needs a dense N x N buffer at 100k nodes

@@ -4,9 +4,11 @@ reference in the same run, with the ratio.
     python benchmarks/run.py            # full shapes (minutes on 2 cores)
     python benchmarks/run.py --quick    # small shapes (seconds)
     python benchmarks/run.py --only gap_stats knn_graph --json out.json
+    python benchmarks/run.py --only search   # a channel-gcn search (not in the default set)
 
 Each family lives in ``benchmarks/bench_<family>.py`` and exposes ``table_rows(quick) -> list[dict]``
-with keys op, shape, impl_ms, ref_name, ref_ms, ratio (= ref_ms / impl_ms), note.
+with keys op, shape, impl_ms, ref_name, ref_ms, ratio (= ref_ms / impl_ms), note, built with
+``common.row`` and timed with ``common.measure`` (benchmarks/common.py).
 """
 from __future__ import annotations
 
@@ -14,32 +16,28 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import sys
 import traceback
 
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
-FAMILIES = ["gap_stats", "knn_graph", "spmm", "cost_model", "latency"]
+from common import COLUMNS, format_table, header  # noqa: E402  (also puts the repo on sys.path)
 
-
-def _fmt(v, nd=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+DEFAULT_FAMILIES = ["gap_stats", "knn_graph", "spmm", "cost_model", "latency"]
+FAMILIES = DEFAULT_FAMILIES + ["search"]
 
 
-def format_table(rows: list[dict]) -> str:
-    cols = ["op", "shape", "impl_ms", "ref_name", "ref_ms", "ratio", "note"]
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(cols)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
-    return "\n".join(lines)
+def check_rows(family: str, rows) -> list:
+    """The family's rows, after checking they follow the row interface."""
+    if not isinstance(rows, list):
+        raise TypeError(f"bench_{family}.table_rows must return a list, got {type(rows).__name__}")
+    for r in rows:
+        missing = [c for c in COLUMNS if c not in r]
+        if missing:
+            raise ValueError(f"bench_{family}: row {r!r} lacks {missing}")
+    return rows
 
 
 def main(argv=None) -> int:
@@ -49,22 +47,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:0] = [here, os.path.dirname(here)]  # bench_* modules; the repo (in-place builds)
-    import gcnprune_fast.ops as ops
-
-    print(f"# gcnprune_fast benchmarks: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, native={ops.native_available()}, "
-          f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(header("gcnprune_fast benchmarks"))
     rows, failed = [], []
-    for family in args.only or FAMILIES:
+    for family in args.only or DEFAULT_FAMILIES:
         try:
             module = importlib.import_module(f"bench_{family}")
         except ImportError as exc:
             print(f"(skipping {family}: {exc})")
             continue
         try:
-            rows += module.table_rows(quick=args.quick)
+            rows += check_rows(family, module.table_rows(quick=args.quick))
         except Exception:  # keep the other families' numbers
             failed.append(family)
             traceback.print_exc()

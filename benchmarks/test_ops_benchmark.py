@@ -3,13 +3,15 @@
     python -m pytest benchmarks/test_ops_benchmark.py --benchmark-group-by=param:shape
 
 Each op is timed native and reference in the same run (group them to read the ratio); the full
-table with ratios and large shapes is `python benchmarks/run.py`. Not part of the test suite
-(timings are never asserted).
+table with ratios and large shapes is `python benchmarks/run.py`. Timing is pytest-benchmark's
+here (benchmarks/common.py's timer serves run.py); the inputs are the same builders. Not part of
+the test suite (timings are never asserted).
 """
 import pytest
 import torch
 
 import gcnprune_fast.ops as ops
+from common import random_graph
 from gcnprune_fast.ops import reference
 
 IMPLS = {"native": ops, "reference": reference}
@@ -36,12 +38,9 @@ def test_knn_graph(benchmark, impl, shape):
 @pytest.mark.parametrize("shape", [(20000, 12, 64)])
 def test_spmm_forward_backward(benchmark, impl, shape):
     n, deg, d = shape
-    g = torch.Generator().manual_seed(0)
-    cols = torch.randint(0, n, (n, deg), generator=g).sort(dim=1).values
-    indptr = torch.arange(0, n * deg + 1, deg, dtype=torch.int64)
-    values = torch.rand(n * deg, generator=g, requires_grad=True)
-    graph = ops.CSRGraph(indptr, cols.reshape(-1), values)
-    x = torch.randn(n, d, generator=g, requires_grad=True)
+    graph = random_graph(n, deg, deg)  # the graph of bench_spmm.py, deg neighbours per node
+    graph = graph._replace(values=graph.values.requires_grad_())
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0), requires_grad=True)
 
     def step():
         IMPLS[impl].spmm(graph, x).sum().backward()
