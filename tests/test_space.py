@@ -580,3 +580,124 @@ def test_frozen_parameters_do_not_shrink_the_space():
         assert {n: p.requires_grad for n, p in pruned.named_parameters()} == flags
         assert not all(flags.values())
     model.requires_grad_(True)
+
+
+class _ChannelsLastBlock(nn.Module):
+    """ConvNeXt's pattern: depthwise conv, then LayerNorm and an MLP on [N, H, W, C] tensors."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, 4 * c)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * c, c)
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class _ChannelsLastNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = _ChannelsLastBlock(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+class _DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, growth, 3, padding=1)
+
+    def forward(self, feats):
+        return self.conv1(self.relu1(self.norm1(torch.cat(feats, 1))))
+
+
+class _DenseNet(nn.Module):
+    """DenseNet's pattern: each layer's BN normalizes the concatenation of all earlier outputs."""
+
+    def __init__(self, growth=4, layers=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.layers = nn.ModuleList(_DenseLayer(6 + i * growth, growth) for i in range(layers))
+        c = 6 + layers * growth
+        self.norm, self.relu = nn.BatchNorm2d(c), nn.ReLU()
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x):
+        feats = [self.stem(x)]
+        for layer in self.layers:
+            feats.append(layer(feats))
+        return self.head(self.relu(self.norm(torch.cat(feats, 1))).mean((2, 3)))
+
+
+def _feature_views(space, model, x):
+    seen = {}
+    with torch.no_grad(), space.feature_hooks(lambda g, a: seen.setdefault(g, a.clone())):
+        model(x)
+    return seen
+
+
+def test_feature_view_channels_last_tokens():
+    torch.manual_seed(0)
+    model = _ChannelsLastNet().eval()
+    x = torch.randn(2, 3, 6, 6)
+    space = PruningSpace(model, x)
+    inner = next(g for g in space.groups if g.root == "block.fc1")
+    assert inner.feature_module == "block.act" and inner.feature_dim == 3
+    assert inner.feature_index is None and inner.feature_activation == "consumed"
+    seen = _feature_views(space, model, x)
+    assert all(seen[g.index].shape[:2] == (2, g.size) for g in space.groups)
+    with torch.no_grad():
+        b = model.block
+        expect = b.act(b.fc1(b.norm(b.dw(model.stem(x)).permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+    torch.testing.assert_close(seen[inner.index], expect)
+
+
+def test_feature_view_concatenated_outputs():
+    torch.manual_seed(0)
+    model = _randomize_bn(_DenseNet()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    space = PruningSpace(model, x)
+    seen = _feature_views(space, model, x)
+    assert all(seen[g.index].shape[:2] == (2, g.size) for g in space.groups)
+    g1 = next(g for g in space.groups if g.root == "layers.0.conv1")
+    # layer 1 reads [stem (6), layer 0 (4)]: layer 0's channels are 6..9 of its relu1 output
+    assert g1.feature_module == "layers.1.relu1" and g1.feature_activation == "consumed"
+    assert g1.feature_index == (6, 7, 8, 9)
+    with torch.no_grad():
+        feats = [model.stem(x)]
+        feats.append(model.layers[0](feats))
+        expect = model.layers[1].relu1(model.layers[1].norm1(torch.cat(feats, 1)))[:, 6:10]
+    torch.testing.assert_close(seen[g1.index], expect)
+    masks = _random_masks(space, p=0.5, seed=1)
+    pruned = space.prune(masks).eval()
+    with torch.no_grad(), space.masked(masks):
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "convnext_tiny"])
+def test_default_method_on_concat_and_channels_last_models(name):
+    """Every model l1 prunes, the default method prunes: channel features of torchvision
+    DenseNet-121 (concatenations) and ConvNeXt-tiny (channels-last MLPs), then a tiny search."""
+    import gcnprune_fast
+    from gcnprune_fast.features import collect_features
+    from helpers import random_batches
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    loader = random_batches(n=8, bs=4, size=32)
+    space = PruningSpace(model, loader[0][0])
+    feats = collect_features(space, loader, max_samples=8)
+    assert [f.shape for f in feats.gap] == [(g.size, 8) for g in space.groups]
+    assert all(torch.isfinite(f).all() for f in feats.gap)
+    result = gcnprune_fast.prune(model, loader, flops=0.7, episodes=2, feature_samples=8,
+                                 reward_samples=8, progress=False)
+    with torch.no_grad():
+        assert result.model(loader[0][0]).shape == (4, 10)

@@ -4,7 +4,7 @@ channel dimension, and the group graph (which groups feed which).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,14 +30,22 @@ class ChannelGroup:
         root: the layer whose output channels index the group (channel i == root output i).
         producers: conv/linear layers (depthwise included) whose output channels are the group.
         consumers: channel-mixing conv/linear layers that read the group's channels.
-        feature_module: name of the module whose output is the representative activation
-            ``[N, C, ...]`` (``[N, ..., C]`` for linear layers on token tensors).
+        feature_module: name of the module whose output holds the representative activation:
+            its dimension ``feature_dim`` carries the group's channels at positions
+            ``feature_index`` (``space.feature_hooks`` hands callbacks the ``[N, C, ...]`` view).
         feature_activation: what that output is: "consumed" (exactly the tensor a consumer layer
             reads: after BN, the non-linearity and the residual add), "post-activation" (an
             activation module applied to the producer's BN) or "pre-activation" (the BN or layer
             output; the model applies a functional non-linearity afterwards, e.g. F.relu).
         mask_exact: True when ``space.masked`` reproduces the pruned network exactly for this group
             (False when a channel-coupled op such as LayerNorm/GroupNorm/attention uses it).
+        feature_dim: the channel dimension of ``feature_module``'s output: 1 for ``[N, C, ...]``,
+            the last dimension for token / channels-last tensors ``[N, ..., C]`` (ConvNeXt blocks,
+            transformers).
+        feature_index: where the group's channels are along ``feature_dim`` (group channel i at
+            ``feature_index[i]``) when the output holds more channels than the group (a
+            concatenation, e.g. DenseNet's dense layers); None when it holds exactly the group's
+            channels in order.
     """
 
     index: int
@@ -50,6 +58,8 @@ class ChannelGroup:
     feature_module: str
     feature_activation: str
     mask_exact: bool
+    feature_dim: int = 1
+    feature_index: Optional[Tuple[int, ...]] = None
 
 
 def build_groups(trace: Trace) -> Tuple[List[ChannelGroup], List[RawGroup], List[str]]:
@@ -89,10 +99,11 @@ def build_groups(trace: Trace) -> Tuple[List[ChannelGroup], List[RawGroup], List
         else:
             shown = main if len(main) <= 4 else main[:2] + ["..."] + main[-1:]
             name = f"residual: {', '.join(shown)} ({len(main)} producers)"
-        feat, kind = choose_feature_module(raw, records, calls_per_module)
+        feat = choose_feature_module(raw, records, calls_per_module)
         exact = not any(d.kind in _INEXACT_KINDS for d in raw.dims)
         groups.append(ChannelGroup(idx, name, raw.size, layers, raw.root_name, producers,
-                                   consumers, feat, kind, exact))
+                                   consumers, feat.module, feat.activation, exact,
+                                   feat.dim, feat.index))
         raws.append(raw)
     return groups, raws, skipped
 

@@ -62,12 +62,29 @@ def masked(model: nn.Module, consumers: Dict[str, dict],
             h.remove()
 
 
+def feature_view(group: ChannelGroup, output: torch.Tensor) -> torch.Tensor:
+    """The group's channels of its feature module's ``output`` as ``[N, C, ...]`` (C == size):
+    the channel dimension moved to 1 (token / channels-last tensors: a view) and, for outputs
+    wider than the group (a concatenation), the group's channels picked in group order."""
+    out = output
+    if group.feature_dim != 1:
+        out = out.movedim(group.feature_dim, 1)
+    index = group.feature_index
+    if index is not None:
+        first = index[0]
+        if index == tuple(range(first, first + len(index))):
+            out = out.narrow(1, first, len(index))
+        else:
+            out = out.index_select(1, torch.tensor(index, device=out.device))
+    return out
+
+
 @contextlib.contextmanager
 def feature_hooks(model: nn.Module, groups: Sequence[ChannelGroup],
                   fn: Callable[[int, torch.Tensor], None]) -> Iterator[nn.Module]:
     """Context calling ``fn(group_index, activation)`` during every forward of ``model`` with the
-    output of each group's ``feature_module`` ("pre-activation" outputs as copies). Yields the
-    model; hooks are removed on exit."""
+    output of each group's ``feature_module`` as ``[N, C, ...]`` (``feature_view``; C == the group
+    size; "pre-activation" outputs as copies). Yields the model; hooks are removed on exit."""
     modules = dict(model.named_modules())
     by_module: Dict[str, List[int]] = {}
     for g in groups:
@@ -77,9 +94,9 @@ def feature_hooks(model: nn.Module, groups: Sequence[ChannelGroup],
     def make_hook(indices):
         def hook(module, args, output):
             for g in indices:
-                out = output
+                out = feature_view(groups[g], output)
                 if groups[g].feature_activation == "pre-activation":
-                    out = output.clone()
+                    out = out.clone()
                 fn(g, out)
         return hook
 

@@ -200,50 +200,128 @@ def _is_pass_through(module: nn.Module) -> bool:
         isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) == 0)
 
 
+@dataclass(frozen=True)
+class FeatureChoice:
+    """Where a group's representative activation is: the output of module ``module`` (a name),
+    whose channel dimension ``dim`` (non-negative: 1 for [N, C, ...], the last one for token or
+    channels-last tensors [N, ..., C]) carries the group's channels at positions ``index`` (group
+    channel i at ``index[i]``; None: all positions, in order: the output has exactly the group's
+    channels). ``activation``: see ``ChannelGroup.feature_activation``."""
+
+    module: str
+    activation: str
+    dim: int = 1
+    index: Optional[Tuple[int, ...]] = None
+
+
+def _channel_positions(d, size: int) -> Optional[Tuple[int, ...]]:
+    """Positions of group channels 0..size-1 along ``d``'s dimension (None when ``d`` does not
+    carry every group channel exactly once)."""
+    if len(d.local) != size or not np.array_equal(np.sort(d.root), np.arange(size)):
+        return None
+    order = np.argsort(d.root, kind="stable")
+    return tuple(int(i) for i in d.local[order])
+
+
+def _choice(rec: dict, activation: str, dim: int, positions: Tuple[int, ...],
+            width: int) -> Optional[FeatureChoice]:
+    """The FeatureChoice for record ``rec``'s output when its dimension ``dim`` (negative counts
+    from the end) has ``width`` channels of which the group's are at ``positions``."""
+    y = rec.get("output")
+    if y is None or y.dim() < 2:
+        return None
+    dim = dim % y.dim()
+    if dim == 0 or y.shape[dim] != width:
+        return None
+    index = None if positions == tuple(range(width)) else positions
+    return FeatureChoice(rec["name"], activation, dim, index)
+
+
 def choose_feature_module(raw: RawGroup, records: List[dict],
-                          calls_per_module: Dict[str, int]) -> Tuple[str, str]:
-    """(module name, feature_activation) of the module whose output is the group's representative
-    activation (see ``ChannelGroup.feature_module``). ``calls_per_module``: module name -> number
-    of calls in ``records``."""
-    full = np.arange(raw.size)
+                          calls_per_module: Dict[str, int]) -> FeatureChoice:
+    """The module whose output is the group's representative activation (see
+    ``ChannelGroup.feature_module``) and where the group's channels are in it. ``calls_per_module``:
+    module name -> number of calls in ``records``.
+
+    In order of preference: 1) the tensor a consumer conv/linear reads when it reads exactly the
+    group's channels; 2) the producer's BN, followed by an activation module if any, when its
+    output has exactly the group's channels; when the group's BNs normalize a concatenation
+    (DenseNet: the next layers' norm1) 3) as 1) for the first consumer reading the group's
+    channels among others, or 4) as 2) with the group's slice of the wider BN; without a BN,
+    5) the root layer's output."""
+    full = tuple(range(raw.size))
     once = [r for r in records if calls_per_module[r["name"]] == 1 and "finish" in r]
-    # 1) the tensor a consumer layer reads, when it reads exactly the group's channels
-    for d in raw.dims:
-        if not (d.name and "in" in d.roles and "out" not in d.roles and d.kind in MIXING_KINDS):
-            continue
-        mod = d.module
-        width = mod.in_channels if d.kind == "conv" else mod.in_features
-        if width != raw.size or len(d.local) != raw.size or not (
-                np.array_equal(d.local, full) and np.array_equal(d.root, full)):
-            continue
-        recs = [r for r in records if r["module"] is mod]
-        if len(recs) != 1 or recs[0]["input"] is None:
-            continue
-        x, version = recs[0]["input"], recs[0]["input_version"]
-        makers = [r for r in once if r["output"] is x and r["name"]
-                  and r["output_version"] == version and not _is_pass_through(r["module"])]
-        leaves = [r for r in makers if not any(True for _ in r["module"].children())]
-        if leaves:
-            return max(leaves, key=lambda r: r["finish"])["name"], "consumed"
-        if makers:
-            return min(makers, key=lambda r: r["finish"])["name"], "consumed"
-    # 2) the producer's BN (or the root layer), followed by an activation module if any
-    root_rec = [r for r in records if r["name"] == raw.root_name]
-    start = None
-    bns = [d for d in raw.dims if d.kind == "bn" and d.name and len(d.local) == raw.size]
-    for d in bns:
-        recs = [r for r in once if r["module"] is d.module]
-        if recs and root_rec and recs[0]["input"] is root_rec[0]["output"]:
-            start = recs[0]
-            break
-    if start is None and bns:
-        recs = [r for r in once if r["module"] is bns[0].module]
-        start = recs[0] if recs else None
-    if start is None:
-        return raw.root_name, "pre-activation"
-    y = start["output"]
-    acts = [r for r in once if isinstance(r["module"], _ACTIVATIONS) and r["start"] > start["finish"]
-            and r["input"] is y and r["input_version"] == start["output_version"]]
-    if acts:
-        return min(acts, key=lambda r: r["start"])["name"], "post-activation"
-    return start["name"], "pre-activation"
+
+    def consumed(exact: bool) -> Optional[FeatureChoice]:
+        found = []
+        for d in raw.dims:
+            if not (d.name and "in" in d.roles and "out" not in d.roles and d.kind in MIXING_KINDS):
+                continue
+            mod = d.module
+            width = mod.in_channels if d.kind == "conv" else mod.in_features
+            positions = _channel_positions(d, raw.size)
+            if positions is None or (positions == full and width == raw.size) != exact:
+                continue
+            recs = [r for r in records if r["module"] is mod]
+            if len(recs) != 1 or recs[0]["input"] is None:
+                continue
+            x, version = recs[0]["input"], recs[0]["input_version"]
+            makers = [r for r in once if r["output"] is x and r["name"]
+                      and r["output_version"] == version and not _is_pass_through(r["module"])]
+            leaves = [r for r in makers if not any(True for _ in r["module"].children())]
+            if leaves:
+                rec = max(leaves, key=lambda r: r["finish"])
+            elif makers:
+                rec = min(makers, key=lambda r: r["finish"])
+            else:
+                continue
+            choice = _choice(rec, "consumed", 1 if d.kind == "conv" else -1, positions, width)
+            if choice is not None:
+                if exact:
+                    return choice
+                found.append((recs[0]["start"], choice))
+        return min(found, key=lambda t: t[0])[1] if found else None
+
+    def after_bn() -> Optional[FeatureChoice]:
+        root_rec = [r for r in records if r["name"] == raw.root_name]
+        start = None
+        bns = [d for d in raw.dims if d.kind == "bn" and d.name and len(d.local) == raw.size]
+        for d in bns:
+            recs = [r for r in once if r["module"] is d.module]
+            if recs and root_rec and recs[0]["input"] is root_rec[0]["output"]:
+                start, bn = recs[0], d
+                break
+        if start is None and bns:
+            recs = [r for r in once if r["module"] is bns[0].module]
+            start, bn = (recs[0], bns[0]) if recs else (None, None)
+        if start is None:
+            return None
+        positions = _channel_positions(bn, raw.size)
+        if positions is None:
+            return None
+        width = bn.module.num_features
+        y = start["output"]
+        acts = [r for r in once if isinstance(r["module"], _ACTIVATIONS)
+                and r["start"] > start["finish"]
+                and r["input"] is y and r["input_version"] == start["output_version"]]
+        if acts:
+            rec, activation = min(acts, key=lambda r: r["start"]), "post-activation"
+        else:
+            rec, activation = start, "pre-activation"
+        return _choice(rec, activation, 1, positions, width)
+
+    choice = consumed(exact=True)
+    if choice is not None:
+        return choice
+    bn_choice = after_bn()
+    if bn_choice is not None:
+        if bn_choice.index is None:
+            return bn_choice
+        return consumed(exact=False) or bn_choice
+    root_recs = [r for r in records if r["name"] == raw.root_name]
+    root_mod = root_recs[0]["module"] if root_recs else None
+    if root_recs and isinstance(root_mod, nn.Linear):
+        choice = _choice(root_recs[0], "pre-activation", -1, full, raw.size)
+        if choice is not None:
+            return choice
+    return FeatureChoice(raw.root_name, "pre-activation")
