@@ -1,8 +1,8 @@
 """Deployment latency: the original vs the pruned model, run by the C++ runner ``gcnprune_run``
 (TorchScript, CPU), next to the FLOPs ratio.
 
-ResNet-56 and VGG-16-BN are pruned to about 50% FLOPs with a uniform keep ratio per channel group
-(the highest-L1 filters kept; the ratio is searched with ``space.cost_from_counts``), exported,
+ResNet-56 and VGG-16-BN are pruned to at most 50% FLOPs with a uniform keep ratio per channel
+group (the library's "uniform" allocation of filter-L1 scores: the highest-L1 filters kept), exported,
 and timed at batch 1 and 64. For each (model, batch, variant) the table gives the speed-up
 (original ms / pruned ms) and its efficiency ``speed-up / (1 / flops_ratio)`` (target >= 80%).
 
@@ -27,7 +27,6 @@ medians mostly measure the scheduler; both speed-ups are printed.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import subprocess
@@ -62,61 +61,19 @@ def ensure_runner() -> Path:
     return binary
 
 
-def uniform_l1_masks(space: PruningSpace, target_flops_ratio: float, tolerance: float = 0.005):
-    """Keep-masks with (nearly) the same keep ratio in every group, at about
-    ``target_flops_ratio`` of the FLOPs; within a group the channels with the highest filter L1
-    norm stay.
-
-    The ratio r is bisected (counts ceil(r * size) rounded up to the space's round_to, at least
-    min_keep) to the largest r whose FLOPs ratio is <= the target. With a coarse round_to that can
-    land well below the target, so round_to channels are then added one step at a time to the
-    group with the lowest kept fraction while the FLOPs ratio stays <= target + ``tolerance``.
+def uniform_l1_masks(space: PruningSpace, target_flops_ratio: float):
+    """Keep-masks with the same keep ratio in every group (the library's "uniform" allocation of
+    filter-L1 scores) at most ``target_flops_ratio`` of the FLOPs.
 
     Returns (masks, flops_ratio, mean kept fraction)."""
-    sizes = [g.size for g in space.groups]
+    from gcnprune_fast.methods.allocation import Budget, allocate
+    from gcnprune_fast.methods.criteria import l1_scores
 
-    def counts_at(r: float) -> List[int]:
-        out = []
-        for i, size in enumerate(sizes):
-            k = math.ceil(r * size - 1e-9)
-            k = math.ceil(k / space.round_to) * space.round_to
-            out.append(min(size, max(space.min_keep(i), k)))
-        return out
-
-    def ratio(counts: List[int]) -> float:
-        flops, _ = space.cost_from_counts(torch.tensor(counts, dtype=torch.float64))
-        return float(flops) / space.base_flops
-
-    lo, hi = 0.0, 1.0
-    for _ in range(40):  # FLOPs grow monotonically with r
-        mid = (lo + hi) / 2
-        if ratio(counts_at(mid)) <= target_flops_ratio:
-            lo = mid
-        else:
-            hi = mid
-    counts = counts_at(lo)
-    while True:
-        best = None
-        for g, size in enumerate(sizes):
-            if counts[g] >= size:
-                continue
-            trial = list(counts)
-            trial[g] = min(size, counts[g] + space.round_to)
-            if ratio(trial) <= target_flops_ratio + tolerance:
-                key = counts[g] / size
-                if best is None or key < best[0]:
-                    best = (key, trial)
-        if best is None:
-            break
-        counts = best[1]
-    stats = space.weight_stats()
-    masks = []
-    for g, k in enumerate(counts):
-        mask = torch.zeros(sizes[g], dtype=torch.bool)
-        mask[torch.topk(stats[g]["l1"], k).indices] = True
-        masks.append(mask)
+    budget = Budget.from_ratios(space, flops=target_flops_ratio)
+    masks = allocate(space, l1_scores(space), budget, allocation="uniform")
     flops, _ = space.cost(masks)
-    return masks, flops / space.base_flops, sum(counts) / sum(sizes)
+    kept = sum(int(m.sum()) for m in masks) / sum(g.size for g in space.groups)
+    return masks, flops / space.base_flops, kept
 
 
 def run_runner(binary: Path, model_path: Path, batch: int, iters: int, warmup: int, threads: int,

@@ -1,4 +1,4 @@
-"""Time a channel-gcn search (features + graph + RL episodes) on a built-in model.
+"""Time the default method's search (features + graph + RL episodes) on a built-in model.
 
     python benchmarks/bench_search.py --model resnet56 --episodes 300 --threads 2
     python benchmarks/run.py --only search [--quick]     # as a table row
@@ -19,7 +19,7 @@ import sys
 import torch
 
 from common import Timing, measure, row
-from gcnprune_fast.methods import Budget, SearchContext, run_method
+from gcnprune_fast.methods import Budget, SearchContext, default_method, run_method
 from gcnprune_fast.models import get_model
 from gcnprune_fast.space import PruningSpace
 
@@ -40,14 +40,14 @@ def time_search(model_name: str = "resnet56", episodes: int = 300, flops: float 
                         device=torch.device("cpu"),
                         options={"episodes": episodes, "reward_samples": reward_samples})
     results = []
-    timing = measure(lambda: results.append(run_method("channel-gcn", ctx)), repeats=1,
+    timing = measure(lambda: results.append(run_method(default_method(), ctx)), repeats=1,
                      warmup=0)
     return timing, space, results[-1]
 
 
 def _summary(model: str, episodes: int, timing: Timing, space, result, reward_samples: int) -> str:
     return (f"{model}: {space.num_groups} groups, {sum(g.size for g in space.groups)} channels; "
-            f"channel-gcn {episodes} episodes ({result.info.get('masked_evaluations', '?')} masked "
+            f"{default_method()} {episodes} episodes ({result.info.get('masked_evaluations', '?')} masked "
             f"evaluations of {reward_samples} images), threads {torch.get_num_threads()}: "
             f"wall {timing.median_ms / 1e3:.1f} s, cpu {timing.cpu_median_ms / 1e3:.1f} s, "
             f"{timing.median_ms / 1e3 / episodes:.2f} s/episode wall")
@@ -57,7 +57,7 @@ def table_rows(quick: bool = False) -> list[dict]:
     """Rows with keys op, shape, impl_ms, ref_name, ref_ms, ratio, note (see the module doc)."""
     model, episodes, reward_samples = ("resnet20", 10, 64) if quick else ("resnet56", 300, 256)
     timing, space, result = time_search(model, episodes, reward_samples=reward_samples)
-    return [row("channel-gcn search", f"{model} {episodes} episodes 32x32", timing.median_ms,
+    return [row(f"{default_method()} search", f"{model} {episodes} episodes 32x32", timing.median_ms,
                 "-" if quick else "target (10 min)", None if quick else TARGET_MS,
                 _summary(model, episodes, timing, space, result, reward_samples))]
 
