@@ -325,6 +325,33 @@ def test_graph_pruning_resume_equals_uninterrupted(space, tmp_path, monkeypatch,
     _same(res, ref, ["reward_curve", "pruningnet_loss_curve", "ratios"])
 
 
+def test_prune_resume_with_a_shuffling_augmenting_loader(space, tmp_path, monkeypatch):
+    """Through prune(): the loader draws shuffling and augmentation from its own generator; a kill
+    in the second epoch of PruningNet training, then resume=True, equals an uninterrupted run."""
+    from gcnprune_fast.data import TensorBatchLoader, TensorImageDataset
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorImageDataset(torch.randn(24, 3, 16, 16, generator=g),
+                            torch.randint(0, 10, (24,), generator=g), augment=True)
+    loader = TensorBatchLoader(ds, batch_size=8, shuffle=True)
+    opts = dict(TINY["graph-pruning"], pruningnet_steps=6, pruningnet_checkpoint_every=2)
+
+    def run(**kw):
+        return gcnprune_fast.prune(space.model, loader, method="graph-pruning", flops=0.5,
+                                   progress=False, bn_batches=1, seed=1, **opts, **kw)
+
+    ref = run()
+    with monkeypatch.context() as m:
+        _kill_after(m, pn.PruningNet, "subnet_forward", 5)  # killed in epoch 1 (3 batches/epoch)
+        with pytest.raises(_Killed):
+            run(checkpoint_dir=str(tmp_path))
+    res = run(checkpoint_dir=str(tmp_path), resume=True)
+    assert res.report["pruningnet_resumed_from"] == 4
+    assert [m.tolist() for m in res.masks] == [m.tolist() for m in ref.masks]
+    for k in ("pruningnet_loss_curve", "reward_curve", "ratios"):
+        assert res.report[k] == ref.report[k], k
+
+
 @pytest.mark.parametrize("name", ["amc", "evolution"])
 def test_amc_and_evolution_resume_equal_uninterrupted(space, tmp_path, monkeypatch, name):
     from gcnprune_fast.methods.search import reward

@@ -106,13 +106,15 @@ def search(space, ctx: SearchContext) -> MethodResult:
                          f"to checkpoint_dir; give checkpoint_dir")
     t_start = time.perf_counter()
     seed, device = int(ctx.seed), ctx.device
+    # The reward set is drawn before PruningNet training reads the loader: a run resumed after the
+    # training draws the same images as an uninterrupted one.
+    rewards = reward_set(ctx, opts)
     pnet, info = prepare_pruningnet(space, ctx.loader, opts, seed=seed, device=device,
                                     checkpoint_dir=ctx.checkpoint_dir,
                                     checkpoint_name=PRUNINGNET_CHECKPOINT, resume=ctx.resume,
                                     progress=ctx.progress)
     pnet.eval()
     t_search = time.perf_counter()
-    rewards = reward_set(ctx, opts)
     if opts.reward_weights == "pruningnet":
         score = PruningNetScorer(pnet, rewards, opts.reward)
         score_fn = score

@@ -295,18 +295,29 @@ class PruningNet(nn.Module):
 class LoaderCycle:
     """Endless batches from ``loader`` with a reproducible, resumable position.
 
-    Each epoch starts from the global torch RNG seeded with ``(seed, epoch)`` and the loader's
-    randomness (shuffling, augmentation) runs on its own RNG stream, saved and restored around every
-    batch, so the caller's RNG is untouched and batch k of epoch e is the same batch in a resumed
-    run (:meth:`seek` replays the epoch up to the position)."""
+    Loaders that draw their randomness (shuffling, augmentation) from their own
+    ``loader.generator`` (what ``prune()`` hands a method) keep doing so; the generator's state
+    at the start of every epoch is recorded (:meth:`position_state`) and restored by :meth:`seek`.
+    Other loaders draw from torch's global RNG: each epoch starts from it seeded with
+    ``(seed, epoch)``, on a stream of its own saved and restored around every batch, so the
+    caller's RNG is untouched. Either way batch k of epoch e is the same batch in a resumed run
+    (:meth:`seek` replays the epoch up to the position)."""
 
     def __init__(self, loader, seed: int, loader_name: str = "loader"):
         self.loader, self.seed, self.name = loader, int(seed), loader_name
         self.epoch, self.position = 0, 0
         self._it = None
         self._rng: Optional[torch.Tensor] = None
+        self._epoch_generator_state: Optional[torch.Tensor] = None
+
+    @property
+    def _generator(self) -> Optional[torch.Generator]:
+        g = getattr(self.loader, "generator", None)
+        return g if isinstance(g, torch.Generator) else None
 
     def _start_epoch(self) -> None:
+        gen = self._generator
+        self._epoch_generator_state = None if gen is None else gen.get_state()
         torch.manual_seed((self.seed * 1_000_003 + self.epoch) % (2 ** 63))
         self._it = iter(iterate_inputs(self.loader, self.name))
         self.position = 0
@@ -327,8 +338,19 @@ class LoaderCycle:
         self.position += 1
         return batch
 
-    def seek(self, epoch: int, position: int) -> None:
-        """Continue at batch ``position`` of epoch ``epoch`` (replays that epoch's first batches)."""
+    def position_state(self) -> Dict[str, Any]:
+        """Where the stream is: ``epoch``, ``position`` and the loader generator's state at the
+        start of the epoch (None without one)."""
+        return {"epoch": self.epoch, "position": self.position,
+                "epoch_generator_state": self._epoch_generator_state}
+
+    def seek(self, epoch: int, position: int,
+             epoch_generator_state: Optional[torch.Tensor] = None) -> None:
+        """Continue at batch ``position`` of epoch ``epoch`` (replays that epoch's first batches;
+        the loader's own generator, if any, is set to ``epoch_generator_state`` first)."""
+        gen = self._generator
+        if gen is not None and epoch_generator_state is not None:
+            gen.set_state(epoch_generator_state)
         self.epoch, self._it = int(epoch), None
         with torch.random.fork_rng(devices=[]):
             self._start_epoch()
@@ -382,12 +404,13 @@ def train_pruningnet(pnet: PruningNet, loader, *, steps: int, lr: float = 1e-3,
         optimizer.load_state_dict(saved["optimizer"])
         sampler.set_state(saved["sampler"])
         state = saved["state"]
-        data.seek(state["epoch"], state["position"])
+        if state["step"] < steps:
+            data.seek(**state["data"])
         resumed_from = int(state["step"])
 
     def save() -> None:
         if checkpoint is not None:
-            state.update(epoch=data.epoch, position=data.position)
+            state["data"] = data.position_state()
             checkpoint.save(pnet=pnet.state_dict(), optimizer=optimizer.state_dict(),
                             sampler=sampler.get_state(), state=state)
 
@@ -505,11 +528,12 @@ class PruningNetOptions:
 
 
 def default_pruningnet_steps(space) -> int:
-    """Training steps by model size (MACs per image): 2000 below 100M (CIFAR ResNet-20/56,
-    simple_cnn), 1000 below 1G, 500 above (ImageNet-size models: the search is then
-    bounded by the user's time, raise it explicitly)."""
+    """Training steps (batches) by model size (MACs per image): 1000 below 100M (CIFAR ResNet-20/56,
+    simple_cnn), 500 below 1G, 300 above. A step costs about one training step of the model
+    itself (the generators are cheap), so ResNet-20 with batches of 128 takes ~1000 training
+    steps' time; raise it when time allows (MetaPruning trains 32 epochs)."""
     flops = float(space.base_flops)
-    return 2000 if flops < 1e8 else 1000 if flops < 1e9 else 500
+    return 1000 if flops < 1e8 else 500 if flops < 1e9 else 300
 
 
 def importance_scores(space, kind: str) -> List[torch.Tensor]:
