@@ -427,3 +427,16 @@ def test_native_under_inference_mode_and_threads(monkeypatch):
         cos = cosine_similarity(f)
     assert torch.equal(got.indices, want.indices)
     torch.testing.assert_close(cos, ref.cosine_similarity(f))
+
+
+def test_differentiable_inputs_get_gradients():
+    # The native kernels have no backward; inputs that require grad take the reference path, so
+    # gradients are real (not None) whichever path is active.
+    f = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
+    cosine_similarity(f, center=True).sum().backward()
+    assert f.grad is not None and torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
+    f.grad = None
+    knn_graph(f, 3).values.sum().backward()
+    assert f.grad is not None and f.grad.abs().sum() > 0
+    with torch.no_grad():  # no grad mode: the native path, no graph
+        assert not cosine_similarity(f).requires_grad

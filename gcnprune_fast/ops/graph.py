@@ -66,6 +66,10 @@ def _check_segments(segments, f: torch.Tensor) -> None:
         raise ValueError(f"segments: must end at C = {c} (rows of f), got {int(offs[-1])}")
 
 
+def _needs_grad(f: torch.Tensor) -> bool:
+    return f.requires_grad and torch.is_grad_enabled()
+
+
 def cosine_similarity(f: torch.Tensor, center: bool = False) -> torch.Tensor:
     """Cosine similarity of the rows of ``f`` [C, B] -> [C, C].
 
@@ -78,7 +82,8 @@ def cosine_similarity(f: torch.Tensor, center: bool = False) -> torch.Tensor:
     """
     _check_features(f)
     _check_center(center)
-    if use_native(f):
+    # The native kernels have no backward: a differentiable call takes the reference path.
+    if use_native(f) and not _needs_grad(f):
         return torch.ops.gcnprune.cosine_similarity(f, center)
     return _ref.cosine_similarity(f, center)
 
@@ -110,7 +115,7 @@ def knn_graph(f: torch.Tensor, k: int, segments: torch.Tensor | None = None,
     _check_k(k)
     _check_center(center)
     _check_segments(segments, f)
-    if use_native(f, segments):
+    if use_native(f, segments) and not _needs_grad(f):
         indptr, indices, values = torch.ops.gcnprune.knn_graph(f, k, segments, center)
         return CSRGraph(indptr, indices, values)
     return _ref.knn_graph(f, k, segments, center)
