@@ -8,13 +8,17 @@
     gcnprune export --pruned runs/r20 --format onnx --out r20.onnx
     gcnprune methods [NAME]                         # registered methods and their options
 
-Bad arguments and missing files are reported in one line (no traceback) with exit code 2
-(set GCNPRUNE_DEBUG=1 to see the traceback).
+``--model`` takes a built-in name, ``torchvision:NAME`` (any torchvision classification model) or
+``timm:NAME`` (needs ``pip install timm``); ``--num-classes`` sets their classifier size.
+
+Bad arguments, missing or unreadable files and failures are reported in one line naming the file
+or argument (no traceback) with exit code 2; ``--debug`` (or GCNPRUNE_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -43,21 +47,102 @@ def _load_datasets(name: str, data_dir: Optional[str], download: bool, image_siz
     return train_ds, test_ds
 
 
-def _build_model(name: str, train_ds):
-    from gcnprune_fast.data import dataset_channels, dataset_num_classes
-    from gcnprune_fast.models import get_model
+MODEL_PREFIXES = ("torchvision", "timm")
 
-    return get_model(name, num_classes=dataset_num_classes(train_ds), in_channels=dataset_channels(train_ds))
+
+def _model_arg(text: str) -> str:
+    """argparse type of ``--model``: a built-in name, ``torchvision:NAME`` or ``timm:NAME``."""
+    from gcnprune_fast.models import MODEL_NAMES
+
+    kind, sep, name = text.partition(":")
+    if text in MODEL_NAMES or (sep and kind in MODEL_PREFIXES and name):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid model {text!r}: expected a built-in model "
+                                     f"({', '.join(MODEL_NAMES)}), torchvision:NAME or timm:NAME")
+
+
+def _make_model(spec: str, num_classes: int, in_channels: int):
+    """The model named by ``spec`` (see :func:`_model_arg`), freshly initialized."""
+    from gcnprune_fast.models import MODEL_NAMES, get_model
+
+    kind, _, name = spec.partition(":")
+    if spec in MODEL_NAMES:
+        return get_model(spec, num_classes=num_classes, in_channels=in_channels)
+    if kind == "torchvision":
+        import torchvision.models as tvm
+
+        known = tvm.list_models(module=tvm)
+        if name not in known:
+            raise CLIError(f"--model {spec}: torchvision has no classification model {name!r} "
+                           f"(e.g. {', '.join(known[:5])}; all: torchvision.models.list_models())")
+        if in_channels != 3:
+            raise CLIError(f"--model {spec}: torchvision models take 3-channel images, the data "
+                           f"has {in_channels}")
+        try:
+            return tvm.get_model(name, weights=None, num_classes=num_classes)
+        except (TypeError, ValueError) as e:
+            raise CLIError(f"--model {spec}: {e}") from None
+    try:
+        import timm
+    except ImportError:
+        raise CLIError(f"--model {spec} needs timm, which is not installed: pip install timm") from None
+    if not timm.is_model(name):
+        raise CLIError(f"--model {spec}: timm has no model {name!r} (search with "
+                       f"timm.list_models('*{name[:8]}*'))")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+def _build_model(spec: str, train_ds, num_classes: Optional[int] = None):
+    from gcnprune_fast.data import dataset_channels, dataset_num_classes
+
+    return _make_model(spec, num_classes or dataset_num_classes(train_ds), dataset_channels(train_ds))
+
+
+def _torch_load(path: str, what: str):
+    """``torch.load(path, weights_only=True)``; a missing, truncated or pickled-object file is a
+    one-line CLIError naming it."""
+    import pickle
+
+    import torch
+
+    if not os.path.isfile(path):
+        raise CLIError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CLIError(f"{what} {path} holds pickled Python objects, not only tensors ({first}); "
+                       f"save a state_dict (torch.save(model.state_dict(), path))") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CLIError(f"{what} {path} cannot be read ({first}); is it truncated or not a "
+                       f"torch.save file?") from None
+
+
+def _read_plan(path: str) -> dict:
+    """The plan in ``path``, checked against its schema; errors name the file."""
+    from gcnprune_fast.space.plans import validate_plan
+
+    try:
+        with open(path) as f:
+            plan = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path} is not valid JSON ({e}); is it truncated?") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"{path} is not a text (JSON) file") from None
+    try:
+        validate_plan(plan)
+    except ValueError as e:
+        raise CLIError(f"{path}: {e}") from None
+    return plan
 
 
 def _load_state(model, path: str) -> None:
     """Load weights saved by ``gcnprune train`` (``{"model": state_dict, ...}``), a training
-    checkpoint, or a plain state_dict."""
-    import torch
-
+    checkpoint, or a plain state_dict (all read with ``weights_only=True``)."""
     if not os.path.isfile(path):
         raise CLIError(f"checkpoint {path} does not exist (create it with `gcnprune train ... --out {path}`)")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = _torch_load(path, "checkpoint")
     state = obj.get("model", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict):
         raise CLIError(f"{path} holds a {type(state).__name__}, not a state_dict")
@@ -169,7 +254,10 @@ def cmd_demo(args) -> int:
     print()
     print(f"simple_cnn on synthetic data: {base_acc:.4f} before pruning, budget {args.flops:.0%} FLOPs")
     print(markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS))
-    print(f"\nwrote {files['markdown']}, {files['json']} and plots to {args.out} "
+    if files.get("plots_skipped"):
+        print(files["plots_skipped"])
+    plots = "" if files.get("plots_skipped") else " and plots"
+    print(f"\nwrote {files['markdown']}, {files['json']}{plots} to {args.out} "
           f"({meta['total_time_s']:.0f} s in all)")
     return 0
 
@@ -184,14 +272,18 @@ def cmd_train(args) -> int:
     from gcnprune_fast.training import evaluate, train
 
     _set_threads(args.threads)
+    resume = args.out + ".ckpt"
+    if args.resume and not os.path.isfile(resume):
+        raise CLIError(f"--resume but {resume} does not exist: nothing to resume (run without "
+                       f"--resume to start)")
     train_ds, test_ds = _load_datasets(args.dataset, args.data_dir, args.download, args.image_size)
-    model = _build_model(args.model, train_ds)
+    model = _build_model(args.model, train_ds, args.num_classes)
     train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size,
                                              num_workers=args.workers)
-    resume = args.out + ".ckpt"
     hist = train(model, train_loader, args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                  device=args.device, val_loader=test_loader if args.eval_every_epoch else None,
-                 progress=not args.no_progress, checkpoint_path=resume, seed=args.seed)
+                 progress=not args.no_progress, checkpoint_path=resume, resume=args.resume,
+                 seed=args.seed)
     acc = evaluate(model, test_loader)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -211,20 +303,26 @@ def cmd_prune(args) -> int:
     _set_threads(args.threads)
     spec = get_method(args.method)
     opts = _method_options(args)
-    if args.resume and not spec.supports_resume:
-        raise CLIError(f"--method {args.method} cannot resume (it has no search checkpoint)")
+    ckpt_dir = os.path.join(args.out, "search")  # search and fine-tune checkpoints
+    if args.resume:
+        from gcnprune_fast.api import _resume_problem
+
+        problem = _resume_problem(spec, ckpt_dir, args.finetune_epochs)
+        if problem:
+            raise CLIError(problem.replace("resume=True", "--resume").replace(
+                "finetune_epochs=0", "--finetune-epochs 0").replace("without resume",
+                                                                    "without --resume"))
     if args.flops is None and args.params is None:
         raise CLIError("give a budget: --flops RATIO and/or --params RATIO (fractions kept, in (0, 1])")
     if not os.path.isfile(args.checkpoint):
         raise CLIError(f"checkpoint {args.checkpoint} does not exist (create it with "
                        f"`gcnprune train ... --out {args.checkpoint}`)")
     train_ds, test_ds = _load_datasets(args.dataset, args.data_dir, args.download, args.image_size)
-    model = _build_model(args.model, train_ds)
+    model = _build_model(args.model, train_ds, args.num_classes)
     _load_state(model, args.checkpoint)
     train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size,
                                              num_workers=args.workers)
     search_loader = _eval_loader_like(train_ds, args.batch_size)
-    ckpt_dir = os.path.join(args.out, "search") if spec.supports_resume else None
     res = prune(model, search_loader, method=args.method, flops=args.flops, params=args.params,
                 val_loader=test_loader, train_loader=train_loader, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, distill=args.distill, device=args.device, seed=args.seed,
@@ -234,22 +332,29 @@ def cmd_prune(args) -> int:
     print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
           f"accuracy {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f}"
           + (f" -> fine-tuned {r['acc_finetuned']:.4f}" if r["acc_finetuned"] is not None else ""))
+    if r.get("cost_model_mismatch"):
+        print(f"warning: the cost model predicted {r['flops_after']:,} FLOPs / {r['params_after']:,} "
+              f"params, the pruned model counts {r['flops_after_measured']:,} / "
+              f"{r['params_after_measured']:,}; the budget may not hold for this architecture",
+              file=sys.stderr)
     print(f"wrote {', '.join(sorted(paths))} to {args.out}")
-    from gcnprune_fast.report import plot_reward_curve
+    from gcnprune_fast.report import PLOTS_HINT, plot_reward_curve, plots_available
 
-    if r.get("reward_curve"):
-        plot_reward_curve(os.path.join(args.out, "reward_curve.png"), r["reward_curve"])
+    if r.get("reward_curve"):  # after saving: a missing optional package never costs the result
+        if plots_available():
+            plot_reward_curve(os.path.join(args.out, "reward_curve.png"), r["reward_curve"])
+        else:
+            print(PLOTS_HINT)
     return 0
 
 
 def cmd_inspect(args) -> int:
     import torch
 
-    from gcnprune_fast.models import get_model
     from gcnprune_fast.report import markdown_table
     from gcnprune_fast.space import PruningSpace
 
-    model = get_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels).eval()
+    model = _make_model(args.model, args.num_classes, args.in_channels).eval()
     x = torch.zeros(1, args.in_channels, args.image_size, args.image_size)
     space = PruningSpace(model, x)
     rows = []
@@ -279,7 +384,6 @@ def cmd_export(args) -> int:
     import torch
 
     from gcnprune_fast.export import export_model
-    from gcnprune_fast.models import get_model
     from gcnprune_fast.space import load_pruned
 
     plan_path = os.path.join(args.pruned, "plan.json")
@@ -287,16 +391,20 @@ def cmd_export(args) -> int:
     for p in (plan_path, weights):
         if not os.path.isfile(p):
             raise CLIError(f"{p} not found: --pruned must be a folder written by `gcnprune prune --out`")
-    with open(plan_path) as f:
-        plan = json.load(f)
+    plan = _read_plan(plan_path)
+    state = _torch_load(weights, "weights file")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CLIError(f"{weights} does not hold a state_dict (name -> tensor)")
     report_path = os.path.join(args.pruned, "report.json")
-    shapes = plan.get("input_shapes") or [[1, 3, 32, 32]]
-    in_channels = int(shapes[0][1])
-    num_classes = args.num_classes or _num_classes_from_state(weights)
+    shapes = plan["input_shapes"]
+    in_channels = int(shapes[0][1]) if len(shapes[0]) > 1 else 1
+    num_classes = args.num_classes or _num_classes_from_state(state, weights)
     model_name = args.model or _guess_model_name(plan, num_classes)
-    model = get_model(model_name, num_classes=num_classes, in_channels=in_channels)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    pruned = load_pruned(model, plan, state).eval()
+    model = _make_model(model_name, num_classes, in_channels)
+    try:
+        pruned = load_pruned(model, plan, state).eval()
+    except ValueError as e:
+        raise CLIError(f"--pruned {args.pruned} does not fit --model {model_name}: {e}") from None
     example = torch.randn(1, *shapes[0][1:])
     path = export_model(pruned, args.out, example, format=args.format)
     with torch.no_grad():
@@ -325,25 +433,24 @@ def cmd_methods(args) -> int:
 def _guess_model_name(plan: dict, num_classes: int) -> str:
     """The built-in model whose class and structure fingerprint match the plan."""
     from gcnprune_fast.models import MODEL_NAMES, get_model
-    from gcnprune_fast.space.pruning_space import structure_fingerprint
+    from gcnprune_fast.space.plans import structure_fingerprint
 
     cls = plan.get("model_class", "")
-    shapes = plan.get("input_shapes") or [[1, 3, 32, 32]]
+    shapes = plan["input_shapes"]
+    in_channels = int(shapes[0][1]) if len(shapes[0]) > 1 else 1
     for name in MODEL_NAMES:
-        m = get_model(name, num_classes=num_classes, in_channels=int(shapes[0][1]))
+        m = get_model(name, num_classes=num_classes, in_channels=in_channels)
         if f"{type(m).__module__}.{type(m).__qualname__}" == cls and \
                 structure_fingerprint(m) == plan.get("fingerprint"):
             return name
-    raise CLIError(f"cannot tell which built-in model the plan ({cls}) is for; pass --model")
+    raise CLIError(f"cannot tell which built-in model the plan ({cls}) is for; pass --model "
+                   f"(a built-in name, torchvision:NAME or timm:NAME)")
 
 
-def _num_classes_from_state(weights: str) -> int:
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+def _num_classes_from_state(state: dict, weights: str) -> int:
     last = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
     if not last:
-        raise CLIError("cannot tell the number of classes from the weights; pass --num-classes")
+        raise CLIError(f"cannot tell the number of classes from {weights}; pass --num-classes")
     return int(last[-1].shape[0])
 
 
@@ -383,10 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     from gcnprune_fast.models import MODEL_NAMES
 
     methods = method_names()
+    model_help = (f"a built-in model ({', '.join(MODEL_NAMES)}), torchvision:NAME (a "
+                  f"torchvision.models classifier) or timm:NAME (needs `pip install timm`)")
     parser = argparse.ArgumentParser(
         prog="gcnprune", description="Structured channel pruning of CNNs with channel-graph GCN "
         "agents trained by RL, and the usual baselines.",
         epilog="Run `gcnprune demo` for a self-contained example (no data, no downloads).")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: GCNPRUNE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -396,7 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
         if data:
-            p.add_argument("--model", choices=MODEL_NAMES, required=True, help="built-in model")
+            p.add_argument("--model", type=_model_arg, required=True, metavar="MODEL",
+                           help=model_help)
+            p.add_argument("--num-classes", type=_positive_int, default=None,
+                           help="classifier outputs (default: the dataset's classes)")
             p.add_argument("--dataset", required=True,
                            help="cifar10, cifar100, mnist, fashion-mnist, synthetic, "
                                 "imagefolder:PATH or a directory of class folders")
@@ -433,9 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a built-in model on a dataset",
-                       description="Train a built-in model (SGD + Nesterov, cosine LR). A resumable "
-                       "checkpoint OUT.ckpt is written after every epoch and removed at the end.")
+                       description="Train a model (SGD + Nesterov, cosine LR). A checkpoint "
+                       "OUT.ckpt is written after every epoch (continue an interrupted run with "
+                       "--resume) and removed at the end.")
     common(t)
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.ckpt (same settings)")
     t.add_argument("--epochs", type=_positive_int, required=True)
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--weight-decay", type=float, default=5e-4)
@@ -466,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted search from --out (resumable methods only)")
+                   help="continue an interrupted run from the checkpoints in OUT/search (the "
+                   "search of resumable methods, the fine-tuning of every method; the other "
+                   "methods' fast searches are rerun); refused when they belong to other settings")
     p.add_argument("--export", nargs="*", choices=FORMATS,
                    help="also export the pruned model in these formats")
     p.add_argument("--out", required=True, help="output folder")
@@ -475,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a model's prunable channel groups and their costs",
                        description="List the channel groups of a built-in model (what is pruned "
                        "together), their sizes and the share of FLOPs/params each one controls.")
-    i.add_argument("--model", choices=MODEL_NAMES, required=True)
+    i.add_argument("--model", type=_model_arg, required=True, metavar="MODEL", help=model_help)
     i.add_argument("--num-classes", type=_positive_int, default=10)
     i.add_argument("--in-channels", type=_positive_int, default=3)
     i.add_argument("--image-size", type=_positive_int, default=32)
@@ -488,8 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pruned", required=True, help="folder written by `gcnprune prune --out`")
     e.add_argument("--format", choices=FORMATS, default=FORMATS[0])
     e.add_argument("--out", required=True, help="output file (.pt, .pt2 or .onnx)")
-    e.add_argument("--model", choices=MODEL_NAMES, default=None,
-                   help="the built-in model (default: recognised from the plan)")
+    e.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
+                   help=model_help + " (default: the built-in model recognised from the plan)")
     e.add_argument("--num-classes", type=_positive_int, default=None)
     e.set_defaults(func=cmd_export)
 
@@ -498,19 +617,50 @@ def build_parser() -> argparse.ArgumentParser:
                        "help), budgets and whether it can resume.")
     m.add_argument("name", nargs="?", choices=methods, help="one method only")
     m.set_defaults(func=cmd_methods)
+    for command in sub.choices.values():  # `gcnprune COMMAND ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error (also: GCNPRUNE_DEBUG=1)")
     return parser
+
+
+class _StderrHandler(logging.Handler):
+    """Log lines of the ``gcnprune_fast`` logger to the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"gcnprune: {self.format(record)}", file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("gcnprune_fast")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def _one_line(e: BaseException) -> str:
+    """The error as one line: its first line, with the exception type unless it is ours or a
+    plain ValueError / TypeError (whose messages say what is wrong)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    text = lines[0].strip() if lines else type(e).__name__
+    if isinstance(e, (CLIError, ValueError, TypeError, FileNotFoundError)):
+        return text
+    return f"{type(e).__name__}: {text} (--debug shows the traceback)"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``gcnprune`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False) or os.environ.get("GCNPRUNE_DEBUG"))
+    _setup_logging()
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        if os.environ.get("GCNPRUNE_DEBUG"):
+    except (CLIError, ValueError, TypeError, FloatingPointError, RuntimeError, OSError,
+            ImportError) as e:
+        if debug:
             raise
-        print(f"gcnprune {args.command}: error: {e}", file=sys.stderr)
+        print(f"gcnprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gcnprune {args.command}: interrupted", file=sys.stderr)

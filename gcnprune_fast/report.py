@@ -67,8 +67,25 @@ def write_json(path: str, obj) -> str:
     return path
 
 
+PLOTS_HINT = ("plots skipped: matplotlib is not installed (pip install matplotlib, or the plots "
+              "extra: pip install -e '.[plots]')")
+"""The one line printed when plots are skipped."""
+
+
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (plots are optional; results never depend on them)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(PLOTS_HINT.replace("plots skipped: ", "cannot plot: ")) from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -152,8 +169,12 @@ def prune_report_markdown(report: Dict[str, Any]) -> str:
              f"| accuracy fine-tuned | {pct(report.get('acc_finetuned'))} |",
              f"| search time | {report.get('search_time_s', 0.0):.1f} s |",
              f"| episodes | {report.get('episodes', 0)} |",
-             f"| seed | {report.get('seed')} |", "",
-             "## Widths per group", "", "| group | before | after |", "|---|---:|---:|"]
+             f"| seed | {report.get('seed')} |"]
+    if report.get("cost_model_mismatch") is not None:
+        flag = " **cost model mismatch**" if report["cost_model_mismatch"] else ""
+        lines.append(f"| counted on the pruned model | {report['flops_after_measured']:,} FLOPs, "
+                     f"{report['params_after_measured']:,} params{flag} |")
+    lines += ["", "## Widths per group", "", "| group | before | after |", "|---|---:|---:|"]
     for w in report.get("widths", []):
         lines.append(f"| {w['name']} | {w['before']} | {w['after']} |")
     return "\n".join(lines) + "\n"
@@ -193,7 +214,9 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
                             base_widths: Sequence[int], group_names: Optional[Sequence[str]] = None,
                             title: str = "gcnprune demo") -> Dict[str, str]:
     """Write ``results.json``, ``results.md``, ``widths.png`` and (if a reward curve exists)
-    ``reward_curve.png`` into ``out_dir``.
+    ``reward_curve.png`` into ``out_dir``. The JSON and Markdown are written first; the plots
+    only when matplotlib is installed (:func:`plots_available`; otherwise they are skipped and
+    ``files["plots_skipped"]`` holds :data:`PLOTS_HINT`).
 
     Args:
         rows: one dict per method with the :data:`DEMO_COLUMNS` keys.
@@ -207,14 +230,22 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
     os.makedirs(out_dir, exist_ok=True)
     files = {}
     widths = {m: w for m, w in ((m, _group_widths(r)) for m, r in reports.items()) if w is not None}
-    if widths and all(len(w) == len(base_widths) for w in widths.values()):
-        files["widths_plot"] = plot_widths(os.path.join(out_dir, "widths.png"), widths, base_widths,
-                                           group_names)
     curves = {m: c for m, c in ((m, _reward_curve(r)) for m, r in reports.items()) if c}
-    for m, c in curves.items():
-        name = "reward_curve.png" if len(curves) == 1 else f"reward_curve_{m}.png"
-        files[f"reward_plot_{m}"] = plot_reward_curve(os.path.join(out_dir, name), c,
-                                                      title=f"{m} search reward")
+    files["json"] = write_json(os.path.join(out_dir, "results.json"),
+                               {"meta": meta, "rows": rows, "reports": reports,
+                                "base_widths": list(base_widths),
+                                "group_names": list(group_names) if group_names else None})
+    plots = {}
+    if plots_available():
+        if widths and all(len(w) == len(base_widths) for w in widths.values()):
+            plots["widths_plot"] = plot_widths(os.path.join(out_dir, "widths.png"), widths,
+                                               base_widths, group_names)
+        for m, c in curves.items():
+            name = "reward_curve.png" if len(curves) == 1 else f"reward_curve_{m}.png"
+            plots[f"reward_plot_{m}"] = plot_reward_curve(os.path.join(out_dir, name), c,
+                                                          title=f"{m} search reward")
+    elif widths or curves:
+        files["plots_skipped"] = PLOTS_HINT
     md = [f"# {title}", ""]
     md += [f"- **{k}**: {_fmt(v)}" for k, v in meta.items() if not isinstance(v, (dict, list))]
     md += ["", markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS), ""]
@@ -224,15 +255,12 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
                                 "original": base_widths[i], **{m: w[i] for m, w in widths.items()}}
                                for i in range(len(base_widths))],
                               ["group", "original", *widths]), ""]
-    for kind, path in files.items():
+    for kind, path in plots.items():
         md.append(f"![{kind}]({os.path.basename(path)})")
     files["markdown"] = os.path.join(out_dir, "results.md")
     with open(files["markdown"], "w") as f:
         f.write("\n".join(md) + "\n")
-    files["json"] = write_json(os.path.join(out_dir, "results.json"),
-                               {"meta": meta, "rows": rows, "reports": reports,
-                                "base_widths": list(base_widths),
-                                "group_names": list(group_names) if group_names else None})
+    files.update(plots)
     return files
 
 
@@ -292,4 +320,5 @@ def write_quality_report(out_dir: str, rows: List[dict], meta: dict) -> str:
 
 
 __all__ = ["markdown_table", "write_json", "prune_report_markdown", "plot_widths", "plot_reward_curve",
+           "plots_available", "PLOTS_HINT",
            "write_comparison_report", "summarize_by_method", "write_quality_report"]

@@ -120,3 +120,185 @@ def test_report_tables_and_quality_summary(tmp_path):
                         "search_time_s": 1.0}]
     md = write_quality_report(str(tmp_path), rows, {"model": "resnet20"})
     assert "60.00±14.14" in md and json.loads((tmp_path / "quality.json").read_text())["rows"] == rows
+
+
+# ----------------------------------------------------------------------------------------------
+# reliability: one-line errors naming the file, --debug, model specs, resume, optional plots
+# ----------------------------------------------------------------------------------------------
+def _copy_pruned(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_export_truncated_or_malformed_files_name_the_file(demo_dir, tmp_path, capsys):
+    folder = _copy_pruned(demo_dir / "l1", tmp_path / "p")
+    weights = folder / "weights.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert main(["export", "--pruned", str(folder), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "truncated" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    weights.write_bytes(data)
+    plan = folder / "plan.json"
+    text = plan.read_text()
+    plan.write_text(text[: len(text) // 2])
+    assert main(["export", "--pruned", str(folder), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert str(plan) in err and "not valid JSON" in err and len(err.strip().splitlines()) == 1
+    broken = json.loads(text)
+    del broken["groups"]
+    plan.write_text(json.dumps(broken))
+    assert main(["export", "--pruned", str(folder), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert str(plan) in err and "'groups' is missing" in err
+
+
+def test_debug_flag_shows_the_traceback(demo_dir, tmp_path, monkeypatch):
+    from gcnprune_fast.cli import CLIError
+
+    folder = _copy_pruned(demo_dir / "l1", tmp_path / "p")
+    (folder / "plan.json").write_text("{")
+    argv = ["export", "--pruned", str(folder), "--out", str(tmp_path / "m.pt")]
+    for extra in (["--debug"] + argv, argv + ["--debug"]):
+        with pytest.raises(CLIError, match="not valid JSON"):
+            main(extra)
+    monkeypatch.setenv("GCNPRUNE_DEBUG", "1")
+    with pytest.raises(CLIError):
+        main(argv)
+
+
+def test_runtime_errors_are_one_line(monkeypatch, capsys):
+    import gcnprune_fast.cli as cli
+
+    def boom(args):
+        raise RuntimeError("CUDA error: something\nlong torch details\nmore")
+
+    monkeypatch.setattr(cli, "cmd_inspect", boom)  # build_parser binds it when called
+    assert main(["inspect", "--model", "resnet20"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("gcnprune inspect: error: RuntimeError: CUDA error: something "
+                           "(--debug shows the traceback)")
+    with pytest.raises(RuntimeError):
+        main(["inspect", "--model", "resnet20", "--debug"])
+
+
+def _fake_checkpoint(tmp_path, model):
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_prune_and_export_torchvision_model(tmp_path, capsys):
+    import torchvision
+
+    torch.manual_seed(0)
+    ckpt = _fake_checkpoint(tmp_path, torchvision.models.get_model("resnet18", num_classes=10))
+    out = tmp_path / "pruned"
+    common = ["--dataset", "synthetic", "--image-size", "16", "--batch-size", "250", "--no-progress"]
+    assert main(["prune", "--model", "torchvision:resnet18", "--checkpoint", str(ckpt), *common,
+                 "--method", "l1", "--flops", "0.5", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["flops_ratio"] <= 0.5 and report["cost_model_mismatch"] is False
+    capsys.readouterr()
+    assert main(["export", "--pruned", str(out), "--model", "torchvision:resnet18", "--format",
+                 "torchscript", "--out", str(tmp_path / "r18.pt")]) == 0
+    loaded = torch.jit.load(str(tmp_path / "r18.pt"))
+    assert loaded(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    # without --model the plan is not a built-in one: say how to name it
+    assert main(["export", "--pruned", str(out), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "torchvision:NAME" in capsys.readouterr().err
+
+
+def test_model_spec_errors(monkeypatch, capsys):
+    assert main(["inspect", "--model", "torchvision:nosuchnet"]) == 2
+    assert "torchvision has no classification model 'nosuchnet'" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # timm not installed
+    assert main(["inspect", "--model", "timm:resnet18"]) == 2
+    assert "pip install timm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["inspect", "--model", "keras:resnet"])
+    assert "torchvision:NAME or timm:NAME" in capsys.readouterr().err
+
+
+def test_inspect_timm_model(capsys):
+    pytest.importorskip("timm")
+    assert main(["inspect", "--model", "timm:resnet10t", "--num-classes", "5"]) == 0
+    assert "timm:resnet10t:" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("trained") / "w.pt"
+    assert main(["train", "--model", "simple_cnn", "--dataset", "synthetic", "--image-size", "8",
+                 "--epochs", "1", "--batch-size", "256", "--no-progress", "--out", str(ckpt)]) == 0
+    return ckpt
+
+
+def _prune_argv(ckpt, out, *extra):
+    return ["prune", "--model", "simple_cnn", "--checkpoint", str(ckpt), "--dataset", "synthetic",
+            "--image-size", "8", "--batch-size", "256", "--flops", "0.5", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def test_resume_with_nothing_to_resume_and_other_settings(trained, tmp_path, capsys, monkeypatch):
+    import gcnprune_fast.cli as cli
+
+    monkeypatch.setattr(cli, "_load_datasets", lambda *a: pytest.fail("data loaded"))
+    for method in ("l1", "channel-gcn"):
+        assert main(_prune_argv(trained, tmp_path / method, "--method", method, "--resume",
+                                "--finetune-epochs", "1")) == 2
+        err = capsys.readouterr().err
+        assert "nothing to resume" in err and "--resume" in err and "resume=True" not in err
+    monkeypatch.undo()
+    out = tmp_path / "run"
+    assert main(_prune_argv(trained, out, "--method", "l1", "--finetune-epochs", "1")) == 0
+    assert (out / "search" / "finetune.pt").is_file()
+    # another budget with --resume: refused before the search, naming the setting
+    # same settings: the (fast, deterministic) search is rerun, the fine-tune resumed
+    assert main(_prune_argv(trained, out, "--method", "l1", "--finetune-epochs", "1",
+                            "--resume")) == 0
+    assert "rerunning its search" in capsys.readouterr().err
+    capsys.readouterr()
+    argv = _prune_argv(trained, out, "--method", "l1", "--finetune-epochs", "1", "--resume")
+    argv[argv.index("--flops") + 1] = "0.6"
+    assert main(argv) == 2
+    assert "flops_budget" in capsys.readouterr().err
+    # without --resume the old checkpoint is ignored: another budget just runs
+    argv.remove("--resume")
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("option, message", [("hrank_samples=0", "must be >= 1"),
+                                             ("hrank_samples=many", "expects an integer"),
+                                             ("nosuch=1", "unknown option")])
+def test_bad_option_values_exit_2_before_loading_data(trained, tmp_path, capsys, monkeypatch,
+                                                       option, message):
+    import gcnprune_fast.cli as cli
+
+    monkeypatch.setattr(cli, "_load_datasets", lambda *a: pytest.fail("data loaded"))
+    assert main(_prune_argv(trained, tmp_path / "o", "--method", "hrank", "--option", option)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_matplotlib_never_costs_the_result(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    out = tmp_path / "gcn"
+    assert main(_prune_argv(trained, out, "--method", "channel-gcn", "--episodes", "2",
+                            "--option", "episodes_per_update=2", "--option", "reward_samples=16",
+                            "--option", "feature_samples=16")) == 0
+    captured = capsys.readouterr()
+    assert "plots skipped" in captured.out and "pip install matplotlib" in captured.out
+    assert (out / "report.json").is_file() and (out / "weights.pt").is_file()
+    assert not (out / "reward_curve.png").exists()
+    from gcnprune_fast.report import plot_reward_curve, write_comparison_report
+
+    report = json.loads((out / "report.json").read_text())
+    files = write_comparison_report(str(tmp_path / "cmp"), [{"method": "channel-gcn"}], {},
+                                    {"channel-gcn": report}, [w["before"] for w in report["widths"]])
+    assert "plots skipped" in files["plots_skipped"]
+    assert (tmp_path / "cmp" / "results.json").is_file() and (tmp_path / "cmp" / "results.md").is_file()
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plot_reward_curve(str(tmp_path / "r.png"), [1.0, 2.0])
