@@ -243,6 +243,8 @@ def test_method_meets_budget_through_prune(name, which, space, resnet_space):
     assert r["flops_after"] <= 0.5 * r["flops_before"] * (1 + 1e-9)
     assert r["params_after"] <= 0.6 * r["params_before"] * (1 + 1e-9)
     assert r["flops_ratio"] > 0.2  # the search uses the budget, it does not collapse
+    if name == "evolution":  # candidates are scaled onto the budget surface
+        assert r["flops_ratio"] > 0.45 or r["params_ratio"] > 0.55
     assert r["episodes"] > 0 and len(r["reward_curve"]) >= 1
     assert set(r["ratios"]) == {g.name for g in sp.groups}
     assert r["search_time_s"] > 0

@@ -2,10 +2,9 @@
 ratios, as a method of its own.
 
 - a candidate is one legal width per group (a keep ratio from the grid 0.1..1.0, step 0.05, then
-  legal widths via ``counts_from_ratios``); a candidate over the budget is scaled down to it
-  (``fit_ratios_to_budget``: the shape of the proposal is kept, its size cut), and the initial
-  candidates are random grid ratios divided by their maximum and scaled the same way, so they lie
-  on the budget surface instead of far below it;
+  legal widths via ``counts_from_ratios``); every candidate is scaled by the largest common
+  factor (ratios capped at 1) that meets the budget, up or down, so candidates differ in shape
+  and all lie on the budget surface (MetaPruning instead rejects candidates outside a FLOPs range);
 - population 50, 20 iterations; the top ``parents`` (10) of everything scored so far are the
   parents; each iteration makes 25 mutations (each gene replaced by a random grid ratio with
   probability 0.1) and 25 crossovers (each gene from one of two random parents), duplicates
@@ -86,12 +85,31 @@ class _Evolution:
         self.space, self.budget, self.grid, self.gen = space, budget, grid, gen
         self.sizes = torch.tensor([g.size for g in space.groups], dtype=torch.float64)
 
-    def project(self, ratios: torch.Tensor) -> Tuple[int, ...]:
-        counts = counts_from_ratios(self.space, ratios)
-        f, p = self.space.cost_from_counts(torch.tensor(counts, dtype=torch.long))
-        if not bool(self.budget.feasible(f, p)):
-            counts = fit_ratios_to_budget(self.space, ratios, self.budget)
-        return tuple(int(c) for c in counts)
+    def project(self, ratios: torch.Tensor, iterations: int = 30) -> Tuple[int, ...]:
+        """Legal widths for ``ratios`` scaled by the largest common factor s (ratios capped at 1)
+        that meets the budget: up when the proposal is under it, down when over (bisection)."""
+        ratios = ratios.to(torch.float64).clamp(1e-6, 1.0)
+
+        def widths(scale: float) -> List[int]:
+            return counts_from_ratios(self.space, (ratios * scale).clamp(max=1.0))
+
+        def ok(counts: List[int]) -> bool:
+            f, p = self.space.cost_from_counts(torch.tensor(counts, dtype=torch.long))
+            return bool(self.budget.feasible(f, p))
+
+        hi = float(1.0 / ratios.min())
+        if ok(widths(hi)):
+            return tuple(widths(hi))
+        lo = 0.0
+        if not ok(widths(lo)):
+            return tuple(int(c) for c in fit_ratios_to_budget(self.space, ratios, self.budget))
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            if ok(widths(mid)):
+                lo = mid
+            else:
+                hi = mid
+        return tuple(widths(lo))
 
     def ratios(self, counts) -> torch.Tensor:
         return torch.tensor(counts, dtype=torch.float64) / self.sizes
@@ -101,8 +119,7 @@ class _Evolution:
                                        generator=self.gen)]
 
     def random(self) -> Tuple[int, ...]:
-        r = self.grid_sample()
-        return self.project(r / r.max())
+        return self.project(self.grid_sample())
 
     def mutate(self, parent, prob: float) -> Tuple[int, ...]:
         flip = torch.rand(self.space.num_groups, generator=self.gen, dtype=torch.float64) < prob
