@@ -148,7 +148,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "pytest-benchmark"],
+        "test": ["pytest", "hypothesis", "pytest-benchmark", "timm"],
+        "timm": ["timm"],  # the timm model-zoo sweep (tests/test_timm_zoo.py)
         "bench": ["pytest-benchmark", "torch-geometric"],
         "export": ["onnx", "onnxscript", "onnxruntime"],
         "plots": ["matplotlib"],

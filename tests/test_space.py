@@ -701,3 +701,60 @@ def test_default_method_on_concat_and_channels_last_models(name):
                                  reward_samples=8, progress=False)
     with torch.no_grad():
         assert result.model(loader[0][0]).shape == (4, 10)
+
+
+class _GhostModule(nn.Module):
+    """GhostNet's pattern: cat([x1, depthwise(x1)]) (every channel of x1 carried twice), gated by
+    an SE whose expand conv writes the concatenated width (it roots the group)."""
+
+    def __init__(self, cin, half):
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(cin, half, 1), nn.BatchNorm2d(half), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(half, half, 3, padding=1, groups=half),
+                                   nn.BatchNorm2d(half), nn.ReLU())
+        self.reduce = nn.Conv2d(2 * half, 4, 1)
+        self.expand = nn.Conv2d(4, 2 * half, 1)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        out = torch.cat([x1, self.cheap(x1)], 1)
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(out.mean((2, 3), keepdim=True)))))
+        return out * gate
+
+
+class _GhostNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.ghost = _GhostModule(8, 6)
+        self.conv = nn.Conv2d(12, 10, 3, padding=1)
+        self.head = nn.Linear(10, 5)
+
+    def forward(self, x):
+        return self.head(self.conv(self.ghost(self.stem(x))).mean((2, 3)))
+
+
+def test_tied_channels_are_one_group_channel():
+    """A group whose root layer's output carries a channel twice (GhostNet) has one group channel
+    per tied class: masks, cost, masked evaluation and surgery agree exactly."""
+    import torch_pruning as tp
+    torch.manual_seed(0)
+    model = _randomize_bn(_GhostNet()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = PruningSpace(model, x)
+    tied = next(g for g in space.groups if g.root == "ghost.expand")
+    assert tied.size == 6 and "ghost.primary.0" in tied.producers and tied.cost_exact
+    assert space.cost_exact
+    for seed in range(3):
+        masks = _random_masks(space, p=0.5, seed=seed)
+        pruned = space.prune(masks).eval()
+        assert pruned.ghost.primary[0].out_channels == int(masks[tied.index].sum())
+        assert pruned.ghost.expand.out_channels == 2 * int(masks[tied.index].sum())
+        with torch.no_grad(), space.masked(masks):
+            torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)
+        flops, params = tp.utils.count_ops_and_params(pruned, x)
+        assert space.cost(masks) == (flops, params)
+        plan = space.plan(masks)
+        rebuilt = load_pruned(_GhostNet(), plan, pruned.state_dict())
+        torch.testing.assert_close(rebuilt.eval()(x), pruned(x))
+    assert space.weight_stats()[tied.index]["l1"].shape == (6,)

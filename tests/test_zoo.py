@@ -32,10 +32,11 @@ def zoo_names():
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _keep_70_percent(space, gen):
+def random_masks(space, keep, gen):
+    """Random masks keeping about ``keep`` of every group (valid counts)."""
     masks = []
     for g in space.groups:
-        k = max(space.min_keep(g.index), int(round(0.7 * g.size)))
+        k = max(space.min_keep(g.index), int(round(keep * g.size)))
         while not space.valid_count(g.index, k):
             k += 1
         m = torch.zeros(g.size, dtype=torch.bool)
@@ -44,26 +45,29 @@ def _keep_70_percent(space, gen):
     return masks
 
 
-def run_zoo_model(name: str) -> dict:
-    """Prune ``name`` by ~30% per group and check it. Returns a result row; raises on failure
-    (our clear RuntimeError/ValueError for unsupported models)."""
+def check_model(name: str, model: torch.nn.Module, x: torch.Tensor, keep: float = 0.7,
+                jit: bool = True) -> dict:
+    """Build the space of ``model`` (eval mode), prune about ``1 - keep`` of every group with random
+    masks and check it: output shape, ``torch.jit.trace`` (with ``jit``), masked == pruned where
+    the space claims exactness, the cost model against torch-pruning's counter (original and
+    pruned), the original model unchanged. Returns a result row (``_check_row`` judges it); our
+    clear RuntimeError/ValueError propagate for models the space refuses, AssertionError for wrong
+    results."""
     import torch_pruning as tp  # reference counter only
 
     t0 = time.time()
-    torch.manual_seed(0)
-    size = _INPUT_SIZE.get(name, 64)
-    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs).eval()
-    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        ref_shape = tuple(model(x).shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     space = PruningSpace(model, x)
-    masks = _keep_70_percent(space, torch.Generator().manual_seed(0))
+    masks = random_masks(space, keep, torch.Generator().manual_seed(0))
     pruned = space.prune(masks).eval()
     with torch.no_grad():
         out = pruned(x)
-        assert out.shape == (1, 10), f"{name}: output shape {tuple(out.shape)}"
-        traced = torch.jit.trace(pruned, x)
-        torch.testing.assert_close(traced(x), out, rtol=1e-4, atol=1e-4)
+        assert tuple(out.shape) == ref_shape, f"{name}: output shape {tuple(out.shape)}"
+        if jit:
+            traced = torch.jit.trace(pruned, x)
+            torch.testing.assert_close(traced(x), out, rtol=1e-4, atol=1e-4)
         with space.masked(masks):
             masked_out = model(x)
     masked_diff = (masked_out - out).abs().max().item() / (out.abs().max().item() + 1e-12)
@@ -78,11 +82,31 @@ def run_zoo_model(name: str) -> dict:
         assert torch.equal(v, before[k]), f"{name}: the original model changed ({k})"
     return {"model": name, "groups": space.num_groups, "flops_kept": f1 / f0,
             "params_kept": p1 / p0, "max_cost_err": max(errs), "masked_rel_diff": masked_diff,
-            "exact_claimed": exact_claimed, "seconds": time.time() - t0}
+            "exact_claimed": exact_claimed, "cost_exact": getattr(space, "cost_exact", True),
+            "seconds": time.time() - t0}
+
+
+def build_zoo_model(name: str):
+    torch.manual_seed(0)
+    size = _INPUT_SIZE.get(name, 64)
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs).eval()
+    return model, torch.randn(1, 3, size, size)
+
+
+def run_zoo_model(name: str) -> dict:
+    """Prune torchvision's ``name`` by ~30% per group and check it (``check_model``)."""
+    model, x = build_zoo_model(name)
+    return check_model(name, model, x, keep=0.7)
 
 
 def _check_row(row):
-    assert row["max_cost_err"] < 0.01, f"{row['model']}: cost model off by {row['max_cost_err']:.2%}"
+    if row.get("cost_exact", True):
+        assert row["max_cost_err"] < 0.01, \
+            f"{row['model']}: cost model off by {row['max_cost_err']:.2%}"
+    else:  # the space says its count is approximate: it must still be close
+        assert row["max_cost_err"] < 0.05, \
+            f"{row['model']}: approximate cost model off by {row['max_cost_err']:.2%}"
     assert row["flops_kept"] < 0.999, f"{row['model']}: nothing was pruned"
 
 
@@ -109,38 +133,73 @@ def _memory_cap(gigabytes: float):
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-@pytest.mark.slow
-def test_zoo_full_sweep():
-    """Env: GCNPRUNE_ZOO_FROM=name (start there, alphabetical), GCNPRUNE_ZOO_MAX_GB (heap cap,
-    default 5), GCNPRUNE_ZOO_ALL=1 (include the >500M-parameter models)."""
-    torch.set_num_threads(1)
-    rows, failures = [], []
-    names = [n for n in zoo_names() if n not in _TOO_LARGE or os.environ.get("GCNPRUNE_ZOO_ALL")]
-    names = [n for n in names if n >= os.environ.get("GCNPRUNE_ZOO_FROM", "")]
-    cap = float(os.environ.get("GCNPRUNE_ZOO_MAX_GB", "5"))
+REFUSALS = (RuntimeError, ValueError, MemoryError)  # our clear errors: the space refuses
+
+
+def sweep(names, run, cap_gb: float, title: str) -> dict:
+    """Run ``run(name) -> row`` for every name and print a table. A row's status is "pass",
+    "refused" (our clear RuntimeError/ValueError, or MemoryError under the heap cap), "WRONG" (an
+    AssertionError: a wrong result, never a skip) or "CRASH" (any other exception: an error
+    without our message). Returns {status: [names]}."""
+    rows, by_status = [], {"pass": [], "refused": [], "WRONG": [], "CRASH": []}
     for name in names:
+        t0 = time.time()
         try:
-            with _memory_cap(cap):
-                row = run_zoo_model(name)
+            with _memory_cap(cap_gb):
+                row = run(name)
             _check_row(row)
-            row["status"] = "pass"
-        except (RuntimeError, ValueError, AssertionError, MemoryError) as e:
-            row = {"model": name, "status": f"FAIL {type(e).__name__}: {str(e)[:150]}"}
-            failures.append(row)
+            row["status"], detail = "pass", ""
+        except AssertionError as e:
+            row, detail = {"model": name, "status": "WRONG"}, f"{e}"
+        except REFUSALS as e:
+            row, detail = {"model": name, "status": "refused"}, f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - reported as a crash
+            row, detail = {"model": name, "status": "CRASH"}, f"{type(e).__name__}: {e}"
+        row["detail"] = detail
+        by_status[row["status"]].append(name)
         rows.append(row)
-        print(f"{name:22s} {row['status'][:160]}  groups={row.get('groups', '-')} "
+        print(f"{name:24s} {row['status']:8s} groups={row.get('groups', '-')} "
               f"flops_kept={row.get('flops_kept', float('nan')):.2f} "
               f"cost_err={row.get('max_cost_err', float('nan')):.2e} "
               f"masked_diff={row.get('masked_rel_diff', float('nan')):.1e} "
-              f"t={row.get('seconds', 0):.1f}s", flush=True)
+              f"t={time.time() - t0:.1f}s {detail[:200]}", flush=True)
         gc.collect()
-    passed = sum(r["status"] == "pass" for r in rows)
-    print(f"\nzoo: {passed}/{len(rows)} passed; skipped (too large): "
-          f"{sorted(_TOO_LARGE - set(names))}")
-    for r in failures:
-        print("  ", r["model"], r["status"])
-    # Failures must be our clear errors: anything else (TypeError deep in torch) escapes above.
-    assert passed >= 1
+    print(f"\n{title}: {len(by_status['pass'])}/{len(rows)} passed, "
+          f"{len(by_status['refused'])} refused, {len(by_status['WRONG'])} wrong, "
+          f"{len(by_status['CRASH'])} crashed")
+    for r in rows:
+        if r["status"] != "pass":
+            print(f"   {r['model']:24s} {r['status']:8s} {r['detail'][:300]}")
+    return by_status
+
+
+def assert_sweep(by_status, min_pass: int):
+    """No wrong result, no crash without our message, at least ``min_pass`` passes."""
+    assert not by_status["WRONG"], f"wrong results (a mismatch is never a skip): {by_status['WRONG']}"
+    assert not by_status["CRASH"], f"errors without a clear message: {by_status['CRASH']}"
+    assert len(by_status["pass"]) >= min_pass, \
+        f"{len(by_status['pass'])} passed, expected at least {min_pass}"
+
+
+# Passes of the full torchvision sweep (of 78 models without _TOO_LARGE); raise it when coverage grows.
+ZOO_MIN_PASS = 63
+
+
+@pytest.mark.slow
+def test_zoo_full_sweep():
+    """Env: GCNPRUNE_ZOO_FROM=name (start there, alphabetical), GCNPRUNE_ZOO_ONLY=a,b (these
+    models), GCNPRUNE_ZOO_MAX_GB (heap cap, default 5), GCNPRUNE_ZOO_ALL=1 (include the
+    >500M-parameter models). The pass-count floor applies to the default full sweep only."""
+    torch.set_num_threads(1)
+    names = [n for n in zoo_names() if n not in _TOO_LARGE or os.environ.get("GCNPRUNE_ZOO_ALL")]
+    names = [n for n in names if n >= os.environ.get("GCNPRUNE_ZOO_FROM", "")]
+    only = [n for n in os.environ.get("GCNPRUNE_ZOO_ONLY", "").split(",") if n]
+    if only:
+        names = [n for n in names if n in only]
+    by_status = sweep(names, run_zoo_model, float(os.environ.get("GCNPRUNE_ZOO_MAX_GB", "5")),
+                      "torchvision zoo")
+    partial = bool(only or os.environ.get("GCNPRUNE_ZOO_FROM") or os.environ.get("GCNPRUNE_ZOO_ALL"))
+    assert_sweep(by_status, 1 if partial else ZOO_MIN_PASS)
 
 
 def test_unsupported_model_fails_clearly():

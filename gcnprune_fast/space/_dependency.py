@@ -81,6 +81,12 @@ class _DependencyGraph(tp.DependencyGraph):
                     continue
                 group.add_dep(new_dep, new_indices)
                 stack.append((new_dep, new_indices))
+        # every (channel, root channel) pair each dimension was reached with: the merge below keeps
+        # one root per channel, which hides channels a group carries twice (tied root channels)
+        root_pairs: Dict[tuple, set] = {}
+        for dep, dep_idxs in group.items:
+            root_pairs.setdefault((id(dep.target), dep.handler), set()).update(
+                (int(i.idx), int(i.root_idx)) for i in dep_idxs)
         merged_group = _TPGroup()
         for dep, dep_idxs in group.items:
             if isinstance(dep.target.module, nn.Parameter) and any(
@@ -93,6 +99,7 @@ class _DependencyGraph(tp.DependencyGraph):
             item = _tp_helpers.GroupItem(merged_group[i].dep, _tp_helpers.to_plain_idxs(hybrid_idxs))
             item.root_idxs = _tp_helpers.to_root_idxs(hybrid_idxs)
             merged_group[i] = item
+        merged_group.root_pairs = root_pairs
         return merged_group
 
 
@@ -116,9 +123,52 @@ class DimRef:
 
 @dataclass
 class RawGroup:
+    """One coupled group: its channels are the root layer's output channels, or, where the network
+    carries a channel twice (GhostNet's ``cat([x, depthwise(x)])`` gated by an SE whose expand conv
+    is the root: root channels i and i + C/2 are one channel of x), classes of tied root channels:
+    ``root_classes[c]`` lists the root channels of group channel c (None: channel c == root
+    channel c). ``DimRef.root`` holds group channels."""
+
     root_name: str
     size: int
     dims: List[DimRef] = field(default_factory=list)
+    root_classes: Optional[List[List[int]]] = None
+
+    def root_channels(self, channels: Sequence[int]) -> List[int]:
+        """The root layer's output channels of group channels ``channels`` (sorted)."""
+        if self.root_classes is None:
+            return sorted(int(c) for c in channels)
+        return sorted(r for c in channels for r in self.root_classes[int(c)])
+
+
+def _tie_classes(size: int, pairs_per_dim: Sequence[Sequence[Tuple[int, int]]]):
+    """Classes of root channels that some dimension carries at one position (union-find); None
+    when every root channel is its own class. Classes are ordered by their smallest member."""
+    parent = list(range(size))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    tied = False
+    for pairs in pairs_per_dim:
+        first: Dict[int, int] = {}
+        for local, root in pairs:
+            if local in first:
+                a, b = find(first[local]), find(root)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+                    tied = True
+            else:
+                first[local] = root
+    if not tied:
+        return None
+    members: Dict[int, List[int]] = {}
+    for r in range(size):
+        members.setdefault(find(r), []).append(r)
+    return sorted(members.values(), key=lambda m: m[0])
 
 
 def _kind(node) -> str:
@@ -215,6 +265,7 @@ class TracedDependencies:
             size = self.dg.get_out_channels(root)
             raw = RawGroup(root_name=module_names[root], size=int(size))
             merged: Dict[Tuple[int, frozenset], Tuple[list, list]] = {}
+            full_pairs = getattr(group, "root_pairs", None)
             for item in group.items:
                 node, handler = item.dep.target, item.dep.handler
                 roles = set()
@@ -226,11 +277,22 @@ class TracedDependencies:
                     roles = {"in", "out"}
                 key = (id(node), frozenset(roles))
                 loc, rt = merged.setdefault(key, ([], []))
-                loc.extend(int(i) for i in item.idxs)
-                rt.extend(int(i) for i in item.root_idxs)
-            for (nid, roles), (loc, rt) in merged.items():
+                reached = full_pairs.get((id(node), handler)) if full_pairs is not None else None
+                if reached is not None:
+                    loc.extend(p[0] for p in reached)
+                    rt.extend(p[1] for p in reached)
+                else:
+                    loc.extend(int(i) for i in item.idxs)
+                    rt.extend(int(i) for i in item.root_idxs)
+            dim_pairs = {key: sorted(set(zip(loc, rt))) for key, (loc, rt) in merged.items()}
+            raw.root_classes = _tie_classes(raw.size, list(dim_pairs.values()))
+            if raw.root_classes is not None:
+                class_of = {r: c for c, members in enumerate(raw.root_classes) for r in members}
+                dim_pairs = {key: sorted({(loc, class_of[rt]) for loc, rt in pairs})
+                             for key, pairs in dim_pairs.items()}
+                raw.size = len(raw.root_classes)
+            for (nid, roles), pairs in dim_pairs.items():
                 node = self.nodes[nid]
-                pairs = sorted(set(zip(loc, rt)))
                 raw.dims.append(DimRef(
                     node_id=nid, name=module_names.get(node.module) if isinstance(node.module, nn.Module) else None,
                     module=node.module, kind=_kind(node), roles=roles,
@@ -240,8 +302,9 @@ class TracedDependencies:
 
 
 def prune_groups_inplace(dep_graph: TracedDependencies, removals: Dict[str, Sequence[int]]) -> None:
-    """Remove, for each ``root_name -> idxs`` in ``removals``, output channels ``idxs`` of layer
-    ``root_name`` and everything coupled to them, in place on ``dep_graph.model``.
+    """Remove, for each ``root_name -> idxs`` in ``removals``, channels ``idxs`` of the group rooted
+    at layer ``root_name`` (its output channels, or classes of tied ones: ``RawGroup.root_classes``)
+    and everything coupled to them, in place on ``dep_graph.model``.
 
     All groups are resolved first in the original coordinates, then every layer dimension is sliced
     once with the union of its indices (groups never share channels), which avoids re-deriving the
@@ -249,6 +312,9 @@ def prune_groups_inplace(dep_graph: TracedDependencies, removals: Dict[str, Sequ
     tokens etc.) take torch-pruning's sequential path, which re-registers those parameters."""
     dg = dep_graph.dg
     roots = {name: dep_graph.model.get_submodule(name) for name in removals}
+    by_root = {raw.root_name: raw for raw in dep_graph.groups}
+    removals = {name: by_root[name].root_channels(idxs) if name in by_root else list(idxs)
+                for name, idxs in removals.items()}
     if any(n.type == tp.ops.OPTYPE.PARAMETER for n in dg.module2node.values()):
         for name, idxs in removals.items():
             pruner = dg.get_pruner_of_module(roots[name])

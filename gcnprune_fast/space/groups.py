@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,6 +47,11 @@ class ChannelGroup:
             ``feature_index[i]``) when the output holds more channels than the group (a
             concatenation, e.g. DenseNet's dense layers); None when it holds exactly the group's
             channels in order.
+        cost_exact: True when ``space.cost`` of a mask depends only on how many of the group's
+            channels it keeps, as the cost model assumes: every layer dimension in the group
+            carries each group channel equally often. False when a split or slice sends some
+            channels to one layer and others elsewhere (Res2Net, CSP, mixed-kernel convs): the
+            cost is then the average over which channels are kept, not exact for one mask.
     """
 
     index: int
@@ -60,6 +66,7 @@ class ChannelGroup:
     mask_exact: bool
     feature_dim: int = 1
     feature_index: Optional[Tuple[int, ...]] = None
+    cost_exact: bool = True
 
 
 def build_groups(trace: Trace) -> Tuple[List[ChannelGroup], List[RawGroup], List[str]]:
@@ -100,12 +107,19 @@ def build_groups(trace: Trace) -> Tuple[List[ChannelGroup], List[RawGroup], List
             shown = main if len(main) <= 4 else main[:2] + ["..."] + main[-1:]
             name = f"residual: {', '.join(shown)} ({len(main)} producers)"
         feat = choose_feature_module(raw, records, calls_per_module)
+        cost_exact = all(_uniform_cover(d.root, raw.size) for d in raw.dims)
         exact = not any(d.kind in _INEXACT_KINDS for d in raw.dims)
         groups.append(ChannelGroup(idx, name, raw.size, layers, raw.root_name, producers,
                                    consumers, feat.module, feat.activation, exact,
-                                   feat.dim, feat.index))
+                                   feat.dim, feat.index, cost_exact))
         raws.append(raw)
     return groups, raws, skipped
+
+
+def _uniform_cover(root, size: int) -> bool:
+    """True when a dimension carries every one of the group's ``size`` channels equally often."""
+    counts = np.bincount(root, minlength=size)
+    return bool(counts.min() == counts.max())
 
 
 def group_offsets(sizes: Sequence[int]) -> torch.Tensor:

@@ -45,7 +45,10 @@ class PruningSpace:
     ``example_inputs`` (tuple of detached copies), ``fingerprint`` (``structure_fingerprint``),
     ``ignored_layers`` (tuple of names), ``output_shape``, ``unknown_ops`` (ops the tracer treated
     as element-wise without knowing them), ``groups`` (list[ChannelGroup]), ``num_groups``,
-    ``skipped_groups`` (readable reasons), ``base_flops`` and ``base_params`` (unpruned cost).
+    ``skipped_groups`` (readable reasons), ``base_flops`` and ``base_params`` (unpruned cost),
+    ``cost_exact`` (True when ``cost(masks)`` is the pruned model's exact count for every mask;
+    False when some group's cost depends on which channels are kept, not only how many: see
+    ``ChannelGroup.cost_exact``) and ``cost_notes`` (why not, readable).
 
     Raises:
         TypeError / ValueError: bad arguments, inputs the model cannot run on (the message gives
@@ -98,6 +101,13 @@ class PruningSpace:
             for d in raw.dims:
                 d.module = None
         self.base_flops, self.base_params = (int(round(v)) for v in self.cost(self.full_masks()))
+        # counts fully determine the cost only when every group's channels are interchangeable
+        # for the counter (ChannelGroup.cost_exact) and no dimension fell back to a constant
+        self.cost_notes: List[str] = list(self._cost.notes) + [
+            f"group {g.index} ({g.name}): a split/slice carries its channels unevenly; the cost of "
+            "a mask depends on which channels it keeps, the model counts the average"
+            for g in self.groups if not g.cost_exact]
+        self.cost_exact = not self.cost_notes
 
     # ------------------------------------------------------------------ groups
     @property

@@ -24,7 +24,8 @@ def producer_weights(model: nn.Module, raw: RawGroup) -> List[torch.Tensor]:
             w = w.transpose(0, 1)
         w = w.reshape(w.shape[0], -1)
         rows = torch.zeros(raw.size, w.shape[1], dtype=w.dtype)
-        rows[torch.from_numpy(d.root)] = w[torch.from_numpy(d.local)].to(rows.device)
+        # tied channels (RawGroup.root_classes): a group channel's filters summed
+        rows.index_add_(0, torch.from_numpy(d.root), w[torch.from_numpy(d.local)].to(rows.device))
         mats.append(rows)
     return mats
 
@@ -41,8 +42,8 @@ def weight_stats(model: nn.Module, raws: Sequence[RawGroup]) -> List[Dict[str, O
         gam, n = torch.zeros(raw.size), 0
         for d in raw.dims:
             if d.kind == "bn" and d.name and getattr(modules[d.name], "weight", None) is not None:
-                gam[torch.from_numpy(d.root)] += modules[d.name].weight.detach().abs().float(
-                ).cpu()[torch.from_numpy(d.local)]
+                gam.index_add_(0, torch.from_numpy(d.root), modules[d.name].weight.detach().abs(
+                ).float().cpu()[torch.from_numpy(d.local)])
                 n += 1
         stats.append({"l1": l1, "l2": l2, "bn_gamma": gam / n if n else None})
     return stats
