@@ -122,7 +122,7 @@ jstr() { "$PY" -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1" 2>/dev/
 record() {  # stage rc seconds [note]
   local note=""
   if [ -n "${4:-}" ]; then note=",\"note\":$(jstr "$4")"; fi
-  printf '{"stage":"%s","event":"stage_end","rc":"%s","seconds":%s,"t":%s%s}\n' \
+  printf '{"stage":"gpu_check","step":"%s","rc":"%s","seconds":%s,"t":%s%s}\n' \
     "$1" "$2" "$3" "$(elapsed)" "$note" >> "$RES"
 }
 # Seconds a stage may take: its cap, within what is left of the budget minus a reserve for the
@@ -172,8 +172,8 @@ if env:
     e = env[-1]
     L.append(f"device: {e.get('gpu') or 'cpu'} | torch {e.get('torch')} | cuda {e.get('cuda')} | "
              f"python {e.get('python')} | native cuda kernels: {e.get('native_cuda')}")
-L.append("stages: " + ", ".join(f"{r['stage']} rc={r['rc']} {r['seconds']}s"
-                                for r in rows if r.get("event") == "stage_end"))
+L.append("stages: " + ", ".join(f"{r['step']} rc={r['rc']} {r['seconds']}s"
+                                for r in rows if r.get("stage") == "gpu_check"))
 for r in rows:
     if r.get("stage") == "tests_summary":
         L.append(f"tests: {r.get('tests')} run, {r.get('failures')} failed, {r.get('errors')} "
@@ -191,7 +191,7 @@ if ops:
         gb = f" [{r['gbps']:.0f} GB/s" + (f", {r['pct_peak']:.0f}% of peak]" if r.get("pct_peak")
                                            else "]") if r.get("gbps") else ""
         L.append(f"  {r['op']:<20} {r['shape']:<40} {ms:>9}{ref}{gb}")
-pipe = [r for r in rows if r.get("stage") == "pipeline" and "stage_name" in r]
+pipe = [r for r in rows if r.get("stage") == "pipeline"]
 if pipe:
     f = pipe[-1]
     L.append(f"pipeline: {f.get('model')} on {f.get('device')}, {f.get('groups')} groups, "
@@ -275,8 +275,11 @@ run_stage env 60 0 env_stage
 # ------------------------------------------------------------------------------------------ install
 install_stage() {
   local wheels=$ROOT/gpu_payload/wheels missing=() spec mod pkg
-  for spec in torch_pruning:torch-pruning pytest:pytest hypothesis:hypothesis xdist:pytest-xdist \
-              tqdm:tqdm; do
+  # --no-deps: every wheel carried is listed here with its import name, and the image's own
+  # packages (torch, numpy) are never re-resolved (pip would fail offline on any mismatch there)
+  for spec in torch_pruning:torch-pruning pytest:pytest pluggy:pluggy iniconfig:iniconfig \
+              packaging:packaging hypothesis:hypothesis sortedcontainers:sortedcontainers \
+              attr:attrs xdist:pytest-xdist execnet:execnet tqdm:tqdm; do
     mod=${spec%%:*}
     pkg=${spec#*:}
     "$PY" -c "import $mod" 2>/dev/null || missing+=("$pkg")
@@ -287,9 +290,10 @@ install_stage() {
     echo "ERROR: $wheels missing: run scripts/gpu_payload.sh here and carry gpu_payload" >&2
     return 1
   fi
-  "$PY" -m pip install -q --no-index --no-cache-dir --find-links "$wheels" "${missing[@]}" && return 0
+  "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --find-links "$wheels" \
+    "${missing[@]}" && return 0
   echo "plain install failed; installing into $WORK/site (PYTHONPATH)"
-  "$PY" -m pip install -q --no-index --no-cache-dir --find-links "$wheels" \
+  "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --find-links "$wheels" \
     --target "$WORK/site" "${missing[@]}" || return 1
   echo "$WORK/site" > "$WORK/extra_path"
 }
@@ -459,10 +463,11 @@ if [ "$SKIP_HEADLINE" = 0 ]; then
   tail -n 12 "$HLOG"
 fi
 if [ -n "$TPID" ]; then wait "$TPID"; fi
-echo "----- tests.log (tail)"
-grep -E "passed|failed|error" "$TLOG" | tail -n 5
-tail -n 25 "$TLOG"
-grep -h '"stage_end"' "$RES" | grep -E '"(tests|sanitizer|headline)"' || true
+if [ -f "$TLOG" ]; then
+  echo "----- tests.log (tail)"
+  tail -n 25 "$TLOG"
+fi
+grep -h '"gpu_check"' "$RES" | grep -E '"(tests|sanitizer|headline)"' || true
 
 # ------------------------------------------------------------------------------------------ benchmarks
 if [ "$SKIP_BENCH" = 0 ]; then
@@ -484,8 +489,8 @@ for line in open(sys.argv[1]):
         r = json.loads(line)
     except ValueError:
         continue
-    if r.get("event") == "stage_end" and r["rc"] not in ("0", "skipped"):
-        bad.append(f"{r['stage']} (rc {r['rc']})")
+    if r.get("stage") == "gpu_check" and r["rc"] not in ("0", "skipped"):
+        bad.append(f"{r['step']} (rc {r['rc']})")
 print("FAILED stages: " + ", ".join(bad) if bad else "all stages that ran passed")
 sys.exit(1 if bad else 0)
 PYEOF

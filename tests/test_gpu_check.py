@@ -27,7 +27,7 @@ def test_gpu_check_cpu_quick(tmp_path):
     assert proc.returncode == 0, tail
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    ends = {r["stage"]: r for r in rows if r.get("event") == "stage_end"}
+    ends = {r["step"]: r for r in rows if r["stage"] == "gpu_check"}
     for stage in STAGES:
         assert ends.get(stage, {}).get("rc") == "0", (stage, ends.get(stage), tail)
     kinds = {r["stage"] for r in rows}
@@ -36,7 +36,7 @@ def test_gpu_check_cpu_quick(tmp_path):
     assert tests["tests"] > 0 and tests["failures"] == tests["errors"] == 0
     ops = {r["op"] for r in rows if r["stage"] == "bench_ops"}
     assert {"gap_stats", "knn_graph", "spmm fwd", "spmm fwd+bwd", "gcn_norm"} <= ops
-    pipe = {(r["stage_name"], r["impl"]) for r in rows if "stage_name" in r}
+    pipe = {(r["stage_name"], r["impl"]) for r in rows if r["stage"] == "pipeline"}
     for stage in ("features", "graph", "node_feats", "policy"):
         assert (stage, "native") in pipe and (stage, "reference") in pipe, stage
     assert ("masked_eval", "native") in pipe and ("surgery", "native") in pipe
