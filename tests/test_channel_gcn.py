@@ -147,3 +147,32 @@ def test_bn_reward_restores_buffers(space):
     rewards.evaluate_with_bn(space.model)
     assert not space.model.training
     assert all(torch.equal(v, space.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_no_gcn_policy_ignores_the_graph(space, features):
+    offsets = space.group_offsets()
+    _, graph = channel_gcn.build_channel_graph(features, offsets, k=4)
+    n = int(offsets[-1])
+    x = torch.randn(n, 6)
+    policy = ChannelGCNPolicy([g.size for g in space.groups], 6, hidden=8, use_gcn=False,
+                              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        policy.w_head.normal_()
+        policy.w_skip.normal_()
+    out = policy(graph, x)
+    torch.testing.assert_close(out, policy(channel_gcn.identity_graph(n), x))
+    gid = policy.group_id
+    torch.testing.assert_close(out, (x * policy.w_skip[gid]).sum(1) + policy.bias[gid])
+
+
+@pytest.mark.parametrize("options", [{"gcn": False}, {"graph": "identity"},
+                                     {"search": "random"}, {"warm_start": "none"}])
+def test_ablations_run_and_meet_the_budget(space, options):
+    r = channel_gcn.search(space, _ctx(space, seed=4, options=options))
+    f, p = space.cost(r.masks)
+    assert Budget.from_ratios(space, 0.5).feasible(f, p)
+    assert r.info["episodes"] == 6 and len(r.info["reward_curve"]) == 6
+    if options.get("search") == "random":
+        assert r.info["updates"] == 0
+        # the start is the warm start's greedy mask (global L1); the best can only be better
+        assert r.info["best_reward"] >= r.info["greedy_curve"][0]

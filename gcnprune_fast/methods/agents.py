@@ -39,17 +39,20 @@ class ChannelGCNPolicy(nn.Module):
         hidden: GCN width (32 in the paper's setting).
         shared: one GCN for all groups plus a group embedding, instead of one GCN per group.
         embed_dim: group-embedding size for ``shared=True``.
+        use_gcn: False drops the GCN branch (an ablation: logits from the linear skip + bias only).
         generator: torch.Generator for a reproducible initialization.
     """
 
     def __init__(self, group_sizes: Sequence[int], in_dim: int, hidden: int = 32,
-                 shared: bool = False, embed_dim: int = 8, generator: torch.Generator | None = None):
+                 shared: bool = False, embed_dim: int = 8, use_gcn: bool = True,
+                 generator: torch.Generator | None = None):
         super().__init__()
         sizes = torch.as_tensor(list(group_sizes), dtype=torch.long)
         if sizes.numel() == 0 or (sizes <= 0).any():
             raise ValueError(f"group_sizes must be positive, got {list(group_sizes)}")
         num_groups = sizes.numel()
         self.num_groups, self.in_dim, self.hidden, self.shared = num_groups, in_dim, hidden, shared
+        self.use_gcn = use_gcn
         self.register_buffer("group_id", torch.repeat_interleave(torch.arange(num_groups), sizes),
                              persistent=False)
         per_group = None if shared else [int(s) for s in sizes]
@@ -68,6 +71,9 @@ class ChannelGCNPolicy(nn.Module):
         """Logits [N] for node features x [N, d] over the normalized block-diagonal ``graph``.
         ``ax`` may pass a precomputed ``spmm(graph, x)`` (x is constant during a search)."""
         gid = self.group_id
+        skip, bias = (x * self.w_skip[gid]).sum(1), self.bias[gid]
+        if not self.use_gcn:
+            return skip + bias
         if self.shared:
             x_in, ax = torch.cat([x, self.embed[gid]], dim=1), None
         else:
@@ -75,7 +81,7 @@ class ChannelGCNPolicy(nn.Module):
         h = torch.relu(self.gcn1(graph, x_in, ax))
         h = torch.relu(self.gcn2(graph, h))
         head = self.w_head[0][None, :] if self.shared else self.w_head[gid]
-        return (h * head).sum(1) + (x * self.w_skip[gid]).sum(1) + self.bias[gid]
+        return (h * head).sum(1) + skip + bias
 
     @torch.no_grad()
     def warm_start(self, feature_index: int, thresholds: torch.Tensor, scale: float) -> None:

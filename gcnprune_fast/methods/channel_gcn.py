@@ -92,6 +92,18 @@ class ChannelGCNOptions:
                                "feasible")
     channels_last: bool = option(True, "run masked evaluation in channels_last (1.3-1.7x faster "
                                  "on CPU)")
+    # ablations (docs/METHODS.md): each switches off one design choice
+    gcn: bool = option(True, "ablation: False drops the GCN branch (a linear policy on the node "
+                       "features: skip + bias only)")
+    graph: str = option("knn", "ablation: 'identity' propagates over the identity graph (an MLP "
+                        "on the same node features) instead of the kNN channel graph",
+                        choices=("knn", "identity"))
+    search: str = option("rl", "ablation: 'random' replaces the policy-gradient search by a "
+                         "matched-compute random search (the warm start plus random per-group "
+                         "width changes, the same number of scored masks)",
+                         choices=("rl", "random"))
+    random_width_step: float = option(0.1, "search=random: largest per-group width change, as a "
+                                      "fraction of the group", minimum=0.0)
 
 
 NODE_FEATURES = ("l1", "l2", "bn_gamma", "act_mean", "act_var", "act_abs_mean", "act_zero_frac",
@@ -111,6 +123,13 @@ def build_channel_graph(features: ChannelFeatures, offsets: torch.Tensor, k: int
     f = torch.cat(features.gap, dim=0).float()  # [N, B]
     raw = ops.knn_graph(f, k, segments=offsets, center=True)
     return raw, ops.gcn_norm(raw, add_self_loops=True)
+
+
+def identity_graph(num_nodes: int) -> ops.CSRGraph:
+    """The normalized graph of an ablation without propagation: A_norm = I."""
+    idx = torch.arange(num_nodes, dtype=torch.long)
+    return ops.CSRGraph(torch.arange(num_nodes + 1, dtype=torch.long), idx,
+                        torch.ones(num_nodes, dtype=torch.float32))
 
 
 def _cost_shares(space) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -212,10 +231,12 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
     offsets = space.group_offsets()
     raw, graph = build_channel_graph(features, offsets, k=opts.k)
     x = node_features(space, features, raw, offsets, budget)
+    if opts.graph == "identity":
+        graph = identity_graph(int(offsets[-1]))
 
     gen = torch.Generator().manual_seed(int(ctx.seed))
     policy = ChannelGCNPolicy([g.size for g in space.groups], x.shape[1], hidden=opts.hidden,
-                              shared=opts.shared, generator=gen)
+                              shared=opts.shared, use_gcn=opts.gcn, generator=gen)
     _warm_start(policy, space, x, offsets, budget, opts)
     optimizer = torch.optim.Adam(policy.parameters(), lr=float(opts.lr))
 
@@ -227,7 +248,7 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
                          x=x, policy=policy, optimizer=optimizer, gen=gen,
                          scorer=MaskScorer(space, rewards, opts.reward, device))
     with channels_last_evaluation(space, rewards, opts.channels_last):
-        info = run.loop()
+        info = run.random_search() if opts.search == "random" else run.loop()
     info["search_time_s"] = time.perf_counter() - t_start
     return MethodResult([m.clone() for m in run.state["best_masks"]], info)
 
@@ -272,6 +293,44 @@ class _ChannelSearch:
         if self.state["best_key"] is None or key > tuple(self.state["best_key"]):
             self.state["best_key"] = list(key)
             self.state["best_masks"] = [m.clone() for m in masks]
+
+    def random_search(self) -> Dict[str, Any]:
+        """The matched-compute ablation of the RL search: the warm start's greedy mask, then
+        ``episodes`` masks that change every group's width by a random amount (up to
+        ``random_width_step`` of the group, channels ranked by the warm start's logits) and are
+        projected onto the budget; the best scored mask wins. No checkpoint (it is cheap to rerun
+        and never the default)."""
+        opts, state = self.opts, self.state
+        with torch.no_grad():
+            logits = self.logits()
+        start = self.greedy(logits)
+        start_res = self.scorer(start)
+        self.consider(start, start_res)
+        state["greedy_curve"].append(start_res[0])
+        scores = _split(logits.double(), self.offsets)
+        for _ in range(opts.episodes):
+            masks = []
+            for g, (m, sc) in enumerate(zip(start, scores)):
+                size = m.numel()
+                step = max(int(round(opts.random_width_step * size)), 1)
+                delta = int(torch.randint(-step, step + 1, (1,), generator=self.gen))
+                count = min(max(int(m.sum()) + delta, 1), size)
+                keep = torch.zeros(size, dtype=torch.bool)
+                keep[torch.argsort(sc, descending=True, stable=True)[:count]] = True
+                masks.append(keep)
+            masks = self.feasible(torch.cat(masks), logits.double())
+            res = self.scorer(masks)
+            self.consider(masks, res)
+            state["reward_curve"].append(res[0])
+            state["episodes"] += 1
+        return {
+            "episodes": state["episodes"], "updates": 0,
+            "reward_curve": [float(v) for v in state["reward_curve"]],
+            "greedy_curve": [float(v) for v in state["greedy_curve"]],
+            "best_reward": float(state["best_key"][0]), "final_greedy_reward": float(start_res[0]),
+            "reward": opts.reward, "reward_samples": len(self.scorer.rewards),
+            "masked_evaluations": self.scorer.evaluations, "graph_edges": int(self.raw.nnz),
+        }
 
     def loop(self) -> Dict[str, Any]:
         opts, state = self.opts, self.state
