@@ -70,8 +70,8 @@ def check_labels(targets: torch.Tensor, num_classes: int, loader_name: str = "lo
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise ValueError(f"{loader_name} yielded targets of dtype {str(targets.dtype).replace('torch.', '')}; "
                          f"expected integer class indices (int64) in [0, {num_classes - 1}]")
-    if targets.numel() == 0:
-        return
+    if targets.numel() == 0 or not bool(((targets < 0) | (targets >= num_classes)).any()):
+        return  # one device sync per batch
     lo, hi = int(targets.min()), int(targets.max())
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi

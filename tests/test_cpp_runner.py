@@ -1,5 +1,7 @@
 """The C++ runtime path: build `gcnprune_run` with CMake (scripts/build_cpp.sh, against the pip
-torch), run exported models with it and check that its printed checksum matches Python's.
+torch), run exported models with it and check that the output tensor it writes
+(``--save-output``) equals Python's element by element (a checksum alone would pass a permuted
+output), plus its printed shape and checksum lines.
 
 Skips cleanly when cmake or a C++ compiler is missing; with both present (as in CI) a failing
 build is a test failure. Set GCNPRUNE_RUN_BINARY to test a prebuilt binary instead."""
@@ -72,6 +74,20 @@ def _expected(out: torch.Tensor):
     return float(out.sum()), float(out.abs().sum())
 
 
+def _run_and_compare(binary: Path, tmp_path: Path, expected: torch.Tensor, *args: str):
+    """Run the model, read the output tensor the runner wrote and compare it with ``expected``
+    element by element; also check the printed shape and checksum lines."""
+    out_file = tmp_path / "runner_output.pt"
+    proc = _run(binary, *args, "--save-output", str(out_file))
+    assert f"saved outputs {out_file}" in proc.stdout
+    outputs = torch.load(out_file, weights_only=True)
+    assert isinstance(outputs, tuple) and len(outputs) == 1, outputs
+    # Same libtorch kernels; only thread scheduling differs: float32 rounding at most.
+    torch.testing.assert_close(outputs[0], expected.detach(), rtol=1e-4, atol=1e-5)
+    _assert_checksum_matches(proc.stdout, expected)
+    return proc
+
+
 def _assert_checksum_matches(stdout: str, out: torch.Tensor):
     got = _checksums(stdout)
     assert list(got) == [0], stdout
@@ -106,9 +122,9 @@ def test_runner_matches_python_on_saved_input(runner, name, tmp_path):
     paths = E.export_artifacts(model, tmp_path, x, ["torchscript"])
     with torch.no_grad():
         expected = model(x)
-    proc = _run(runner, str(paths["torchscript"]), "--input", str(tmp_path / E.EXAMPLE_INPUT_FILENAME),
-                "--iters", "3", "--warmup", "1", "--threads", "1")
-    _assert_checksum_matches(proc.stdout, expected)
+    proc = _run_and_compare(runner, tmp_path, expected, str(paths["torchscript"]), "--input",
+                            str(tmp_path / E.EXAMPLE_INPUT_FILENAME), "--iters", "3", "--warmup",
+                            "1", "--threads", "1")
     median, p90, mean, low, iters = LATENCY.search(proc.stdout).groups()
     assert int(iters) == 3 and 0 < float(low) <= float(median) <= float(p90)
 
@@ -122,10 +138,9 @@ def test_runner_seeded_random_input_matches_torch_randn(runner, tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected = model(x)
-    proc = _run(runner, str(path), "--shape", "2,3,16,16", "--seed", "5", "--iters", "1",
-                "--warmup", "0", "--optimize")
+    proc = _run_and_compare(runner, tmp_path, expected, str(path), "--shape", "2,3,16,16",
+                            "--seed", "5", "--iters", "1", "--warmup", "0", "--optimize")
     assert "input shape [2, 3, 16, 16]" in proc.stdout
-    _assert_checksum_matches(proc.stdout, expected)
 
 
 def test_runner_rejects_bad_arguments(runner, tmp_path):
@@ -133,6 +148,26 @@ def test_runner_rejects_bad_arguments(runner, tmp_path):
     assert proc.returncode == 2 and "--iters expects an integer" in proc.stderr
     proc = _run(runner, str(tmp_path / "missing.pt"), "--iters", "1", check=False)
     assert proc.returncode == 1 and "error" in proc.stderr
+    proc = _run(runner, "model.pt", "--save-output", check=False)
+    assert proc.returncode == 2 and "--save-output needs a value" in proc.stderr
+
+
+def test_output_comparison_catches_a_permuted_output(runner, tmp_path):
+    """The check this file relies on: a model whose output is a permutation of the expected one
+    has the same checksums but fails the element-wise comparison."""
+    torch.manual_seed(0)
+    model = get_model("simple_cnn").eval()
+    x = torch.randn(2, 3, 16, 16)
+    path = E.export_model(model, tmp_path / "m.pt", x)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = model(x)
+    permuted = expected.flip(-1)
+    _assert_checksum_matches(_run(runner, str(path), "--input", str(tmp_path / "x.pt"),
+                                  "--iters", "0", "--warmup", "0").stdout, permuted)
+    with pytest.raises(AssertionError):
+        _run_and_compare(runner, tmp_path, permuted, str(path), "--input", str(tmp_path / "x.pt"),
+                         "--iters", "0", "--warmup", "0")
 
 
 @pytest.mark.slow
@@ -143,8 +178,9 @@ def test_runner_runs_aoti_package(runner, tmp_path):
     with torch.no_grad():
         expected = model(x)
     proc = _run(runner, str(paths["aoti"]), "--input", str(tmp_path / E.EXAMPLE_INPUT_FILENAME),
-                "--iters", "2", "--warmup", "1")
+                "--iters", "0", "--warmup", "0", check=False)
     if "no AOTInductor package loader" in proc.stderr:
         pytest.skip("this libtorch has no AOTInductor loader")
+    proc = _run_and_compare(runner, tmp_path, expected, str(paths["aoti"]), "--input",
+                            str(tmp_path / E.EXAMPLE_INPUT_FILENAME), "--iters", "2", "--warmup", "1")
     assert "format aoti" in proc.stdout
-    _assert_checksum_matches(proc.stdout, expected)

@@ -6,7 +6,7 @@
 // Usage:
 //   gcnprune_run MODEL [--format auto|torchscript|aoti] [--shape 1,3,32,32 | --input FILE]
 //                [--seed 0] [--iters 50] [--warmup 10] [--threads 0] [--device cpu|cuda]
-//                [--optimize]
+//                [--optimize] [--save-output FILE]
 //
 // MODEL   a TorchScript file (torch.jit.save) or an AOTInductor package (.pt2 written by
 //         torch._inductor.aoti_compile_and_package); --format auto picks by the .pt2 extension.
@@ -17,6 +17,8 @@
 // --threads intra-op threads (0 = libtorch's default).
 // --optimize  run torch::jit::optimize_for_inference on a TorchScript module (freezes it and
 //         fuses conv+bn, etc.).
+// --save-output FILE  write the outputs of the first run (a tuple of CPU tensors, one per output)
+//         with torch::pickle_save; read them in Python with torch.load(FILE, weights_only=True).
 //
 // Output (one "key value..." record per line, stable for scripts and tests):
 //   model <path> format <fmt> device <dev> threads <n>
@@ -66,13 +68,14 @@ struct Options {
   int threads = 0;
   std::string device = "cpu";
   bool optimize = false;
+  std::string output_path;
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << "gcnprune_run: " << message << "\n"
             << "usage: gcnprune_run MODEL [--format auto|torchscript|aoti] "
                "[--shape 1,3,32,32 | --input FILE] [--seed S] [--iters N] [--warmup W] "
-               "[--threads T] [--device cpu|cuda] [--optimize]\n";
+               "[--threads T] [--device cpu|cuda] [--optimize] [--save-output FILE]\n";
   std::exit(2);
 }
 
@@ -126,6 +129,8 @@ Options parse_args(int argc, char** argv) {
       opt.device = value();
     } else if (arg == "--optimize") {
       opt.optimize = true;
+    } else if (arg == "--save-output") {
+      opt.output_path = value();
     } else if (arg == "-h" || arg == "--help") {
       usage_error("help");
     } else if (!arg.empty() && arg[0] == '-') {
@@ -260,6 +265,19 @@ int main(int argc, char** argv) {
                   std::string(c10::toString(outputs[i].scalar_type())).c_str());
       std::printf("checksum %zu sum %.17g abs_sum %.17g\n", i, out.sum().item<double>(),
                   out.abs().sum().item<double>());
+    }
+    if (!opt.output_path.empty()) {
+      // A tuple of plain tensors: what torch.load(..., weights_only=True) accepts (a typed
+      // c10::List would pickle as torch.jit._pickle.build_tensorlist, which it refuses).
+      std::vector<c10::IValue> saved;
+      for (const auto& out : outputs) saved.emplace_back(out.detach().to(torch::kCPU).clone());
+      const std::vector<char> bytes =
+          torch::pickle_save(c10::IValue(c10::ivalue::Tuple::create(std::move(saved))));
+      std::ofstream file(opt.output_path, std::ios::binary);
+      if (!file) throw std::runtime_error("cannot write --save-output file " + opt.output_path);
+      file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      if (!file) throw std::runtime_error("writing --save-output file " + opt.output_path + " failed");
+      std::printf("saved outputs %s\n", opt.output_path.c_str());
     }
 
     auto sync = [&]() {
