@@ -1,142 +1,393 @@
-"""Quality benchmark: every pruning method at the same FLOPs budget on a trained CIFAR-10 model.
+"""Quality protocol: every method, its ablations and Torch-Pruning's own pruners on one trained
+model, the same fine-tune for all, several seeds, paired differences with confidence intervals.
 
-One command trains (or loads from ``--cache-dir``) a CIFAR-10 ResNet-20 on the real data in
-``../shared/data/cifar10``, prunes it with every method at 50% FLOPs with the same fine-tuning
-budget and seeds, and prints a table: accuracy after pruning (before fine-tuning), after
-fine-tuning, FLOPs and params kept, search time.
+    python benchmarks/quality.py --checkpoint benchmarks/models/resnet20_cifar10.pt \\
+        --flops 0.5 0.3 --seeds 0 1 2 3 4 --finetune-epochs 0 1 5
+    python benchmarks/quality.py --variants l1 fpgm "channel-gcn:lr=0" --tp-pruners l1-global
+    python benchmarks/quality.py --synthetic 2000 --model simple_cnn --quick   # smoke test, no data
 
-    python benchmarks/quality.py                                  # all registered methods, seeds 0 1
-    python benchmarks/quality.py --methods l1 fpgm --seeds 0 --finetune-epochs 1
-    python benchmarks/quality.py --train-only --train-epochs 8    # just train + cache the model
-    python benchmarks/quality.py --model resnet56 --allocation global --flops 0.5
+Protocol (docs/QUALITY.md):
+- data, disjoint: the search split (the first ``--search-images`` training images, un-augmented:
+  features, reward set, criteria data, BN re-estimation), the selection split (the last
+  ``--selection-images`` training images: ``val_loader`` of ``prune()``, i.e. every choice a
+  method makes among candidates), the test set only for the reported numbers. Fine-tuning uses the
+  search split with augmentation (never the selection or test images).
+- every variant (``method`` or ``method:key=value,...`` for options, e.g. ablations) and every
+  Torch-Pruning pruner (the ratio bisected to the same FLOPs budget) is followed by the same BN
+  re-estimation and the same fine-tune loop (SGD momentum 0.9, constant ``--finetune-lr``, batch
+  128, crop + flip), evaluated on the test set after each of ``--finetune-epochs`` epochs.
+- per budget and fine-tune length: mean and 95% t-interval over seeds, FLOPs and params actually
+  kept, and for each variant the paired difference (same seed) to the best baseline (the best mean
+  among ``--baselines`` and the Torch-Pruning pruners), with its 95% t-interval.
 
-Results go to ``--out`` (default ``runs/quality``) as ``quality.json`` and ``quality.md``.
-The whole run is skipped (exit 0, with a message) when the shared CIFAR-10 data is absent.
+Results: ``--out`` (default ``runs/quality``): ``quality.jsonl`` (one line per run, resumable
+with ``--resume``), ``quality.json`` and ``quality.md``. Without the shared CIFAR-10 files (and
+without ``--synthetic``) the run is skipped with exit 0.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import sys
 import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10")
+# options of the default method that each switch one design choice off (docs/QUALITY.md)
+ABLATIONS = ("lr=0", "gcn=false", "graph=identity", "warm_start=none", "reward=accuracy",
+             "reward=loss", "search=random")
+TP_PRUNERS = ("l1-global", "l1-local", "l2-global", "bn-scale", "taylor", "fpgm", "lamp")
+# two-sided 95% t quantiles by degrees of freedom (normal beyond 30)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def trained_model(model_name: str, data_root: str, cache_dir: str, epochs: int, batch_size: int,
-                  lr: float, seed: int, progress: bool = True):
-    """Return ``(model, info)``: the cached trained model, or train it (resumable) and cache it."""
-    from gcnprune_fast.data import load_shared_cifar10, make_loaders
+def t95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom (table lookup)."""
+    if df < 1:
+        return float("nan")
+    keys = [k for k in sorted(_T95) if k <= df]
+    return _T95[keys[-1]] if df <= 30 else 1.96
+
+
+def mean_ci(values: Sequence[float]) -> Tuple[float, float]:
+    """(mean, half-width of the 95% t-interval; nan for one value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, t95(n - 1) * sd / math.sqrt(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# data and model
+
+
+def load_data(args):
+    """(search_ds, selection_ds, test_ds, num_classes, in_channels) as TensorImageDatasets."""
+    from gcnprune_fast.data import TensorImageDataset, load_shared_cifar10, synthetic_dataset
+
+    if args.synthetic:
+        full = synthetic_dataset(args.synthetic, image_size=args.image_size, seed=0)
+        test = synthetic_dataset(max(args.synthetic // 4, 64), image_size=args.image_size,
+                                 seed=10_000)
+    else:
+        full, test = load_shared_cifar10(args.data_root, augment_train=False)
+    n = len(full)
+    n_sel = min(args.selection_images, n // 5)
+    n_search = min(args.search_images, n - n_sel)
+
+    def subset(ds, lo, hi):
+        return TensorImageDataset(ds.images[lo:hi], ds.labels[lo:hi],
+                                  None if ds.mean is None else ds.mean.flatten().tolist(),
+                                  None if ds.std is None else ds.std.flatten().tolist(),
+                                  num_classes=ds.num_classes)
+
+    search, selection = subset(full, 0, n_search), subset(full, n - n_sel, n)
+    if args.test_samples:
+        test = subset(test, 0, args.test_samples)
+    return search, selection, test, full.num_classes, int(full.images.shape[1])
+
+
+def load_model(args, num_classes: int, in_channels: int):
+    """The trained model from ``--checkpoint`` (``gcnprune train`` format or a state_dict)."""
     from gcnprune_fast.models import get_model
-    from gcnprune_fast.training import evaluate, train
 
-    os.makedirs(cache_dir, exist_ok=True)
-    stem = os.path.join(cache_dir, f"{model_name}-cifar10-e{epochs}-b{batch_size}-lr{lr:g}-s{seed}")
-    final, ckpt = stem + ".pt", stem + ".ckpt"
-    model = get_model(model_name, num_classes=10)
-    if os.path.isfile(final):
-        saved = torch.load(final, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        model.eval()
-        return model, saved["info"]
-    train_ds, test_ds = load_shared_cifar10(data_root)
-    train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=batch_size)
-    print(f"training {model_name} on CIFAR-10 for {epochs} epochs (checkpoint {ckpt}) ...", flush=True)
+    model = get_model(args.model, num_classes=num_classes, in_channels=in_channels)
+    if args.checkpoint:
+        obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(obj.get("model", obj))
+    return model.eval()
+
+
+def train_quick_model(model, loader, epochs: int, seed: int):
+    """Only for --synthetic smoke runs without a checkpoint."""
+    from gcnprune_fast.training import train
+    train(model, loader, epochs, lr=0.05, progress=False, seed=seed)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# the candidates
+
+
+def parse_variant(text: str) -> Tuple[str, Dict[str, str]]:
+    """``method`` or ``method:key=value,key=value`` -> (method, options as strings)."""
+    method, _, rest = text.partition(":")
+    opts = {}
+    for kv in filter(None, rest.split(",")):
+        if "=" not in kv:
+            raise ValueError(f"variant {text!r}: options are key=value, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k.strip()] = v.strip()
+    return method, opts
+
+
+def run_variant(text: str, model, loaders, flops: float, seed: int, args):
+    """One of our methods (with options): (compact model, facts)."""
+    from gcnprune_fast import prune
+    from gcnprune_fast.methods import get_method
+
+    method, opts = parse_variant(text)
+    spec = get_method(method)
+    if args.episodes and spec.has_option("episodes") and "episodes" not in opts:
+        opts["episodes"] = str(args.episodes)
+    search, selection = loaders
     t0 = time.perf_counter()
-    history = train(model, train_loader, epochs, lr=lr, val_loader=None, progress=progress,
-                    checkpoint_path=ckpt, seed=seed)
-    train_s = time.perf_counter() - t0
-    acc = evaluate(model, test_loader)
-    info = {"model": model_name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "test_acc": acc, "train_time_s": train_s, "history": history}
-    tmp = final + ".tmp"
-    torch.save({"model": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, final)
-    print(f"trained {model_name}: test acc {acc:.4f} in {train_s / 60:.1f} min -> {final}", flush=True)
-    return model, info
+    res = prune(model, search, method=method, flops=flops, val_loader=selection,
+                train_loader=search, eval_batches=2, seed=seed, progress=not args.no_progress,
+                **opts)
+    r = res.report
+    return res.model, {"flops_kept": r["flops_after"] / r["flops_before"],
+                       "params_kept": r["params_after"] / r["params_before"],
+                       "search_time_s": float(r.get("search_time_s", time.perf_counter() - t0)),
+                       "episodes": r.get("episodes"),
+                       "greedy_curve": r.get("greedy_curve"),
+                       "widths": [w["after"] for w in r["widths"]]}
+
+
+def _tp_importance(tp, name: str):
+    kind = name.split("-")[0]
+    if kind == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if kind == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if kind == "bn":
+        return tp.importance.BNScaleImportance()
+    if kind == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if kind == "fpgm":
+        return tp.importance.FPGMImportance()
+    if kind == "lamp":
+        return tp.importance.LAMPImportance()
+    raise ValueError(f"unknown Torch-Pruning pruner {name!r}; known: {list(TP_PRUNERS)}")
+
+
+def _tp_prune(tp, model, name: str, ratio: float, example, batch):
+    m = copy.deepcopy(model).eval()
+    classifier = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1:]
+    pruner = tp.pruner.MetaPruner(m, example, importance=_tp_importance(tp, name),
+                                  pruning_ratio=ratio, global_pruning=not name.endswith("-local"),
+                                  ignored_layers=classifier)
+    if name.startswith("taylor"):
+        x, y = batch
+        m.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+    pruner.step()
+    m.zero_grad(set_to_none=True)
+    return m
+
+
+def run_tp(name: str, model, loaders, flops: float, seed: int, args):
+    """Torch-Pruning's own pruner ``name``, its ratio bisected to the FLOPs budget."""
+    import torch_pruning as tp
+
+    from gcnprune_fast.training import recalibrate_bn
+
+    search, _ = loaders
+    batch = next(iter(search))
+    example = batch[0][:2]
+    base_flops, base_params = tp.utils.count_ops_and_params(model, example)
+    t0 = time.perf_counter()
+    lo, hi, best = 0.0, 0.95, None
+    torch.manual_seed(seed)
+    for _ in range(args.tp_bisect_steps):
+        mid = 0.5 * (lo + hi)
+        m = _tp_prune(tp, model, name, mid, example, batch)
+        f, _ = tp.utils.count_ops_and_params(m, example)
+        if f <= flops * base_flops:
+            hi, best = mid, (m, mid)
+        else:
+            lo = mid
+    if best is None:
+        raise RuntimeError(f"{name}: no pruning ratio up to {hi} reaches flops {flops}")
+    m, ratio = best
+    f, p = tp.utils.count_ops_and_params(m, example)
+    recalibrate_bn(m, search, num_batches=20)
+    return m.eval(), {"flops_kept": f / base_flops, "params_kept": p / base_params,
+                      "search_time_s": time.perf_counter() - t0, "tp_ratio": ratio}
+
+
+# ----------------------------------------------------------------------------------------------
+# the same fine-tune for everyone
+
+
+def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], lr: float,
+                          seed: int, batch_size: int = 128, max_steps: Optional[int] = None
+                          ) -> Dict[str, float]:
+    """Test accuracy after 0 (as given) and after each count in ``epochs`` of one fine-tune loop:
+    SGD momentum 0.9, weight decay 5e-4, constant ``lr``, crop + flip, seeded order."""
+    from gcnprune_fast.data import TensorBatchLoader
+    from gcnprune_fast.training import evaluate
+
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    loader = TensorBatchLoader(search_ds, batch_size, shuffle=True, drop_last=True, augment=True,
+                               generator=gen)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    last = max(epochs) if epochs else 0
+    for epoch in range(last + 1):
+        if epoch in epochs:
+            out[f"acc_ft{epoch}"] = evaluate(model.eval(), test_loader)
+        if epoch == last:
+            break
+        model.train()
+        for step, (x, y) in enumerate(loader):
+            if max_steps is not None and step >= max_steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# summary
+
+
+def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int]) -> List[dict]:
+    """Per (flops, candidate): means with CIs and paired differences to the best baseline."""
+    out = []
+    for flops in sorted({r["flops_budget"] for r in rows}, reverse=True):
+        at = [r for r in rows if r["flops_budget"] == flops]
+        names = list(dict.fromkeys(r["candidate"] for r in at))
+        by = {n: {r["seed"]: r for r in at if r["candidate"] == n} for n in names}
+        best = {}
+        for e in epochs:
+            key = f"acc_ft{e}"
+            pool = [n for n in names if n in baselines or n.startswith("tp:")]
+            if pool:
+                best[e] = max(pool, key=lambda n: mean_ci([r[key] for r in by[n].values()])[0])
+        for n in names:
+            runs = list(by[n].values())
+            row = {"flops_budget": flops, "candidate": n, "n": len(runs),
+                   "flops_kept": mean_ci([r["flops_kept"] for r in runs])[0],
+                   "params_kept": mean_ci([r["params_kept"] for r in runs])[0],
+                   "search_time_s": mean_ci([r["search_time_s"] for r in runs])[0]}
+            for e in epochs:
+                key = f"acc_ft{e}"
+                row[key] = mean_ci([r[key] for r in runs])
+                if e in best and best[e] != n:
+                    seeds = sorted(set(by[n]) & set(by[best[e]]))
+                    diffs = [by[n][s][key] - by[best[e]][s][key] for s in seeds]
+                    row[f"diff_ft{e}"] = (mean_ci(diffs) if diffs else (float("nan"),) * 2)
+                    row[f"vs_ft{e}"] = best[e]
+            out.append(row)
+    return out
+
+
+def _pm(v: Tuple[float, float]) -> str:
+    m, h = v
+    return f"{100 * m:.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}")
+
+
+def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
+    lines = [f"# Quality: {meta['model']} on {meta['dataset']}", "",
+             "Accuracy in % on the test set (mean ± 95% t-interval over seeds); Δ = paired "
+             "difference to the best baseline at that setting (named), same seeds.", "",
+             "```", json.dumps(meta, indent=1, default=str), "```"]
+    for flops in sorted({r["flops_budget"] for r in summary}, reverse=True):
+        head = ["candidate", "seeds", "FLOPs kept", "params kept"]
+        for e in epochs:
+            head += [f"acc ft {e}ep", f"Δ ft {e}ep"]
+        head.append("search s")
+        lines += ["", f"## FLOPs budget {flops}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for r in (r for r in summary if r["flops_budget"] == flops):
+            cells = [r["candidate"], str(r["n"]), f"{r['flops_kept']:.3f}", f"{r['params_kept']:.3f}"]
+            for e in epochs:
+                cells.append(_pm(r[f"acc_ft{e}"]))
+                d = r.get(f"diff_ft{e}")
+                cells.append("best" if d is None else f"{_pm(d)} vs {r[f'vs_ft{e}']}")
+            cells.append(f"{r['search_time_s']:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
-    from gcnprune_fast.methods import ALLOCATIONS, method_names
+    from gcnprune_fast.methods import get_method, method_names
 
-    all_methods = method_names()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=DEFAULT_DATA, help="folder with train.npz/test.npz")
-    p.add_argument("--cache-dir", default=os.path.join(REPO, ".cache", "quality"))
-    p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
+    p.add_argument("--synthetic", type=int, default=0, help="use N generated images instead")
+    p.add_argument("--image-size", type=int, default=32, help="--synthetic image size")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--methods", nargs="+", default=list(all_methods), choices=all_methods)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--flops", type=float, default=0.5, help="fraction of FLOPs kept")
-    p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
-                   help="budget allocation of the methods that have the option (default: the "
-                   "method's default)")
-    p.add_argument("--finetune-epochs", type=float, default=0.25,
-                   help="fine-tuning budget in epochs of the training set (fractions allowed; "
-                        "one cosine schedule over that many steps)")
+    p.add_argument("--checkpoint", default=None, help="trained weights (gcnprune train --out)")
+    p.add_argument("--variants", nargs="+", default=list(method_names()),
+                   help="our methods, optionally with options: method:key=value,...")
+    p.add_argument("--ablations", action="store_true",
+                   help="also run the default method's ablations (ABLATIONS)")
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help="which variants count as baselines (default: every method that is not "
+                        "a search, i.e. has no 'episodes' option)")
+    p.add_argument("--tp-pruners", nargs="*", default=list(TP_PRUNERS), choices=TP_PRUNERS)
+    p.add_argument("--tp-bisect-steps", type=int, default=12)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--flops", nargs="+", type=float, default=[0.5])
+    p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1, 5])
     p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--episodes", type=int, default=None,
-                   help="search episodes of the methods that have the option")
-    p.add_argument("--test-samples", type=int, default=None,
-                   help="evaluate on the first N test images only (default: all 10,000)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the finished (method, seed) runs of an interrupted run in --out")
-    p.add_argument("--train-epochs", type=int, default=8)
-    p.add_argument("--train-batch-size", type=int, default=128)
-    p.add_argument("--train-lr", type=float, default=0.1)
-    p.add_argument("--train-only", action="store_true", help="train/cache the model and stop")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--episodes", type=int, default=None, help="episodes of the search methods")
+    p.add_argument("--search-images", type=int, default=45000)
+    p.add_argument("--selection-images", type=int, default=5000)
+    p.add_argument("--test-samples", type=int, default=None)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 40 fine-tune steps per epoch, 4 bisection steps")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs in --out")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not all(os.path.isfile(os.path.join(args.data_root, f"{s}.npz")) for s in ("train", "test")):
+    if args.ablations:
+        from gcnprune_fast.methods import default_method
+        args.variants += [f"{default_method()}:{a}" for a in ABLATIONS]
+    for v in args.variants:  # fail before any work
+        method, opts = parse_variant(v)
+        get_method(method).parse_options(opts)
+    if not args.synthetic and not all(os.path.isfile(os.path.join(args.data_root, f"{s}.npz"))
+                                      for s in ("train", "test")):
         print(f"SKIP: CIFAR-10 npz files not found in {args.data_root} (expected train.npz and "
               f"test.npz; see ../shared/data/README.md)")
         return 0
-    progress = not args.no_progress
-    base, info = trained_model(args.model, args.data_root, args.cache_dir, args.train_epochs,
-                               args.train_batch_size, args.train_lr, seed=0, progress=progress)
-    if args.train_only:
-        print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1))
-        return 0
-    return run_methods(args, base, info, progress)
+    if args.quick:
+        args.tp_bisect_steps = min(args.tp_bisect_steps, 4)
+    baselines = args.baselines if args.baselines is not None else [
+        v for v in args.variants if not get_method(parse_variant(v)[0]).has_option("episodes")]
 
+    from gcnprune_fast.data import TensorBatchLoader
+    from gcnprune_fast.training import evaluate
 
-def run_methods(args, base, info, progress) -> int:
-    import copy
-
-    from gcnprune_fast import prune
-    from gcnprune_fast.data import TensorImageDataset, load_shared_cifar10, make_loaders
-    from gcnprune_fast.methods import get_method
-    from gcnprune_fast.report import write_quality_report
-    from gcnprune_fast.space import load_pruned
-    from gcnprune_fast.training import evaluate, train
-
-    train_ds, test_ds = load_shared_cifar10(args.data_root)
-    if args.test_samples:
-        test_ds = TensorImageDataset(test_ds.images[:args.test_samples], test_ds.labels[:args.test_samples],
-                                     tuple(test_ds.mean.flatten().tolist()), tuple(test_ds.std.flatten().tolist()),
-                                     num_classes=10)
-    train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.train_batch_size)
-    # Search / scoring / BN re-estimation data: un-augmented training images (never the test set).
-    search_ds, _ = load_shared_cifar10(args.data_root, augment_train=False)
-    search_loader, _ = make_loaders(search_ds, None, batch_size=args.train_batch_size)
-    base_acc = evaluate(base, test_loader)
-    print(f"{args.model}: test acc {base_acc:.4f} on {len(test_ds)} test images "
-          f"(trained {info['epochs']} epochs)", flush=True)
-    steps = max(1, int(round(args.finetune_epochs * len(train_loader))))
+    search_ds, selection_ds, test_ds, num_classes, channels = load_data(args)
+    search = TensorBatchLoader(search_ds, 128, shuffle=False)
+    selection = TensorBatchLoader(selection_ds, 256)
+    test_loader = TensorBatchLoader(test_ds, 256)
+    model = load_model(args, num_classes, channels)
+    if not args.checkpoint:
+        if not args.synthetic:
+            p.error("--checkpoint is required on real data (train one with `gcnprune train`)")
+        model = train_quick_model(model, TensorBatchLoader(search_ds, 64, shuffle=True,
+                                                           generator=torch.Generator().manual_seed(0)), 2, 0)
+    base_acc = evaluate(model, test_loader)
+    print(f"{args.model}: test accuracy {base_acc:.4f} on {len(test_ds)} images; search split "
+          f"{len(search_ds)}, selection split {len(selection_ds)}", flush=True)
 
     os.makedirs(args.out, exist_ok=True)
-    partial = os.path.join(args.out, "quality.partial.jsonl")
+    partial = os.path.join(args.out, "quality.jsonl")
     rows = []
     if args.resume and os.path.isfile(partial):
         with open(partial) as f:
@@ -144,53 +395,43 @@ def run_methods(args, base, info, progress) -> int:
         print(f"resuming: {len(rows)} finished runs read from {partial}")
     elif os.path.isfile(partial):
         os.remove(partial)
-    done = {(r["method"], r["seed"]) for r in rows}
-    for seed in args.seeds:          # seed-major: a cut-short run still covers every method once
-        for method in args.methods:
-            if (method, seed) in done:
-                continue
-            spec, opts = get_method(method), {}
-            if args.allocation and spec.has_option("allocation"):
-                opts["allocation"] = args.allocation
-            if args.episodes and spec.has_option("episodes"):
-                opts["episodes"] = args.episodes
-            t0 = time.perf_counter()
-            res = prune(base, search_loader, method=method, flops=args.flops, val_loader=search_loader,
-                        train_loader=search_loader, eval_batches=1, seed=seed, progress=progress, **opts)
-            search_s = float(res.report.get("search_time_s", time.perf_counter() - t0))
-            # Before BN re-estimation: the original weights sliced by the plan.
-            raw = load_pruned(copy.deepcopy(base), res.plan).eval()
-            acc_raw = evaluate(raw, test_loader)
-            model = res.model            # physically pruned + BN re-estimated by prune()
-            acc_recal = evaluate(model, test_loader)
-            t1 = time.perf_counter()
-            ft_epochs = math.ceil(steps / len(train_loader))
-            train(model, train_loader, ft_epochs, lr=args.finetune_lr, seed=seed, progress=progress,
-                  max_steps_per_epoch=math.ceil(steps / ft_epochs))
-            ft_s = time.perf_counter() - t1
-            acc_ft = evaluate(model, test_loader)
-            r = res.report
-            row = {"method": method, "seed": seed, "acc_base": base_acc, "acc_pruned": acc_raw,
-                   "acc_bn_recalibrated": acc_recal, "acc_finetuned": acc_ft,
-                   "flops_kept": r["flops_after"] / r["flops_before"],
-                   "params_kept": r["params_after"] / r["params_before"],
-                   "search_time_s": search_s, "finetune_time_s": ft_s, "finetune_steps": steps,
-                   "episodes": r.get("episodes"),
-                   "widths": [w["after"] if isinstance(w, dict) else w for w in r.get("widths", [])]}
-            rows.append(row)
-            with open(partial, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{method:12s} seed {seed}: pruned {acc_raw:.4f} bn-re-estimated {acc_recal:.4f} "
-                  f"fine-tuned {acc_ft:.4f} flops {row['flops_kept']:.3f} params {row['params_kept']:.3f} "
-                  f"search {search_s:.1f} s fine-tune {ft_s:.0f} s", flush=True)
-    meta = {"model": args.model, "dataset": "cifar10 (shared JPEG copy)", "test_images": len(test_ds),
-            "flops_budget": args.flops, "allocation": args.allocation or "method default",
-            "finetune_steps": steps, "finetune_batch": args.train_batch_size,
-            "finetune_lr": args.finetune_lr, "seeds": " ".join(map(str, args.seeds)), "base_acc": base_acc,
-            "base_train_epochs": info["epochs"], "threads": torch.get_num_threads(),
-            "train_info": {k: v for k, v in info.items() if k != "history"}}
-    rows.sort(key=lambda r: (args.methods.index(r["method"]) if r["method"] in args.methods else 99, r["seed"]))
-    md = write_quality_report(args.out, rows, meta)
+    done = {(r["candidate"], r["flops_budget"], r["seed"]) for r in rows}
+    candidates = list(args.variants) + [f"tp:{n}" for n in args.tp_pruners]
+    max_steps = 40 if args.quick else None
+    for seed in args.seeds:          # seed-major: a cut-short run still covers every candidate
+        for flops in args.flops:
+            for cand in candidates:
+                if (cand, flops, seed) in done:
+                    continue
+                if cand.startswith("tp:"):
+                    compact, facts = run_tp(cand[3:], model, (search, selection), flops, seed, args)
+                else:
+                    compact, facts = run_variant(cand, model, (search, selection), flops, seed, args)
+                t1 = time.perf_counter()
+                accs = finetune_and_evaluate(compact, search_ds, test_loader, args.finetune_epochs,
+                                             args.finetune_lr, seed, max_steps=max_steps)
+                row = {"candidate": cand, "flops_budget": flops, "seed": seed, **facts, **accs,
+                       "finetune_time_s": time.perf_counter() - t1}
+                rows.append(row)
+                with open(partial, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{cand:28s} flops {flops} seed {seed}: " + " ".join(
+                    f"{k} {v:.4f}" for k, v in accs.items()) + f" flops kept "
+                    f"{facts['flops_kept']:.3f} search {facts['search_time_s']:.1f} s", flush=True)
+    summary = summarize(rows, baselines, args.finetune_epochs)
+    meta = {"model": args.model, "checkpoint": args.checkpoint, "base_acc": base_acc,
+            "dataset": f"synthetic ({args.synthetic})" if args.synthetic else "cifar10 (shared JPEG copy)",
+            "test_images": len(test_ds), "search_images": len(search_ds),
+            "selection_images": len(selection_ds), "seeds": args.seeds, "baselines": baselines,
+            "finetune": {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "batch": 128,
+                         "momentum": 0.9, "weight_decay": 5e-4, "augment": "crop+flip",
+                         "max_steps_per_epoch": max_steps},
+            "threads": torch.get_num_threads()}
+    with open(os.path.join(args.out, "quality.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "runs": rows}, f, indent=1, default=str)
+    md = markdown(summary, args.finetune_epochs, meta)
+    with open(os.path.join(args.out, "quality.md"), "w") as f:
+        f.write(md)
     print(md)
     return 0
 
