@@ -46,7 +46,9 @@ DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10")
 # options of the default method that each switch one design choice off (docs/QUALITY.md)
 ABLATIONS = ("lr=0", "gcn=false", "graph=identity", "warm_start=none", "reward=accuracy",
              "reward=loss", "search=random")
-TP_PRUNERS = ("l1-global", "l1-local", "l2-global", "bn-scale", "taylor", "fpgm", "lamp")
+# Torch-Pruning's importance criteria (names with a -global/-local ranking suffix)
+TP_PRUNERS = ("l1-global", "l1-local", "l2-global", "bnscale-global", "taylor-global",
+              "fpgm-global", "lamp-global")
 # two-sided 95% t quantiles by degrees of freedom (normal beyond 30)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -158,29 +160,29 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
 
 
 def _tp_importance(tp, name: str):
-    kind = name.split("-")[0]
-    if kind == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if kind == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if kind == "bn":
-        return tp.importance.BNScaleImportance()
-    if kind == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if kind == "fpgm":
-        return tp.importance.FPGMImportance()
-    if kind == "lamp":
-        return tp.importance.LAMPImportance()
-    raise ValueError(f"unknown Torch-Pruning pruner {name!r}; known: {list(TP_PRUNERS)}")
+    """The Torch-Pruning importance object of pruner ``name`` (see TP_PRUNERS)."""
+    factories = {
+        "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+        "bnscale": tp.importance.BNScaleImportance,
+        "taylor": tp.importance.GroupTaylorImportance,
+        "fpgm": tp.importance.FPGMImportance,
+        "lamp": tp.importance.LAMPImportance,
+    }
+    kind = name.rsplit("-", 1)[0]
+    if name not in TP_PRUNERS or kind not in factories:
+        raise ValueError(f"unknown Torch-Pruning pruner {name!r}; known: {list(TP_PRUNERS)}")
+    return factories[kind]()
 
 
 def _tp_prune(tp, model, name: str, ratio: float, example, batch):
     m = copy.deepcopy(model).eval()
     classifier = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1:]
-    pruner = tp.pruner.MetaPruner(m, example, importance=_tp_importance(tp, name),
+    importance = _tp_importance(tp, name)
+    pruner = tp.pruner.MetaPruner(m, example, importance=importance,
                                   pruning_ratio=ratio, global_pruning=not name.endswith("-local"),
                                   ignored_layers=classifier)
-    if name.startswith("taylor"):
+    if isinstance(importance, tp.importance.GroupTaylorImportance):  # needs gradients
         x, y = batch
         m.zero_grad()
         F.cross_entropy(m(x), y).backward()

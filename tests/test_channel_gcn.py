@@ -129,7 +129,7 @@ def test_resume_matches_uninterrupted(space, tmp_path):
     assert resumed.info["reward_curve"] == full.info["reward_curve"]
     assert resumed.info["best_reward"] == full.info["best_reward"]
     assert all(torch.equal(x, y) for x, y in zip(resumed.masks, full.masks))
-    with pytest.raises(ValueError, match="different search"):
+    with pytest.raises(ValueError, match="different work"):
         channel_gcn.search(space, _ctx(space, seed=3, checkpoint_dir=half_dir, resume=True,
                                        options=opts))
 

@@ -369,7 +369,7 @@ def test_amc_and_evolution_resume_equal_uninterrupted(space, tmp_path, monkeypat
 
 def test_resume_refuses_a_foreign_checkpoint(space, tmp_path):
     _run(space, "amc", tmp_path)
-    with pytest.raises(ValueError, match="different search"):
+    with pytest.raises(ValueError, match="different work"):
         _run(space, "amc", tmp_path, resume=True, action_low=0.3)
 
 

@@ -82,12 +82,12 @@ def test_bad_option_fails_before_any_work(toy_method):
                             steps=0)
 
 
-def test_resume_refused_for_methods_without_checkpoints():
+def test_resume_with_nothing_to_resume_is_refused(tmp_path):
     space_model = simple_cnn_space().model
     non_resumable = [n for n in method_names() if not get_method(n).supports_resume]
-    with pytest.raises(ValueError, match="cannot resume"):
+    with pytest.raises(ValueError, match="nothing to resume"):
         gcnprune_fast.prune(space_model, random_batches(), method=non_resumable[0], flops=0.5,
-                            resume=True, checkpoint_dir="unused")
+                            resume=True, checkpoint_dir=str(tmp_path), finetune_epochs=1)
 
 
 def _doc_example() -> str:

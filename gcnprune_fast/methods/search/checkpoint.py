@@ -37,7 +37,7 @@ class SearchCheckpoint:
         if theirs != self.fingerprint:
             diff = sorted(k for k in set(theirs) | set(self.fingerprint)
                           if theirs.get(k) != self.fingerprint.get(k))
-            raise ValueError(f"checkpoint {self.path} belongs to a different search (differs in "
+            raise ValueError(f"checkpoint {self.path} belongs to different work (differs in "
                              f"{diff}); use another checkpoint_dir or resume=False")
         return saved
 
