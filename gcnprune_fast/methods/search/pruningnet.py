@@ -52,6 +52,7 @@ from gcnprune_fast.methods.search.gcn import GCNLayer, uniform_parameter
 from gcnprune_fast.methods.search.layer_features import (activation_summary, decision_order,
                                                          layer_embedding)
 from gcnprune_fast.methods.search.reward import REWARD_KINDS, RewardSet
+from gcnprune_fast.training import GLOBAL_RNG_LOCK
 
 __all__ = ["WEIGHT_MODES", "IMPORTANCE_KINDS", "ratio_grid", "NetworkAggregator", "PruningNet",
            "LoaderCycle", "train_pruningnet", "PruningNetScorer", "bn_train_mode",
@@ -323,7 +324,7 @@ class LoaderCycle:
         self.position = 0
 
     def next(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.random.fork_rng(devices=[]):
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
             if self._it is None:
                 self._start_epoch()
             else:
@@ -352,7 +353,7 @@ class LoaderCycle:
         if gen is not None and epoch_generator_state is not None:
             gen.set_state(epoch_generator_state)
         self.epoch, self._it = int(epoch), None
-        with torch.random.fork_rng(devices=[]):
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
             self._start_epoch()
             for _ in range(int(position)):
                 next(self._it)
