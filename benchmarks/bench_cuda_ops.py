@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -38,9 +37,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _p in (REPO, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
+from common import format_table, measure, row  # noqa: E402  (benchmarks/common.py: the timer)
 from gcnprune_fast.ops import (CSRGraph, cosine_similarity, gap_stats, gcn_norm,  # noqa: E402
                                knn_graph, native_available, spmm)
 from gcnprune_fast.ops import reference  # noqa: E402
@@ -60,35 +61,20 @@ _BUDGET_S = 2.0  # seconds of repeats per timed function (0.3 with --quick)
 
 def time_ms(fn: Callable[[], object], device: str, repeats: int = 10, warmup: int = 2,
             budget_s: Optional[float] = None) -> float:
-    """Median time of fn() in ms: CUDA events around each call on CUDA, wall clock on the CPU.
-    Slow functions get fewer repeats (about ``budget_s`` in all)."""
-    cuda = device.startswith("cuda")
+    """Median time of one fn() call in ms, by ``benchmarks/common.measure`` (device synchronized
+    around every timed run); calls under a millisecond are batched ``inner`` to a run so that the
+    synchronization does not count. Slow functions get fewer repeats (about ``budget_s`` in all;
+    over the budget, the first call is the figure)."""
     budget_s = _BUDGET_S if budget_s is None else budget_s
     t0 = time.perf_counter()
     fn()
-    if cuda:
-        torch.cuda.synchronize()
+    _sync(device)
     first = time.perf_counter() - t0
     if first > budget_s:  # too slow to repeat: the first call is the figure
         return first * 1e3
-    for _ in range(warmup - 1 if first < 0.5 else 0):
-        fn()
-    repeats = max(1, min(repeats, int(budget_s / max(first, 1e-6))))
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    inner = max(1, min(20, int(1e-3 / max(first, 1e-6)))) if device.startswith("cuda") else 1
+    return measure(fn, repeats=repeats, warmup=max(warmup - 1, 0), device=device, inner=inner,
+                   budget_s=budget_s).median_ms
 
 
 def _try_ms(fn, device, **kw):
@@ -110,18 +96,16 @@ class Rows:
         self.copy_gbps: Optional[float] = None
 
     def add(self, op, shape, impl_ms, ref_name=None, ref_ms=None, note="", **extra) -> dict:
-        row = dict(op=op, shape=shape, impl_ms=impl_ms, ref_name=ref_name, ref_ms=ref_ms,
-                   ratio=(ref_ms / impl_ms) if (ref_ms and impl_ms) else None, note=note,
-                   device=self.device, **extra)
-        self.rows.append(row)
+        row_ = row(op, shape, impl_ms, ref_name, ref_ms, note, device=self.device, **extra)
+        self.rows.append(row_)
         if self.jsonl:
             with open(self.jsonl, "a") as fh:
-                fh.write(json.dumps(dict(stage="bench_ops", **row)) + "\n")
-        ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
+                fh.write(json.dumps(dict(stage="bench_ops", **row_)) + "\n")
+        ratio = f"{row_['ratio']:.2f}x" if row_["ratio"] else "-"
         ref = f"{ref_ms:.3f}" if ref_ms is not None else "-"
         print(f"  {op:<22} {shape:<34} {impl_ms if impl_ms is None else round(impl_ms, 3)!s:>10} ms"
               f" | {ref_name or '-'}: {ref} ms ({ratio}) {note}", flush=True)
-        return row
+        return row_
 
     def bandwidth_note(self, nbytes: int, ms: float) -> tuple:
         gbps = nbytes / ms / 1e6
@@ -400,13 +384,7 @@ def main(argv=None) -> int:
     print(f"# bench_cuda_ops: torch {torch.__version__}, device {name}, native="
           f"{native_available()}, native cuda={native_cuda_available()}", flush=True)
     rows = table_rows(args.quick, device, args.only, args.jsonl, args.peak_gbps)
-    sys.path.insert(0, HERE)
-    try:
-        from run import format_table
-
-        print(format_table(rows))
-    except Exception:  # noqa: BLE001 -- run.py being refactored: the rows were printed already
-        pass
+    print(format_table(rows))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

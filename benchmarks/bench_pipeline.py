@@ -308,7 +308,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None,
                         help="gcnprune_fast model name or torchvision constructor "
                              "(default wide_resnet101_2; simple_cnn with --quick)")
-    parser.add_argument("--image-size", type=int, default=None, help="default 224 (32 quick)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="default 224 on CUDA, 64 on the CPU, 32 with --quick")
     parser.add_argument("--samples", type=int, default=None, help="feature images (512; 32 quick)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--reward-samples", type=int, default=None, help="256 (16 quick)")
@@ -331,7 +332,8 @@ def main(argv=None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     q = args.quick
     args.model = args.model or ("simple_cnn" if q else "wide_resnet101_2")
-    args.image_size = args.image_size or (32 if q else 224)
+    args.image_size = args.image_size or (32 if q else (224 if args.device.startswith("cuda")
+                                                        else 64))
     args.samples = args.samples or (32 if q else 512)
     args.reward_samples = args.reward_samples or (16 if q else 256)
     args.num_classes = args.num_classes or (10 if args.model in ("resnet20", "resnet32", "resnet56",

@@ -170,8 +170,11 @@ L = []
 env = [r for r in rows if r.get("stage") == "env"]
 if env:
     e = env[-1]
+    nat = [r for r in rows if r.get("stage") == "native"]
+    n = nat[-1] if nat else {}
     L.append(f"device: {e.get('gpu') or 'cpu'} | torch {e.get('torch')} | cuda {e.get('cuda')} | "
-             f"python {e.get('python')} | native cuda kernels: {e.get('native_cuda')}")
+             f"python {e.get('python')} | native ops: {n.get('native')}, native CUDA kernels "
+             f"loaded: {n.get('native_cuda')} {n.get('reason') or ''}")
 L.append("stages: " + ", ".join(f"{r['step']} rc={r['rc']} {r['seconds']}s"
                                 for r in rows if r.get("stage") == "gpu_check"))
 for r in rows:

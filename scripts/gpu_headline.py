@@ -19,7 +19,6 @@ without it ``gpu_payload/cifar10`` then ``../shared/data/cifar10`` are tried; wi
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import math
