@@ -17,10 +17,15 @@ TORCH_LIBRARY(gcnprune, m) {
         "Tensor zero_frac, Tensor max)");
   // Cosine similarity of the rows of f [C, B] -> [C, C] (rows optionally centered first).
   m.def("cosine_similarity(Tensor f, bool center=False) -> Tensor");
-  // k most cosine-similar rows of every row of f [C, B] within its segment, symmetrized,
-  // weights max(sim, 0), as CSR (indptr [C+1], indices [nnz], values [nnz]).
-  m.def("knn_graph(Tensor f, int k, Tensor? segments=None, bool center=False) -> "
-        "(Tensor indptr, Tensor indices, Tensor values)");
+  // Symmetric-KL similarity of the rows of f [C, B] -> [C, C] in (0, 1]: each row is standardized
+  // (z-score; a constant row gives z = 0), p = softmax(z) over the B samples, and
+  // sim(i, j) = exp(-(KL(p_i||p_j) + KL(p_j||p_i)) / 2); exactly 1 on the diagonal.
+  m.def("kl_similarity(Tensor f) -> Tensor");
+  // k most similar rows of every row of f [C, B] within its segment (similarity "cosine" or
+  // "kl", as the two ops above; center only affects the cosine), symmetrized, weights
+  // max(sim, 0), as CSR (indptr [C+1], indices [nnz], values [nnz]).
+  m.def("knn_graph(Tensor f, int k, Tensor? segments=None, bool center=False, "
+        "str similarity=\"cosine\") -> (Tensor indptr, Tensor indices, Tensor values)");
   // Symmetric GCN normalization D^-1/2 (A + I) D^-1/2 of a square CSR graph.
   m.def("gcn_norm(Tensor indptr, Tensor indices, Tensor values, bool add_self_loops=True) -> "
         "(Tensor indptr, Tensor indices, Tensor values)");

@@ -1,11 +1,16 @@
-// Shared by the CPU and CUDA kernels of cosine_similarity / knn_graph (csrc/cpu/knn_graph_cpu.cpp,
-// csrc/cuda/knn_graph_cuda.cu): argument checks, row normalization and helpers. Header-only; host
-// code (ATen ops only, valid for any device).
+// Shared by the CPU and CUDA kernels of cosine_similarity / kl_similarity / knn_graph
+// (csrc/cpu/knn_graph_cpu.cpp, csrc/cuda/knn_graph_cuda.cu): argument checks, row normalization
+// and helpers. Header-only; host code (ATen ops only, valid for any device).
 //
 // Semantics (mirrors gcnprune_fast/ops/reference/graph.py):
 //   - compute dtype: float64 for float64 input, float32 otherwise;
-//   - rows optionally centered (constant rows become exactly 0), scaled by their max |value|
-//     (no overflow in the squares), then divided by their L2 norm; zero rows stay zero;
+//   - cosine: rows optionally centered (constant rows become exactly 0), scaled by their max
+//     |value| (no overflow in the squares), then divided by their L2 norm; zero rows stay zero;
+//   - kl: each row is standardized (z-score, population std; an exactly constant row gives z = 0),
+//     p = softmax(z) over the B samples, and
+//       d(i, j) = (KL(p_i||p_j) + KL(p_j||p_i)) / 2 = ((a_i + a_j) - (M_ij + M_ji)) / 2,
+//       a_i = sum_b p_ib z_ib, M = P Z^T  (the log-partition terms cancel since sum(p_i - p_j) = 0);
+//     similarity = exp(-max(d, 0)), exactly 1 on the diagonal;
 //   - kNN order: (s, j) ranks before (s', j') when s > s', or s == s' and j < j'.
 #pragma once
 
@@ -17,6 +22,8 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <vector>
 
 namespace gcnprune {
@@ -50,6 +57,37 @@ inline at::Tensor normalized_rows(const at::Tensor& f, bool center) {
   x = x / at::where(scale > 0, scale, at::ones_like(scale));
   at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, /*keepdim=*/true);
   return (x / at::where(norm > 0, norm, at::ones_like(norm))).contiguous();
+}
+
+// knn_graph's similarity measure.
+enum class Similarity { kCosine, kKl };
+
+inline Similarity parse_similarity(std::string_view s) {
+  if (s == "cosine") return Similarity::kCosine;
+  if (s == "kl") return Similarity::kKl;
+  TORCH_CHECK_VALUE(false, "similarity: expected 'cosine' or 'kl', got '", std::string(s), "'");
+  return Similarity::kCosine;  // unreachable
+}
+
+// The KL prologue (see the top of the file): z [C, B] standardized rows, p [C, B] = softmax(z)
+// per row, a [C] = sum_b p * z; all contiguous in the compute dtype. |z| <= sqrt(B - 1), so p and
+// the products never overflow, and p > 0 unless it underflows (B of several thousand), which is
+// harmless here (no log p is taken). B = 0: z, p [C, 0] and a = 0 (every pair has d = 0). Raises
+// ValueError for NaN/inf in f.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_rows(const at::Tensor& f) {
+  at::Tensor x = f.to(compute_type(f.scalar_type())).contiguous();
+  const int64_t c = x.size(0);
+  if (x.size(1) == 0) return {x, x, at::zeros({c}, x.options())};
+  at::Tensor scale = x.abs().amax({1}, /*keepdim=*/true);
+  TORCH_CHECK_VALUE(at::isfinite(scale).all().item<bool>(), "f: holds NaN or infinite values");
+  at::Tensor constant = (x.amax({1}) == x.amin({1})).unsqueeze(1);
+  x = x / at::where(scale > 0, scale, at::ones_like(scale));  // max |x| = 1: no overflow below
+  x = x - x.mean({1}, /*keepdim=*/true);
+  at::Tensor rms = x.square().mean({1}, /*keepdim=*/true).sqrt();
+  at::Tensor z = (x / at::where(rms > 0, rms, at::ones_like(rms))).masked_fill(constant, 0.0);
+  at::Tensor p = at::softmax(z, 1);
+  at::Tensor a = (p * z).sum({1});
+  return {z.contiguous(), p.contiguous(), a.contiguous()};
 }
 
 // Validated segment offsets on the host: [0, C] when segments is None.

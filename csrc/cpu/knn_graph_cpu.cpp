@@ -1,11 +1,13 @@
-// CPU kernels of gcnprune::cosine_similarity and gcnprune::knn_graph.
+// CPU kernels of gcnprune::cosine_similarity, gcnprune::kl_similarity and gcnprune::knn_graph.
 //
 // Layout: f [C, B] (any float dtype, any strides) -> normalized rows xn [C, B] contiguous in the
-// compute dtype (float32, or float64 for float64 input). See common/knn_graph.h for semantics.
+// compute dtype (float32, or float64 for float64 input); for the KL similarity the standardized
+// rows z, their softmax p [C, B] and a = rowsum(p * z) [C]. See common/knn_graph.h for semantics.
 //
 // knn_graph never materializes C x C. Within each segment it enumerates the upper-triangular
 // tiles (I <= J) of T x T rows; a worker takes a tile from a shared counter, computes
-// S = xn[I] xn[J]^T with one single-threaded GEMM, and feeds every pair (i < j) to BOTH rows'
+// S = xn[I] xn[J]^T with one single-threaded GEMM (KL: S = P[I] Z[J]^T + Z[I] P[J]^T, two GEMMs,
+// then exp(-max((a_i + a_j) - S_ij, 0) / 2) in place), and feeds every pair (i < j) to BOTH rows'
 // running top-k (each pair is computed once, so the two directions of an edge carry the same
 // value, and only half the GEMM work is done). Each worker keeps private top-k heaps for all rows
 // (no locks); the heaps are merged per row at the end, then the graph is symmetrized and
@@ -19,6 +21,7 @@
 #include <cmath>
 #include <atomic>
 #include <limits>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -80,6 +83,81 @@ at::Tensor normalized_rows(const at::Tensor& f, bool center) {
   });
   TORCH_CHECK_VALUE(finite.load(), "f: holds NaN or infinite values");
   return out;
+}
+
+// Fused version of knn_detail::kl_rows (same formula, one pass per step over a row held in
+// cache instead of ~15 ATen passes): z [C, B], p [C, B], a [C].
+struct KlRows {
+  at::Tensor z, p, a;
+};
+
+KlRows kl_rows(const at::Tensor& f) {
+  at::Tensor x = f.to(knn_detail::compute_type(f.scalar_type())).contiguous();
+  const int64_t c = x.size(0), b = x.size(1);
+  at::Tensor a = at::zeros({c}, x.options());
+  if (b == 0 || c == 0) return {x, x, a};  // B = 0: every pair has d = 0
+  at::Tensor z = at::empty_like(x), p = at::empty_like(x);
+  std::atomic<bool> finite{true};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kl_rows_cpu", [&] {
+    const scalar_t* in = x.data_ptr<scalar_t>();
+    scalar_t* zo = z.data_ptr<scalar_t>();
+    scalar_t* po = p.data_ptr<scalar_t>();
+    scalar_t* ao = a.data_ptr<scalar_t>();
+    at::parallel_for(0, c, std::max<int64_t>(1, 16384 / b), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = in + r * b;
+        scalar_t* zr = zo + r * b;
+        scalar_t* pr = po + r * b;
+        scalar_t lo = std::numeric_limits<scalar_t>::infinity(), hi = -lo, m = 0;
+        bool nan = false;
+        for (int64_t e = 0; e < b; ++e) {
+          const scalar_t v = row[e];
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+          m = std::max(m, std::abs(v));
+          nan |= v != v;
+        }
+        if (nan || !std::isfinite(m)) {
+          finite = false;
+          continue;
+        }
+        if (lo == hi) {  // constant (or zero) row: the uniform distribution
+          std::fill(zr, zr + b, scalar_t(0));
+          std::fill(pr, pr + b, scalar_t(1) / static_cast<scalar_t>(b));  // as softmax(0)
+          ao[r] = 0;
+          continue;
+        }
+        double sum = 0;  // scale by max |value| (no overflow below), center, standardize
+        for (int64_t e = 0; e < b; ++e) {
+          zr[e] = row[e] / m;
+          sum += zr[e];
+        }
+        const scalar_t mean = static_cast<scalar_t>(sum / static_cast<double>(b));
+        double ss = 0;
+        for (int64_t e = 0; e < b; ++e) {
+          zr[e] -= mean;
+          ss += static_cast<double>(zr[e]) * zr[e];
+        }
+        const scalar_t rms = static_cast<scalar_t>(std::sqrt(ss / static_cast<double>(b)));
+        scalar_t zmax = -std::numeric_limits<scalar_t>::infinity();
+        for (int64_t e = 0; e < b; ++e) {
+          if (rms > 0) zr[e] /= rms;
+          zmax = std::max(zmax, zr[e]);
+        }
+        double se = 0;  // softmax through the log-sum-exp
+        for (int64_t e = 0; e < b; ++e) se += std::exp(static_cast<double>(zr[e] - zmax));
+        const double lse = static_cast<double>(zmax) + std::log(se);
+        double acc = 0;
+        for (int64_t e = 0; e < b; ++e) {
+          pr[e] = static_cast<scalar_t>(std::exp(static_cast<double>(zr[e]) - lse));
+          acc += static_cast<double>(pr[e]) * zr[e];
+        }
+        ao[r] = static_cast<scalar_t>(acc);
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(finite.load(), "f: holds NaN or infinite values");
+  return {z, p, a};
 }
 
 constexpr int64_t kDefaultTileCpu = 512;
@@ -189,25 +267,57 @@ std::vector<Tile> upper_tiles(const std::vector<int64_t>& offs, int64_t tile) {
   return tiles;
 }
 
-// Runs fn(worker, tile, s) for every tile, s = xn[I] xn[J]^T [ra, rb] row-major. Workers take
-// tiles from a shared counter (load balance on a busy machine) and run single-threaded GEMMs
-// (inside a parallel region ATen/MKL do not spawn more threads). Returns the worker count;
-// init(worker) runs once per worker before its first tile.
-template <typename scalar_t, typename Init, typename Fn>
-int64_t run_upper_tiles(const at::Tensor& xn, const std::vector<Tile>& tiles, int64_t tile,
-                        const Init& init, const Fn& fn, int64_t workers) {
+// The similarity tile of the cosine: s = xn[I] xn[J]^T.
+struct CosineTile {
+  const at::Tensor& xn;
+  void operator()(at::Tensor& s, const Tile& tl) const {
+    at::mm_out(s, xn.narrow(0, tl.a0, tl.ra), xn.narrow(0, tl.b0, tl.rb).t());
+  }
+};
+
+// The similarity tile of the symmetric KL: s = P[I] Z[J]^T + Z[I] P[J]^T (s_ij = M_ij + M_ji),
+// then s_ij = exp(-max((a_i + a_j) - s_ij, 0) / 2) (the order of operations of the reference).
+template <typename scalar_t>
+struct KlTile {
+  const KlRows& kl;
+  void operator()(at::Tensor& s, const Tile& tl) const {
+    at::mm_out(s, kl.p.narrow(0, tl.a0, tl.ra), kl.z.narrow(0, tl.b0, tl.rb).t());
+    s.addmm_(kl.z.narrow(0, tl.a0, tl.ra), kl.p.narrow(0, tl.b0, tl.rb).t());
+    const scalar_t* a = kl.a.data_ptr<scalar_t>();
+    const scalar_t* aj = a + tl.b0;
+    scalar_t* sp = s.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < tl.ra; ++r) {
+      const scalar_t ai = a[tl.a0 + r];
+      scalar_t* row = sp + r * tl.rb;
+      for (int64_t c = 0; c < tl.rb; ++c) {
+        const scalar_t d = (ai + aj[c]) - row[c];
+        row[c] = scalar_t(-0.5) * (d > scalar_t(0) ? d : scalar_t(0));
+      }
+    }
+    at::exp_(s);  // ATen's vectorized exp (this file has no -march flags)
+  }
+};
+
+// Runs fn(worker, tile, s) for every tile, s [ra, rb] row-major filled by compute(s, tile).
+// Workers take tiles from a shared counter (load balance on a busy machine) and run
+// single-threaded GEMMs (inside a parallel region ATen/MKL do not spawn more threads). Returns the
+// worker count; init(worker) runs once per worker before its first tile.
+template <typename scalar_t, typename Init, typename Compute, typename Fn>
+int64_t run_upper_tiles(const at::TensorOptions& opts, const std::vector<Tile>& tiles,
+                        int64_t tile, const Init& init, const Compute& compute, const Fn& fn,
+                        int64_t workers) {
   std::atomic<int64_t> next{0};
   at::ThreadLocalState tls;  // inference mode etc. for the GEMMs run by the workers
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     at::ThreadLocalStateGuard guard(tls);
     for (int64_t w = begin; w < end; ++w) {
       init(w);
-      at::Tensor buf = at::empty({tile * tile}, xn.options());
+      at::Tensor buf = at::empty({tile * tile}, opts);
       for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size());
            t = next.fetch_add(1)) {
         const Tile& tl = tiles[t];
         at::Tensor s = buf.narrow(0, 0, tl.ra * tl.rb).view({tl.ra, tl.rb});
-        at::mm_out(s, xn.narrow(0, tl.a0, tl.ra), xn.narrow(0, tl.b0, tl.rb).t());
+        compute(s, tl);
         fn(w, tl, static_cast<const scalar_t*>(s.data_ptr<scalar_t>()));
       }
     }
@@ -222,16 +332,17 @@ int64_t worker_count(size_t tiles) {
 
 // One segment-aware pass: per-row sorted neighbour lists (best first) in nbr/nbv [C * kk] with
 // counts deg [C].
-template <typename scalar_t>
-void select_neighbours(const at::Tensor& xn, const std::vector<int64_t>& offs, int64_t kk,
-                       int64_t tile, std::vector<int64_t>& nbr, std::vector<scalar_t>& nbv,
+// compute(s, tile) fills a tile of similarities (CosineTile, KlTile); opts: the compute dtype.
+template <typename scalar_t, typename Compute>
+void select_neighbours(int64_t c, const at::TensorOptions& opts, const Compute& compute,
+                       const std::vector<int64_t>& offs, int64_t kk, int64_t tile,
+                       std::vector<int64_t>& nbr, std::vector<scalar_t>& nbv,
                        std::vector<int64_t>& deg) {
-  const int64_t c = xn.size(0);
   const std::vector<Tile> tiles = upper_tiles(offs, tile);
   const int64_t nt = worker_count(tiles.size());
   std::vector<RowTopK<scalar_t>> heaps(nt);
   run_upper_tiles<scalar_t>(
-      xn, tiles, tile, [&](int64_t w) { heaps[w].init(c, kk); },
+      opts, tiles, tile, [&](int64_t w) { heaps[w].init(c, kk); }, compute,
       [&](int64_t w, const Tile& tl, const scalar_t* s) { scan_tile<scalar_t>(s, tl, heaps[w]); },
       nt);
   // Merge the workers' heaps row by row: sorted best first, at most kk.
@@ -262,6 +373,27 @@ void select_neighbours(const at::Tensor& xn, const std::vector<int64_t>& offs, i
   });
 }
 
+// Writes tile s [ra, rb] to o[I, J] and, transposed, to o[J, I] (o [c, c] row-major).
+template <typename scalar_t>
+void write_tile_symmetric(scalar_t* o, int64_t c, const Tile& tl, const scalar_t* s) {
+  for (int64_t r = 0; r < tl.ra; ++r) {
+    std::copy(s + r * tl.rb, s + (r + 1) * tl.rb, o + (tl.a0 + r) * c + tl.b0);
+  }
+  constexpr int64_t kBlock = 32;  // transposed copy in cache-sized blocks
+  for (int64_t r0 = 0; r0 < tl.ra; r0 += kBlock) {
+    for (int64_t c0 = 0; c0 < tl.rb; c0 += kBlock) {
+      const int64_t r1 = std::min(r0 + kBlock, tl.ra), c1 = std::min(c0 + kBlock, tl.rb);
+      for (int64_t cc = c0; cc < c1; ++cc) {
+        scalar_t* dst = o + (tl.b0 + cc) * c + tl.a0;
+        for (int64_t r = r0; r < r1; ++r) {
+          // Diagonal tiles: only the lower triangle comes from the transpose.
+          if (tl.a0 != tl.b0 || r < cc) dst[r] = s[r * tl.rb + cc];
+        }
+      }
+    }
+  }
+}
+
 at::Tensor cosine_similarity_cpu(const at::Tensor& f, bool center) {
   knn_detail::check_features(f);
   at::Tensor xn = normalized_rows(f, center);
@@ -279,107 +411,135 @@ at::Tensor cosine_similarity_cpu(const at::Tensor& f, bool center) {
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "cosine_similarity_cpu", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     run_upper_tiles<scalar_t>(
-        xn, tiles, tile, [](int64_t) {},
+        xn.options(), tiles, tile, [](int64_t) {}, CosineTile{xn},
         [&](int64_t, const Tile& tl, const scalar_t* s) {
-          for (int64_t r = 0; r < tl.ra; ++r) {
-            std::copy(s + r * tl.rb, s + (r + 1) * tl.rb, o + (tl.a0 + r) * c + tl.b0);
-          }
-          constexpr int64_t kBlock = 32;  // transposed copy in cache-sized blocks
-          for (int64_t r0 = 0; r0 < tl.ra; r0 += kBlock) {
-            for (int64_t c0 = 0; c0 < tl.rb; c0 += kBlock) {
-              const int64_t r1 = std::min(r0 + kBlock, tl.ra), c1 = std::min(c0 + kBlock, tl.rb);
-              for (int64_t cc = c0; cc < c1; ++cc) {
-                scalar_t* dst = o + (tl.b0 + cc) * c + tl.a0;
-                for (int64_t r = r0; r < r1; ++r) {
-                  // Diagonal tiles: only the lower triangle comes from the transpose.
-                  if (tl.a0 != tl.b0 || r < cc) dst[r] = s[r * tl.rb + cc];
-                }
-              }
-            }
-          }
+          write_tile_symmetric<scalar_t>(o, c, tl, s);
         },
         worker_count(tiles.size()));
   });
   return out;
 }
 
+at::Tensor kl_similarity_cpu(const at::Tensor& f) {
+  knn_detail::check_features(f);
+  const KlRows kl = kl_rows(f);
+  const int64_t c = kl.z.size(0);
+  at::Tensor out = at::empty({c, c}, kl.z.options());
+  if (c == 0) return out;
+  if (c > 1) {  // upper-triangular tiles, mirrored: exactly symmetric
+    const int64_t tile = knn_detail::tile_size(kDefaultTileCpu);
+    const std::vector<Tile> tiles = upper_tiles({0, c}, tile);
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "kl_similarity_cpu", [&] {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      run_upper_tiles<scalar_t>(
+          kl.z.options(), tiles, tile, [](int64_t) {}, KlTile<scalar_t>{kl},
+          [&](int64_t, const Tile& tl, const scalar_t* s) {
+            write_tile_symmetric<scalar_t>(o, c, tl, s);
+          },
+          worker_count(tiles.size()));
+    });
+  }
+  out.diagonal().fill_(1);  // d(i, i) = 0 exactly
+  return out;
+}
+
+// kNN selection over the tiles of compute (CosineTile / KlTile), symmetrization and CSR.
+template <typename scalar_t, typename Compute>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_csr(int64_t c, const at::TensorOptions& opts,
+                                                       const Compute& compute,
+                                                       const std::vector<int64_t>& offs,
+                                                       int64_t kk, at::Tensor indptr) {
+  const int64_t tile = knn_detail::tile_size(kDefaultTileCpu);
+  std::vector<int64_t> nbr, deg;
+  std::vector<scalar_t> nbv;
+  select_neighbours<scalar_t>(c, opts, compute, offs, kk, tile, nbr, nbv, deg);
+  // Symmetrize: row r holds its own picks plus every j that picked r; then sort + dedupe.
+  std::vector<int64_t> start(c + 1, 0);
+  for (int64_t r = 0; r < c; ++r) {
+    start[r + 1] += deg[r];
+    for (int64_t e = 0; e < deg[r]; ++e) start[nbr[r * kk + e] + 1] += 1;
+  }
+  for (int64_t r = 0; r < c; ++r) start[r + 1] += start[r];
+  std::vector<std::pair<int64_t, scalar_t>> edges(start[c]);
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  for (int64_t r = 0; r < c; ++r) {
+    for (int64_t e = 0; e < deg[r]; ++e) {
+      const int64_t j = nbr[r * kk + e];
+      const scalar_t v = nbv[r * kk + e];
+      edges[fill[r]++] = {j, v};
+      edges[fill[j]++] = {r, v};
+    }
+  }
+  std::vector<int64_t> uniq(c, 0);
+  at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      auto first = edges.begin() + start[r], last = edges.begin() + start[r + 1];
+      std::sort(first, last, [](const auto& a, const auto& b) { return a.first < b.first; });
+      int64_t n = 0;
+      for (auto it = first; it != last; ++it) {
+        if (n > 0 && (first + n - 1)->first == it->first) {
+          // Same pair from both directions: identical values (each pair computed once).
+          (first + n - 1)->second = std::max((first + n - 1)->second, it->second);
+        } else {
+          *(first + n) = *it;
+          ++n;
+        }
+      }
+      uniq[r] = n;
+    }
+  });
+  int64_t* ip = indptr.data_ptr<int64_t>();
+  for (int64_t r = 0; r < c; ++r) ip[r + 1] = ip[r] + uniq[r];
+  at::Tensor indices = at::empty({ip[c]}, indptr.options());
+  at::Tensor values = at::empty({ip[c]}, opts);
+  int64_t* out_i = indices.data_ptr<int64_t>();
+  scalar_t* out_v = values.data_ptr<scalar_t>();
+  at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t e = 0; e < uniq[r]; ++e) {
+        const auto& ed = edges[start[r] + e];
+        out_i[ip[r] + e] = ed.first;
+        out_v[ip[r] + e] = std::max(ed.second, scalar_t(0));
+      }
+    }
+  });
+  return {indptr, indices, values};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cpu(
-    const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center) {
+    const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center,
+    std::string_view similarity) {
   knn_detail::check_features(f);
   knn_detail::check_k(k);
+  const knn_detail::Similarity measure = knn_detail::parse_similarity(similarity);
   const int64_t c = f.size(0);
   std::vector<int64_t> offs = knn_detail::segment_offsets(segments, c, f);
-  at::Tensor xn = normalized_rows(f, center);
   const int64_t max_len = knn_detail::max_segment_length(offs);
   const int64_t kk = knn_detail::effective_k(k, max_len);
   at::Tensor indptr = at::zeros({c + 1}, f.options().dtype(at::kLong));
-  if (kk == 0) {
-    return {indptr, at::empty({0}, indptr.options()), at::empty({0}, xn.options())};
+  if (measure == knn_detail::Similarity::kKl) {  // center: no effect (rows are standardized)
+    const KlRows kl = kl_rows(f);
+    if (kk == 0) return {indptr, at::empty({0}, indptr.options()), at::empty({0}, kl.z.options())};
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+    AT_DISPATCH_FLOATING_TYPES(kl.z.scalar_type(), "knn_graph_kl_cpu", [&] {
+      out = knn_csr<scalar_t>(c, kl.z.options(), KlTile<scalar_t>{kl}, offs, kk, indptr);
+    });
+    return out;
   }
-  const int64_t tile = knn_detail::tile_size(kDefaultTileCpu);
-  at::Tensor indices, values;
+  at::Tensor xn = normalized_rows(f, center);
+  if (kk == 0) return {indptr, at::empty({0}, indptr.options()), at::empty({0}, xn.options())};
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "knn_graph_cpu", [&] {
-    std::vector<int64_t> nbr, deg;
-    std::vector<scalar_t> nbv;
-    select_neighbours<scalar_t>(xn, offs, kk, tile, nbr, nbv, deg);
-    // Symmetrize: row r holds its own picks plus every j that picked r; then sort + dedupe.
-    std::vector<int64_t> start(c + 1, 0);
-    for (int64_t r = 0; r < c; ++r) {
-      start[r + 1] += deg[r];
-      for (int64_t e = 0; e < deg[r]; ++e) start[nbr[r * kk + e] + 1] += 1;
-    }
-    for (int64_t r = 0; r < c; ++r) start[r + 1] += start[r];
-    std::vector<std::pair<int64_t, scalar_t>> edges(start[c]);
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t r = 0; r < c; ++r) {
-      for (int64_t e = 0; e < deg[r]; ++e) {
-        const int64_t j = nbr[r * kk + e];
-        const scalar_t v = nbv[r * kk + e];
-        edges[fill[r]++] = {j, v};
-        edges[fill[j]++] = {r, v};
-      }
-    }
-    std::vector<int64_t> uniq(c, 0);
-    at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        auto first = edges.begin() + start[r], last = edges.begin() + start[r + 1];
-        std::sort(first, last, [](const auto& a, const auto& b) { return a.first < b.first; });
-        int64_t n = 0;
-        for (auto it = first; it != last; ++it) {
-          if (n > 0 && (first + n - 1)->first == it->first) {
-            // Same pair from both directions: identical values (each pair computed once).
-            (first + n - 1)->second = std::max((first + n - 1)->second, it->second);
-          } else {
-            *(first + n) = *it;
-            ++n;
-          }
-        }
-        uniq[r] = n;
-      }
-    });
-    int64_t* ip = indptr.data_ptr<int64_t>();
-    for (int64_t r = 0; r < c; ++r) ip[r + 1] = ip[r] + uniq[r];
-    indices = at::empty({ip[c]}, indptr.options());
-    values = at::empty({ip[c]}, xn.options());
-    int64_t* out_i = indices.data_ptr<int64_t>();
-    scalar_t* out_v = values.data_ptr<scalar_t>();
-    at::parallel_for(0, c, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        for (int64_t e = 0; e < uniq[r]; ++e) {
-          const auto& ed = edges[start[r] + e];
-          out_i[ip[r] + e] = ed.first;
-          out_v[ip[r] + e] = std::max(ed.second, scalar_t(0));
-        }
-      }
-    });
+    out = knn_csr<scalar_t>(c, xn.options(), CosineTile{xn}, offs, kk, indptr);
   });
-  return {indptr, indices, values};
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gcnprune, CPU, m) {
   m.impl("cosine_similarity", &cosine_similarity_cpu);
+  m.impl("kl_similarity", &kl_similarity_cpu);
   m.impl("knn_graph", &knn_graph_cpu);
 }
 

@@ -1,7 +1,10 @@
-// CUDA kernels of gcnprune::cosine_similarity and gcnprune::knn_graph.
+// CUDA kernels of gcnprune::cosine_similarity, gcnprune::kl_similarity and gcnprune::knn_graph.
 //
 // Layout: f [C, B] -> normalized rows xn [C, B] contiguous in the compute dtype (float32, or
-// float64 for float64 input), exactly as on the CPU (csrc/common/knn_graph.h).
+// float64 for float64 input), exactly as on the CPU (csrc/common/knn_graph.h); for the KL
+// similarity z, p [C, B] and a [C] (knn_detail::kl_rows), and a similarity tile is
+// S = P[I] Z[J]^T + Z[I] P[J]^T (two cuBLAS GEMMs) turned in place into
+// exp(-max((a_i + a_j) - S_ij, 0) / 2) by kl_tile_kernel.
 //
 // knn_graph: within each segment, T x T tiles S = xn[I] xn[J]^T (cuBLAS through at::mm_out)
 // are merged into a running per-row top-k list (topv/topi [C, k], sorted best first) by
@@ -19,6 +22,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -105,6 +109,59 @@ __global__ void mirror_upper_kernel(scalar_t* out, int64_t c) {
   }
 }
 
+__device__ __forceinline__ float exp_dev(float x) { return expf(x); }
+__device__ __forceinline__ double exp_dev(double x) { return exp(x); }
+
+// s [ra, rb] (rows a0.., columns b0..) holds M_ij + M_ji; replaced in place by the KL similarity
+// exp(-max((a_i + a_j) - s_ij, 0) / 2), and by exactly 1 where i == j when unit_diagonal.
+template <typename scalar_t>
+__global__ void kl_tile_kernel(scalar_t* __restrict__ s, const scalar_t* __restrict__ a,
+                               int64_t ra, int64_t rb, int64_t a0, int64_t b0,
+                               bool unit_diagonal) {
+  const int64_t n = ra * rb;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = a0 + e / rb, j = b0 + e % rb;
+    const scalar_t d = (a[i] + a[j]) - s[e];
+    s[e] = (unit_diagonal && i == j) ? scalar_t(1)
+                                     : exp_dev(scalar_t(-0.5) * (d > scalar_t(0) ? d : scalar_t(0)));
+  }
+}
+
+void launch_kl_tile(at::Tensor& s, const at::Tensor& a, int64_t a0, int64_t b0,
+                    bool unit_diagonal) {
+  const int64_t ra = s.size(0), rb = s.size(1);
+  if (ra * rb == 0) return;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((ra * rb + threads - 1) / threads, 65535);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "kl_tile_cuda", [&] {
+    kl_tile_kernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+        s.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), ra, rb, a0, b0, unit_diagonal);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// One KL similarity tile into s [ra, rb] (rows a.., columns b..).
+void kl_tile(at::Tensor& s, const at::Tensor& z, const at::Tensor& p, const at::Tensor& a,
+             int64_t a0, int64_t ra, int64_t b0, int64_t rb, bool unit_diagonal) {
+  at::mm_out(s, p.narrow(0, a0, ra), z.narrow(0, b0, rb).t());
+  s.addmm_(z.narrow(0, a0, ra), p.narrow(0, b0, rb).t());
+  launch_kl_tile(s, a, a0, b0, unit_diagonal);
+}
+
+at::Tensor kl_similarity_cuda(const at::Tensor& f) {
+  knn_detail::check_features(f);
+  c10::cuda::CUDAGuard guard(f.device());
+  auto [z, p, a] = knn_detail::kl_rows(f);
+  const int64_t c = z.size(0);
+  at::Tensor m = at::mm(p, z.t());
+  // M + M^T is exactly symmetric (m_ij + m_ji == m_ji + m_ij), and so is the result.
+  at::Tensor out = at::add(m, m.t()).contiguous();
+  launch_kl_tile(out, a, 0, 0, /*unit_diagonal=*/true);
+  return out;
+}
+
 at::Tensor cosine_similarity_cuda(const at::Tensor& f, bool center) {
   knn_detail::check_features(f);
   c10::cuda::CUDAGuard guard(f.device());
@@ -125,13 +182,21 @@ at::Tensor cosine_similarity_cuda(const at::Tensor& f, bool center) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cuda(
-    const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center) {
+    const at::Tensor& f, int64_t k, const std::optional<at::Tensor>& segments, bool center,
+    std::string_view similarity) {
   knn_detail::check_features(f);
   knn_detail::check_k(k);
+  const bool kl = knn_detail::parse_similarity(similarity) == knn_detail::Similarity::kKl;
   c10::cuda::CUDAGuard guard(f.device());
   const int64_t c = f.size(0);
   std::vector<int64_t> offs = knn_detail::segment_offsets(segments, c, f);
-  at::Tensor xn = knn_detail::normalized_rows(f, center);
+  // xn: the cosine's unit rows, or the KL's z (p and a alongside); center: cosine only.
+  at::Tensor xn, p, a;
+  if (kl) {
+    std::tie(xn, p, a) = knn_detail::kl_rows(f);
+  } else {
+    xn = knn_detail::normalized_rows(f, center);
+  }
   const int64_t max_len = knn_detail::max_segment_length(offs);
   const int64_t kk = knn_detail::effective_k(k, max_len);
   const auto long_opts = f.options().dtype(at::kLong);
@@ -147,18 +212,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cuda(
   for (size_t g = 0; g + 1 < offs.size(); ++g) {
     const int64_t lo = offs[g], hi = offs[g + 1];
     if (hi - lo < 2) continue;
-    for (int64_t a = lo; a < hi; a += tile) {
-      const int64_t ra = std::min(tile, hi - a);
+    for (int64_t a0 = lo; a0 < hi; a0 += tile) {
+      const int64_t ra = std::min(tile, hi - a0);
       for (int64_t b = lo; b < hi; b += tile) {
         const int64_t rb = std::min(tile, hi - b);
         at::Tensor s = buf.narrow(0, 0, ra * rb).view({ra, rb});
-        at::mm_out(s, xn.narrow(0, a, ra), xn.narrow(0, b, rb).t());
+        if (kl) {
+          kl_tile(s, xn, p, a, a0, ra, b, rb, /*unit_diagonal=*/false);
+        } else {
+          at::mm_out(s, xn.narrow(0, a0, ra), xn.narrow(0, b, rb).t());
+        }
         const int64_t threads = 32 * kWarpsPerBlock;
         const int64_t blocks = (ra * 32 + threads - 1) / threads;
         AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "knn_graph_cuda", [&] {
           tile_topk_kernel<scalar_t><<<static_cast<unsigned>(blocks),
                                        static_cast<unsigned>(threads), 0, stream>>>(
-              s.data_ptr<scalar_t>(), ra, rb, a, b, kk, topv.data_ptr<scalar_t>(),
+              s.data_ptr<scalar_t>(), ra, rb, a0, b, kk, topv.data_ptr<scalar_t>(),
               topi.data_ptr<int64_t>());
         });
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -192,6 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_graph_cuda(
 
 TORCH_LIBRARY_IMPL(gcnprune, CUDA, m) {
   m.impl("cosine_similarity", &cosine_similarity_cuda);
+  m.impl("kl_similarity", &kl_similarity_cuda);
   m.impl("knn_graph", &knn_graph_cuda);
 }
 

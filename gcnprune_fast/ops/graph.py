@@ -1,11 +1,12 @@
-"""Channel similarity graphs: cosine similarity and the symmetrized cosine kNN graph (CSR).
+"""Channel similarity graphs: cosine and symmetric-KL similarity, and the symmetrized kNN graph
+(CSR) under either.
 
-Both ops run ``torch.ops.gcnprune.*`` (C++/CUDA) when the compiled library is loaded and the
+The ops run ``torch.ops.gcnprune.*`` (C++/CUDA) when the compiled library is loaded and the
 plain-PyTorch reference (:mod:`gcnprune_fast.ops.reference.graph`) otherwise; the semantics
 (compute dtype, zero rows, tie-break to the lower column index) are documented there.
 
 The native ``knn_graph`` never materializes the C x C similarity matrix: it walks upper-triangular
-tiles of each segment (one GEMM per tile), feeds every pair to both rows' running top-k, and keeps
+tiles of each segment (one GEMM per tile; two for the KL similarity), feeds every pair to both rows' running top-k, and keeps
 memory at O(C * k + tile). The tile edge (rows = columns) defaults to 512 on CPU and 4096 on CUDA
 and can be set with the environment variable ``GCNPRUNE_KNN_TILE`` (used by the tests to force
 many tiles on small inputs).
@@ -66,6 +67,14 @@ def _check_segments(segments, f: torch.Tensor) -> None:
         raise ValueError(f"segments: must end at C = {c} (rows of f), got {int(offs[-1])}")
 
 
+def _check_similarity(similarity) -> None:
+    if not isinstance(similarity, str):
+        raise TypeError(f"similarity: expected a str ('cosine' or 'kl'), "
+                        f"got {type(similarity).__name__}")
+    if similarity not in _ref.SIMILARITIES:
+        raise ValueError(f"similarity: expected 'cosine' or 'kl', got {similarity!r}")
+
+
 def _needs_grad(f: torch.Tensor) -> bool:
     return f.requires_grad and torch.is_grad_enabled()
 
@@ -88,9 +97,29 @@ def cosine_similarity(f: torch.Tensor, center: bool = False) -> torch.Tensor:
     return _ref.cosine_similarity(f, center)
 
 
+def kl_similarity(f: torch.Tensor) -> torch.Tensor:
+    """Symmetric-KL similarity of the rows of ``f`` [C, B] -> [C, C].
+
+    Each row (one channel's values over B samples) is standardized (z-score with the population
+    std; an exactly constant row, zero rows included, gets z = 0) and turned into a distribution
+    over the samples, ``p_i = softmax(z_i)``; the similarity is ``exp(-d(i, j))`` with the
+    symmetric KL divergence ``d = (KL(p_i||p_j) + KL(p_j||p_i)) / 2``. Values in [0, 1] (0 only by
+    underflow), exactly 1 on the diagonal and between constant rows, exactly symmetric in the
+    native kernels; invariant to each row's scale and offset. B = 0 or 1: all ones. Result float32
+    (float64 for float64 input). Full definition: :mod:`gcnprune_fast.ops.reference.graph`.
+
+    Raises TypeError/ValueError naming ``f`` for a wrong type, rank or dtype, and ValueError when
+    ``f`` holds NaN or infinity.
+    """
+    _check_features(f)
+    if use_native(f) and not _needs_grad(f):
+        return torch.ops.gcnprune.kl_similarity(f)
+    return _ref.kl_similarity(f)
+
+
 def knn_graph(f: torch.Tensor, k: int, segments: torch.Tensor | None = None,
-              center: bool = False) -> CSRGraph:
-    """Symmetrized cosine k-nearest-neighbour graph of the rows of ``f`` [C, B], in CSR.
+              center: bool = False, similarity: str = "cosine") -> CSRGraph:
+    """Symmetrized k-nearest-neighbour graph of the rows of ``f`` [C, B], in CSR.
 
     Args:
         f: features [C, B], one row per channel (float16/bfloat16/float32/float64).
@@ -99,26 +128,38 @@ def knn_graph(f: torch.Tensor, k: int, segments: torch.Tensor | None = None,
         segments: int64 offsets [G+1] (0 = offsets[0] <= ... <= offsets[G] = C) of a
             block-diagonal batch (one segment per pruning group); edges never cross segments.
             None = one segment. Empty segments are allowed.
-        center: subtract each row's mean before the cosine.
+        center: subtract each row's mean before the cosine (no effect with ``similarity="kl"``,
+            which standardizes the rows anyway).
+        similarity: ``"cosine"`` (:func:`cosine_similarity`) or ``"kl"`` (:func:`kl_similarity`).
 
     Returns:
         ``CSRGraph(indptr [C+1], indices [nnz], values [nnz])``: the union of the edges i->j
         (j among the k most similar rows of i, self excluded, ties to the lower j) and j->i,
         weights ``max(sim(i, j), 0)`` (float32, float64 for float64 input; negative-similarity
-        edges stay with weight 0), columns sorted within each row, no self loops. Rows of zero
-        norm have similarity 0 to all rows, so they link to the lowest-index rows of their segment.
+        edges stay with weight 0; KL weights are in [0, 1] already), columns sorted within each
+        row, no self loops. Cosine: rows of zero norm have similarity 0 to all rows, so they link
+        to the lowest-index rows of their segment. KL: constant rows are the uniform
+        distribution, similarity 1 to each other.
 
-    Raises TypeError/ValueError naming the argument (``f``, ``k``, ``segments``, ``center``) for
-    wrong types, ranks, dtypes, devices, negative ``k``, malformed offsets, or NaN/inf in ``f``.
+    Raises TypeError/ValueError naming the argument (``f``, ``k``, ``segments``, ``center``,
+    ``similarity``) for wrong types, ranks, dtypes, devices, negative ``k``, malformed offsets,
+    an unknown similarity, or NaN/inf in ``f``.
     """
     _check_features(f)
     _check_k(k)
     _check_center(center)
     _check_segments(segments, f)
+    _check_similarity(similarity)
     if use_native(f, segments) and not _needs_grad(f):
-        indptr, indices, values = torch.ops.gcnprune.knn_graph(f, k, segments, center)
+        if similarity == "cosine":  # the schema's default: the call of the cosine-only op
+            indptr, indices, values = torch.ops.gcnprune.knn_graph(f, k, segments, center)
+        else:
+            indptr, indices, values = torch.ops.gcnprune.knn_graph(f, k, segments, center,
+                                                                   similarity)
         return CSRGraph(indptr, indices, values)
-    return _ref.knn_graph(f, k, segments, center)
+    if similarity == "cosine":
+        return _ref.knn_graph(f, k, segments, center)
+    return _ref.knn_graph(f, k, segments, center, similarity)
 
 
 def _register_fakes() -> None:
@@ -129,8 +170,14 @@ def _register_fakes() -> None:
         c = f.shape[0]
         return f.new_empty((c, c), dtype=_ref.compute_dtype(f.dtype))
 
+    if hasattr(torch.ops.gcnprune, "kl_similarity"):  # absent from libraries built before it
+        @torch.library.register_fake("gcnprune::kl_similarity")
+        def _kl_similarity_fake(f):
+            c = f.shape[0]
+            return f.new_empty((c, c), dtype=_ref.compute_dtype(f.dtype))
+
     @torch.library.register_fake("gcnprune::knn_graph")
-    def _knn_graph_fake(f, k, segments=None, center=False):
+    def _knn_graph_fake(f, k, segments=None, center=False, similarity="cosine"):
         c = f.shape[0]
         nnz = torch.library.get_ctx().new_dynamic_size()  # data dependent (ties, union)
         return (f.new_empty((c + 1,), dtype=torch.int64),

@@ -1,12 +1,26 @@
-"""Plain-PyTorch cosine similarity and kNN channel graph (the semantics the native kernels follow).
+"""Plain-PyTorch cosine / KL similarity and kNN channel graph (the semantics the native kernels
+follow).
 
 Conventions shared with the native kernels (``csrc/cpu/knn_graph_cpu.cpp``,
 ``csrc/cuda/knn_graph_cuda.cu``):
 
 - compute dtype: float64 for float64 input, float32 otherwise (float16/bfloat16/float32);
-- rows are optionally centered (row mean subtracted; a constant row becomes exactly zero), then
-  scaled by their largest magnitude (so squares cannot overflow) and normalized to unit L2 norm;
-  a row of norm zero stays all-zero, i.e. its similarity to every row (itself included) is 0;
+- cosine: rows are optionally centered (row mean subtracted; a constant row becomes exactly zero),
+  then scaled by their largest magnitude (so squares cannot overflow) and normalized to unit L2
+  norm; a row of norm zero stays all-zero, i.e. its similarity to every row (itself included) is 0;
+- kl (:func:`kl_similarity`): each row f_i [B] is standardized, ``z_i = (f_i - mean) / std``
+  (population std; computed after scaling by the largest magnitude, so nothing overflows; an
+  exactly constant row -- zero rows included -- gets ``z_i = 0``), and turned into a distribution
+  over the B samples, ``p_i = softmax(z_i)`` (a constant row is the uniform distribution). The
+  distance is the symmetric KL divergence
+  ``d(i, j) = (KL(p_i||p_j) + KL(p_j||p_i)) / 2 = sum_b (p_ib - p_jb)(z_ib - z_jb) / 2``
+  (the log-partition terms cancel), computed as ``((a_i + a_j) - (M_ij + M_ji)) / 2`` with
+  ``a_i = sum_b p_ib z_ib`` and ``M = P Z^T`` (two GEMMs, so it tiles like the cosine), and the
+  similarity is ``exp(-max(d, 0))``: in (0, 1] (0 only by underflow, for B of several thousand),
+  exactly 1 on the diagonal, 1 between any two constant rows, symmetric. Standardizing first makes
+  it invariant to each channel's scale and offset, like the centered cosine (to first order in z,
+  ``d ~ 1 - pearson(f_i, f_j)``; the softmax weights the samples where a channel responds most).
+  B = 0 or 1: every row is constant, all similarities are 1;
 - kNN order: a candidate ``(s, j)`` ranks before ``(s', j')`` when ``s > s'``, or ``s == s'`` and
   ``j < j'`` (ties go to the LOWER column index), so the graph is deterministic.
 """
@@ -51,6 +65,47 @@ def cosine_similarity(f: torch.Tensor, center: bool = False) -> torch.Tensor:
     return xn @ xn.T
 
 
+def kl_rows(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The KL similarity's row transform of ``f`` [C, B]: ``(z, p, a)`` with z the standardized
+    rows [C, B], p = softmax(z) over the B samples [C, B] and a = rowsum(p * z) [C], in the compute
+    dtype. Raises ValueError when ``f`` holds NaN or infinity."""
+    x = f.to(compute_dtype(f.dtype))
+    if x.shape[1] == 0:  # B = 0: no samples; every pair has distance 0
+        return x, x, x.new_zeros(x.shape[0])
+    scale = x.abs().amax(dim=1, keepdim=True)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError("f: holds NaN or infinite values")
+    constant = (x.amax(dim=1) == x.amin(dim=1)).unsqueeze(1)
+    x = x / torch.where(scale > 0, scale, torch.ones_like(scale))  # max |x| = 1: no overflow
+    x = x - x.mean(dim=1, keepdim=True)
+    rms = x.square().mean(dim=1, keepdim=True).sqrt()
+    z = (x / torch.where(rms > 0, rms, torch.ones_like(rms))).masked_fill(constant, 0.0)
+    p = torch.softmax(z, dim=1)
+    return z, p, (p * z).sum(dim=1)
+
+
+def _kl_matrix(z: torch.Tensor, p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """exp(-max((a_i + a_j) - (M_ij + M_ji), 0) / 2) with M = P Z^T: the KL similarities of the
+    rows given by ``kl_rows`` (the diagonal as computed, not forced to 1)."""
+    m = p @ z.T
+    d = (a[:, None] + a[None, :]) - (m + m.T)  # m + m.T is exactly symmetric
+    return torch.exp(-0.5 * d.clamp_min(0))
+
+
+def kl_similarity(f: torch.Tensor) -> torch.Tensor:
+    """Symmetric-KL similarity of the rows of ``f`` [C, B] -> [C, C] (float32; float64 for float64
+    input): ``exp(-(KL(p_i||p_j) + KL(p_j||p_i)) / 2)`` with ``p_i = softmax(zscore(f_i))`` over the
+    B samples (see the module docstring). Exactly symmetric, exactly 1 on the diagonal, in [0, 1].
+    """
+    s = _kl_matrix(*kl_rows(f))
+    # d(i, i) = 0 exactly (the rounding of a_i and M_ii may differ). Out of place: differentiable.
+    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    return s.masked_fill(eye, 1.0)
+
+
+SIMILARITIES = ("cosine", "kl")
+
+
 def _segment_bounds(c: int, segments: torch.Tensor | None) -> list[tuple[int, int]]:
     if segments is None:
         return [(0, c)]
@@ -77,20 +132,27 @@ def _topk_lower_index_ties(s: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def knn_graph(f: torch.Tensor, k: int, segments: torch.Tensor | None = None,
-              center: bool = False) -> CSRGraph:
-    """Symmetrized cosine kNN graph of the rows of ``f`` [C, B], as CSR without self loops.
+              center: bool = False, similarity: str = "cosine") -> CSRGraph:
+    """Symmetrized kNN graph of the rows of ``f`` [C, B], as CSR without self loops.
 
     Every row i picks its ``k`` most similar rows j != i of its own segment (``segments``: int64
     offsets [G+1] of a block-diagonal batch; None = one segment; ties go to the lower j; all other
     rows when the segment has at most k+1 rows); the graph is the union of the edges i->j and
     j->i, weighted ``max(sim(i, j), 0)`` (edges with negative similarity stay, with weight 0).
+    ``similarity``: "cosine" (:func:`cosine_similarity`, optionally centered) or "kl"
+    (:func:`kl_similarity`, in [0, 1]; ``center`` has no effect: the rows are standardized).
     Dense per segment: memory O(segment size^2).
 
     Returns ``CSRGraph(indptr [C+1] int64, indices [nnz] int64 sorted per row, values [nnz])``,
     values float32 (float64 for float64 input).
     """
     c = f.shape[0]
-    xn = normalized_rows(f, center)
+    kl = similarity == "kl"
+    if kl:
+        z, p, a = kl_rows(f)
+        xn = z
+    else:
+        xn = normalized_rows(f, center)
     device = f.device
     rows, cols, vals = [], [], []
     for lo, hi in _segment_bounds(c, segments):
@@ -98,7 +160,11 @@ def knn_graph(f: torch.Tensor, k: int, segments: torch.Tensor | None = None,
         kk = min(k, n - 1)
         if kk <= 0:
             continue
-        s = xn[lo:hi] @ xn[lo:hi].T
+        if kl:
+            # clone: exp saves its output for backward, and the diagonal is overwritten below
+            s = _kl_matrix(z[lo:hi], p[lo:hi], a[lo:hi]).clone()
+        else:
+            s = xn[lo:hi] @ xn[lo:hi].T
         s.fill_diagonal_(float("-inf"))
         nbr = _topk_lower_index_ties(s, kk)
         src = torch.arange(n, device=device).repeat_interleave(kk)
