@@ -69,6 +69,9 @@ class ChannelGCNOptions:
     episodes: int = option(300, "total sampled masks", minimum=1)
     episodes_per_update: int = option(10, "masks per policy update", minimum=1)
     k: int = option(8, "kNN neighbours per channel", minimum=1)
+    similarity: str = option("cosine", "channel-graph similarity: centered cosine, or kl = "
+                             "exp(-symmetric KL) of the softmax of each channel's z-scored GAP "
+                             "values (Jiang et al. 2022)", choices=("cosine", "kl"))
     hidden: int = option(32, "GCN width", minimum=1)
     shared: bool = option(False, "one shared GCN + group embedding instead of one per group")
     lr: float = option(0.005, "Adam learning rate of the agents", minimum=0.0)
@@ -115,13 +118,13 @@ NODE_FEATURES = ("l1", "l2", "bn_gamma", "act_mean", "act_var", "act_abs_mean", 
 # graph and node features
 
 
-def build_channel_graph(features: ChannelFeatures, offsets: torch.Tensor, k: int = 8
-                        ) -> Tuple[ops.CSRGraph, ops.CSRGraph]:
+def build_channel_graph(features: ChannelFeatures, offsets: torch.Tensor, k: int = 8,
+                        similarity: str = "cosine") -> Tuple[ops.CSRGraph, ops.CSRGraph]:
     """One batched kNN call over every group's GAP matrix; returns (raw graph with weights
-    max(cos, 0) and no self loops, GCN-normalized graph D^-1/2 (A + I) D^-1/2). Both [N, N]
-    block-diagonal, N = total channels."""
+    max(cos, 0) -- or the KL similarity in [0, 1] with ``similarity="kl"`` -- and no self loops,
+    GCN-normalized graph D^-1/2 (A + I) D^-1/2). Both [N, N] block-diagonal, N = total channels."""
     f = torch.cat(features.gap, dim=0).float()  # [N, B]
-    raw = ops.knn_graph(f, k, segments=offsets, center=True)
+    raw = ops.knn_graph(f, k, segments=offsets, center=True, similarity=similarity)
     return raw, ops.gcn_norm(raw, add_self_loops=True)
 
 
@@ -229,7 +232,7 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
         features = collect_features(space, ctx.loader, max_samples=opts.feature_samples,
                                     device=device, progress=ctx.progress)
     offsets = space.group_offsets()
-    raw, graph = build_channel_graph(features, offsets, k=opts.k)
+    raw, graph = build_channel_graph(features, offsets, k=opts.k, similarity=opts.similarity)
     x = node_features(space, features, raw, offsets, budget)
     if opts.graph == "identity":
         graph = identity_graph(int(offsets[-1]))
