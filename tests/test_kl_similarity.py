@@ -499,3 +499,42 @@ def test_kl_weights_compare_with_cosine_range():
     assert bool((kl > 0).all() and (kl <= 1).all())
     assert bool((cos >= 0).all() and (cos <= 1 + 1e-6).all())
     assert cosine_similarity(f).shape == kl_similarity(f).shape
+
+
+# --- channel-gcn option ------------------------------------------------------------------------
+
+def test_build_channel_graph_similarity_option():
+    from gcnprune_fast.features import ChannelFeatures
+    from gcnprune_fast.methods.channel_gcn import ChannelGCNOptions, build_channel_graph
+    from gcnprune_fast.ops import gcn_norm
+
+    assert ChannelGCNOptions().similarity == "cosine"
+    gen = torch.Generator().manual_seed(6)
+    gap = [torch.rand(12, 20, generator=gen), torch.rand(7, 20, generator=gen)]
+    feats = ChannelFeatures(gap=gap, mean=[], var=[], abs_mean=[], zero_frac=[], max=[],
+                            num_samples=20)
+    offsets = torch.tensor([0, 12, 19])
+    f = torch.cat(gap)
+    for similarity, want in [("cosine", knn_graph(f, 3, offsets, center=True)),
+                             ("kl", knn_graph(f, 3, offsets, similarity="kl"))]:
+        raw, norm = build_channel_graph(feats, offsets, 3, similarity=similarity)
+        assert all(torch.equal(a, b) for a, b in zip(raw, want))
+        assert all(torch.equal(a, b) for a, b in zip(norm, gcn_norm(want)))
+    default, _ = build_channel_graph(feats, offsets, 3)
+    assert all(torch.equal(a, b) for a, b in zip(default, knn_graph(f, 3, offsets, center=True)))
+
+
+def test_prune_channel_gcn_with_kl_similarity():
+    import gcnprune_fast
+    from gcnprune_fast.models import get_model
+    from helpers import random_batches
+
+    torch.manual_seed(0)
+    model = get_model("simple_cnn")
+    res = gcnprune_fast.prune(model, random_batches(n=32), method="channel-gcn", flops=0.6,
+                              progress=False, bn_batches=1, episodes=2, episodes_per_update=2,
+                              reward_samples=16, feature_samples=16, similarity="kl")
+    assert res.report["flops_ratio"] <= 0.6
+    with pytest.raises(ValueError, match="similarity"):
+        gcnprune_fast.prune(model, random_batches(n=32), method="channel-gcn", flops=0.6,
+                            progress=False, similarity="euclidean")
