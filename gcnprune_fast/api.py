@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from gcnprune_fast import distributed
 from gcnprune_fast.data import check_labels, check_reiterable, split_batch
 from gcnprune_fast.features import non_finite_activation_error
 from gcnprune_fast.methods import Budget, SearchContext, default_method, get_method
@@ -77,14 +78,21 @@ class PruneResult:
         """Write ``plan.json``, ``weights.pt`` (the compact model's state_dict; loadable with
         ``torch.load(..., weights_only=True)``), ``report.json`` and ``report.md`` to
         ``directory``; each format in ``export_formats`` is written by
-        ``gcnprune_fast.export.export_artifacts``. Returns {artifact name: path}."""
+        ``gcnprune_fast.export.export_artifacts``. Returns {artifact name: path}.
+
+        Under torch.distributed only rank 0 writes (each file through a temporary file and an
+        atomic rename); the other ranks return the same paths without writing."""
         if isinstance(export_formats, str):
             export_formats = (export_formats,)
-        os.makedirs(directory, exist_ok=True)
         paths = {"plan": os.path.join(directory, "plan.json"),
                  "weights": os.path.join(directory, "weights.pt"),
                  "report": os.path.join(directory, "report.json"),
                  "report_md": os.path.join(directory, "report.md")}
+        if distributed.is_distributed():
+            if distributed.is_main():
+                self._save_atomic(directory, paths, export_formats)
+            return paths
+        os.makedirs(directory, exist_ok=True)
         with open(paths["plan"], "w") as f:
             json.dump(self.plan, f, indent=1)
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -92,6 +100,23 @@ class PruneResult:
         write_json(paths["report"], self.report)
         with open(paths["report_md"], "w") as f:
             f.write(prune_report_markdown(self.report))
+        return self._export(directory, paths, export_formats)
+
+    def _save_atomic(self, directory: str, paths: Dict[str, str],
+                     export_formats: Sequence[str]) -> Dict[str, str]:
+        """:meth:`save` of rank 0 under torch.distributed: every file written atomically."""
+        os.makedirs(directory, exist_ok=True)
+        distributed.atomic_write_text(paths["plan"], json.dumps(self.plan, indent=1))
+        distributed.atomic_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                                paths["weights"])
+        tmp = f"{paths['report']}.tmp{os.getpid()}"
+        write_json(tmp, self.report)
+        os.replace(tmp, paths["report"])
+        distributed.atomic_write_text(paths["report_md"], prune_report_markdown(self.report))
+        return self._export(directory, paths, export_formats)
+
+    def _export(self, directory: str, paths: Dict[str, str],
+                export_formats: Sequence[str]) -> Dict[str, str]:
         if export_formats:
             from gcnprune_fast.export import export_artifacts  # lazy: export is optional
             if self.example_inputs is None:
@@ -307,6 +332,14 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
     the caller's global RNG state is left as it was. A custom loader that draws from the global
     RNG itself is reproducible only if you seed it.
 
+    Distributed: when the caller has initialized a torch.distributed process group of N > 1
+    processes (or the command line runs under ``torchrun``), ``prune`` is a collective -- call
+    it on every rank with the same arguments (``device``: this rank's GPU). Features, the
+    search's mask scoring, BN re-estimation, evaluation and fine-tuning (DDP) are split across
+    the ranks and merged, so every rank returns the single-process result (fine-tuning: the
+    same global batch); checkpoints are written by rank 0, read by all on resume. See
+    ``gcnprune_fast.distributed`` and the README.
+
     After surgery the FLOPs / params of the pruned model are counted on the model itself and
     compared with the cost model's prediction for the masks (``flops_after_measured``,
     ``params_after_measured``, ``cost_model_mismatch`` in the report; a RuntimeWarning when they
@@ -354,6 +387,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         check_reiterable(value, name)
     _check_materialized(model)
     device = _check_device(model, device)
+    distributed.log_world()
+    progress = bool(progress and distributed.is_main())
     val_loader = loader if val_loader is None else val_loader
     train_loader = loader if train_loader is None else train_loader
 

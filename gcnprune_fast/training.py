@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gcnprune_fast import distributed as _dist
 from gcnprune_fast.data import TensorBatchLoader, check_labels, check_reiterable, split_batch
 from gcnprune_fast.utils import model_device
 
@@ -45,10 +46,16 @@ def _restore_modes(saved):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: Optional[int] = None) -> float:
+def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: Optional[int] = None,
+             distributed: Optional[bool] = None) -> float:
     """Top-1 accuracy of ``model`` on ``loader``.
 
     Runs in eval mode without gradients and restores every module's previous train/eval mode.
+
+    Distributed (a process group of N > 1 processes is initialized, and ``distributed`` is not
+    False): a collective -- call it on every rank. Rank r evaluates batches r, r+N, ... of the
+    loader (``distributed.shard``; ``max_batches`` counts batches of the whole loader) and the
+    counts are all-reduced: every rank returns the single-process accuracy.
 
     Args:
         model: classifier mapping ``[B, C, H, W]`` to logits ``[B, num_classes]``.
@@ -67,11 +74,17 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: Optio
                                     or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     dev = model_device(model, device)
+    w = _dist.active(distributed)
+    if w.distributed:
+        loader = _dist.shard(loader)
     saved = _saved_modes(model)
     model.eval()
     correct = total = 0
+    error = None
     try:
         for i, batch in enumerate(loader):
+            if w.distributed:
+                i = _dist.global_batch_index(i, w)
             if max_batches is not None and i >= max_batches:
                 break
             x, y = split_batch(batch, "evaluate: loader")
@@ -83,15 +96,22 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: Optio
             check_labels(y, logits.shape[1], "evaluate: loader")
             correct += int((logits.argmax(1) == y).sum())
             total += int(y.numel())
+    except Exception as e:
+        if not w.distributed:
+            raise
+        error = e  # raised by all_reduce_checked, after telling the other ranks
     finally:
         _restore_modes(saved)
+    if w.distributed:
+        correct, total = _dist.all_reduce_checked([correct, total], error, "evaluate")
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return correct / total
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, device=None) -> nn.Module:
+def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, device=None,
+                   distributed: Optional[bool] = None) -> nn.Module:
     """Re-estimate every BatchNorm's running mean/variance in place from ``num_batches`` batches.
 
     Running statistics are reset and accumulated as an exact cumulative average (``momentum=None``)
@@ -104,6 +124,11 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, de
         loader: yields ``(inputs, targets)``; targets are ignored.
         num_batches: batches to use (>= 1; fewer if the loader is shorter).
         device: where to run (default: the model's device).
+        distributed: None (auto) or True: with an initialized process group of N > 1 processes
+            this is a collective -- rank r forwards batches r, r+N, ... of the first
+            ``num_batches`` and every BatchNorm's statistics (the cumulative averages weighted
+            by their batch counts) are all-reduced, so every rank ends with the single-process
+            statistics. False: this rank alone.
 
     Returns:
         ``model`` (for chaining).
@@ -114,9 +139,13 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, de
     if not bns:
         return model
     dev = model_device(model, device)
+    w = _dist.active(distributed)
+    if w.distributed:
+        loader = _dist.shard(loader)
     saved = _saved_modes(model)
     momenta = [(m, m.momentum) for m in bns]
     seen = 0
+    error = None
     try:
         model.eval()
         for m in bns:
@@ -124,18 +153,49 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 20, de
             m.momentum = None
             m.train()
         for i, batch in enumerate(loader):
+            if w.distributed:
+                i = _dist.global_batch_index(i, w)
             if i >= num_batches:
                 break
             x, _ = split_batch(batch, "recalibrate_bn: loader")
             model(x.to(dev, non_blocking=True))
             seen += 1
+    except Exception as e:
+        if not w.distributed:
+            raise
+        error = e
     finally:
         for m, mom in momenta:
             m.momentum = mom
         _restore_modes(saved)
+    if w.distributed:
+        seen = int(_dist.all_reduce_checked([seen], error, "recalibrate_bn")[0])
+        if seen:
+            _merge_bn_statistics(bns)
     if seen == 0:
         raise ValueError("recalibrate_bn: the loader yielded no batches")
     return model
+
+
+@torch.no_grad()
+def _merge_bn_statistics(bns) -> None:
+    """All-reduce the BatchNorms' cumulative averages (momentum=None) weighted by their batch
+    counts: afterwards every rank holds the average over all ranks' batches."""
+    parts = []
+    for m in bns:
+        k = float(m.num_batches_tracked)
+        parts += [m.running_mean.double().reshape(-1) * k, m.running_var.double().reshape(-1) * k,
+                  torch.tensor([k], dtype=torch.float64, device=m.running_mean.device)]
+    flat = _dist.all_reduce(torch.cat(parts))
+    pos = 0
+    for m in bns:
+        c = m.running_mean.numel()
+        mean, var, k = flat[pos:pos + c], flat[pos + c:pos + 2 * c], float(flat[pos + 2 * c])
+        pos += 2 * c + 1
+        if k > 0:
+            m.running_mean.copy_((mean / k).view_as(m.running_mean))
+            m.running_var.copy_((var / k).view_as(m.running_var))
+        m.num_batches_tracked.fill_(int(round(k)))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -261,7 +321,9 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
           kd_alpha: float = 0.5, kd_temperature: float = 4.0, val_loader: Optional[Iterable] = None,
           progress: bool = True, checkpoint_path: Optional[str] = None, resume: bool = False,
           fingerprint: Optional[Dict[str, Any]] = None, seed: int = 0,
-          max_steps_per_epoch: Optional[int] = None) -> dict:
+          max_steps_per_epoch: Optional[int] = None, accumulate_steps: int = 1,
+          amp: Optional[str] = None, sync_bn: bool = False,
+          distributed: Optional[bool] = None) -> dict:
     """Train ``model`` in place with SGD (Nesterov) and a cosine learning rate over all steps.
 
     Args:
@@ -286,7 +348,24 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
         seed: seeds this call's RNG: shuffling and augmentation come from a ``torch.Generator``
             (:func:`with_generator`), dropout from torch's global RNG, forked and seeded under
             :data:`GLOBAL_RNG_LOCK` (the caller's global RNG state is left as it was).
-        max_steps_per_epoch: cut every epoch after this many batches (short fine-tuning budgets).
+        max_steps_per_epoch: cut every epoch after this many batches (short fine-tuning budgets;
+            distributed: steps of N batches).
+        accumulate_steps: sum the gradients of this many consecutive batches before each
+            optimizer step (a k times larger effective batch; the learning-rate schedule counts
+            optimizer steps). Under DDP the gradient all-reduce runs once per optimizer step.
+        amp: mixed precision: ``"bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA only, with a
+            gradient scaler); None = full precision.
+        sync_bn: under DDP, BatchNorm statistics over the global batch (``nn.SyncBatchNorm``, CUDA
+            only; the model's BatchNorm modules are restored afterwards). Ignored on one process.
+        distributed: None (auto) or True: with an initialized process group of N > 1 processes,
+            a collective -- the model is trained with ``DistributedDataParallel``: rank r takes
+            batches r, r+N, ... of every epoch's order (drawn from the same seeded generator on
+            every rank, so epochs are reshuffled without ``set_epoch``; a loader with a
+            ``DistributedSampler`` is used as it is, with ``set_epoch(epoch)``), every rank does
+            ``len(loader) // N`` steps per epoch, gradients are averaged, and a step equals a
+            single-process step over the same N batches (exactly without BatchNorm, or with
+            ``sync_bn``). History values are all-reduced; rank 0 writes the checkpoint, every
+            rank reads it on resume. False: this rank alone.
 
     Returns:
         history dict: ``loss`` (mean training loss per epoch), ``acc`` (training top-1 per epoch,
@@ -314,6 +393,13 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
         raise ValueError(f"max_steps_per_epoch must be a positive int or None, got {max_steps_per_epoch!r}")
     if resume and not checkpoint_path:
         raise ValueError("train: resume=True needs checkpoint_path")
+    if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) \
+            or accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be a positive int, got {accumulate_steps!r}")
+    if amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    w = _dist.active(distributed)
+    progress = bool(progress and w.main)
     history = {"loss": [], "acc": [], "val_acc": [], "lr": [], "epoch_time_s": [], "epochs": 0,
                "resumed_from": None}
     if epochs == 0:
@@ -323,12 +409,22 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
         steps_per_epoch = len(loader)
     except TypeError:
         raise TypeError("train: the loader must have len() (a DataLoader or TensorBatchLoader)") from None
+    if w.distributed and not _dist.is_sharded(loader):
+        if 0 < steps_per_epoch < w.size:
+            raise ValueError(f"train: the loader has {steps_per_epoch} batch(es), fewer than the "
+                             f"{w.size} processes")
+        steps_per_epoch //= w.size
     if max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise ValueError("train: the loader is empty (0 batches)")
     total_steps = steps_per_epoch * epochs
     dev = model_device(model, device)
+    if amp == "fp16" and dev.type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device (use amp='bf16' on the CPU)")
+    if sync_bn and w.distributed and dev.type != "cuda":
+        raise ValueError("sync_bn=True needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                         "kernel); train without it on the CPU")
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -342,6 +438,10 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
                                momentum=momentum, weight_decay=weight_decay, kd_alpha=kd_alpha,
                                kd_temperature=kd_temperature, teacher=teacher is not None, seed=seed)
         fp.update(_plain(fingerprint or {}))
+        if w.distributed:  # single-process fingerprints stay as they were
+            fp.update(world_size=w.size, accumulate_steps=accumulate_steps)
+        elif accumulate_steps != 1:
+            fp.update(accumulate_steps=accumulate_steps)
         folder = os.path.dirname(os.path.abspath(checkpoint_path))
         checkpoint = SearchCheckpoint(folder, os.path.basename(checkpoint_path), fp)
         if resume:
@@ -359,10 +459,15 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
                           nesterov=momentum > 0)
     generator = torch.Generator().manual_seed(seed)
     loader = with_generator(loader, generator)
+    if w.distributed:
+        loader = _dist.shard(loader, even=True)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     start_epoch = 0
     teacher_modes = None
     bar = None
-    with _seeded_global_rng(seed, dev):
+    net, restore_bn = model, []
+    # dropout: rank r draws from seed + r (rank 0 as a single process)
+    with _seeded_global_rng(seed + w.rank, dev):
         if saved is not None:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
@@ -370,12 +475,21 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
             torch.set_rng_state(saved["rng_state"])
             if dev.type == "cuda" and saved.get("cuda_rng_state") is not None:
                 torch.cuda.set_rng_state(saved["cuda_rng_state"], dev)
+            ranks = saved.get("rank_rng_states")
+            if w.distributed and ranks is not None and len(ranks) == w.size:
+                torch.set_rng_state(ranks[w.rank][0])
+                if dev.type == "cuda" and ranks[w.rank][1] is not None:
+                    torch.cuda.set_rng_state(ranks[w.rank][1], dev)
+            if scaler is not None and saved.get("scaler") is not None:
+                scaler.load_state_dict(saved["scaler"])
             history = saved["history"]
             start_epoch = history["epochs"]
             history["resumed_from"] = start_epoch
         if teacher is not None:  # used under no_grad in eval mode; its modes are restored at the end
             teacher_modes = _saved_modes(teacher)
             teacher.to(dev).eval()
+        if w.distributed:
+            net, restore_bn = _ddp(model, dev, sync_bn)
         if progress:
             from tqdm.auto import tqdm
 
@@ -383,58 +497,137 @@ def train(model: nn.Module, loader: Iterable, epochs: int, *, lr: float = 0.1, m
                        unit="step", dynamic_ncols=True, leave=False)
         try:
             for epoch in range(start_epoch, epochs):
+                _set_epoch(loader, epoch)
                 _train_epoch(model, loader, opt, history, epoch, epochs, steps_per_epoch, lr,
                              total_steps, dev, teacher, kd_alpha, kd_temperature, val_loader, bar,
-                             progress)
+                             progress, net=net, w=w, accumulate=accumulate_steps, amp=amp,
+                             scaler=scaler)
                 if checkpoint is not None:
+                    extra = {}
+                    if w.distributed:  # every rank's dropout RNG; rank 0 writes
+                        extra["rank_rng_states"] = _dist.all_gather_object(
+                            (torch.get_rng_state(),
+                             torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None))
+                    if scaler is not None:
+                        extra["scaler"] = scaler.state_dict()
                     checkpoint.save(model=model.state_dict(), optimizer=opt.state_dict(),
                                     generator_state=generator.get_state(),
                                     rng_state=torch.get_rng_state(),
                                     cuda_rng_state=torch.cuda.get_rng_state(dev)
                                     if dev.type == "cuda" else None,
-                                    history=history)
+                                    history=history, **extra)
         finally:
             if bar is not None:
                 bar.close()
             if teacher_modes is not None:
                 _restore_modes(teacher_modes)
+            for parent, name, bn in restore_bn:
+                setattr(parent, name, bn)
+            del net
     model.eval()
     return history
 
 
+@torch.no_grad()
+def _average_buffers(model: nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over the ranks: each
+    rank's last forwards updated them from its own batches; afterwards every rank holds the same
+    model."""
+    bufs = [b for b in model.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = _dist.all_reduce(torch.cat([b.double().reshape(-1) for b in bufs]))
+    flat /= _dist.world().size
+    pos = 0
+    for b in bufs:
+        b.copy_(flat[pos:pos + b.numel()].view_as(b))
+        pos += b.numel()
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """``set_epoch`` on a user's DistributedSampler (its per-epoch shuffling)."""
+    for sampler in (getattr(loader, "sampler", None),
+                    getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
+
+
+def _ddp(model: nn.Module, dev: torch.device, sync_bn: bool):
+    """``DistributedDataParallel`` over ``model`` (its parameters are the model's own, so training
+    the wrapper trains ``model`` in place); with ``sync_bn`` the BatchNorm children are swapped
+    for ``SyncBatchNorm`` modules sharing their parameters and buffers. Returns (the wrapper,
+    [(parent, name, original BatchNorm)] to put back)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    restore = []
+    if sync_bn:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, _BN_TYPES) and not isinstance(child, nn.SyncBatchNorm):
+                    setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                    restore.append((parent, name, child))
+    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids), restore
+
+
 def _train_epoch(model, loader, opt, history, epoch, epochs, steps_per_epoch, lr, total_steps, dev,
-                 teacher, kd_alpha, kd_temperature, val_loader, bar, progress) -> None:
+                 teacher, kd_alpha, kd_temperature, val_loader, bar, progress, net=None,
+                 w=_dist.SINGLE, accumulate=1, amp=None, scaler=None) -> None:
     t0 = time.perf_counter()
+    net = model if net is None else net
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     step_in_epoch = 0
+    # the cosine schedule counts optimizer steps (= batches without accumulation)
+    opt_per_epoch = math.ceil(steps_per_epoch / accumulate)
+    autocast = contextlib.nullcontext() if amp is None else torch.autocast(
+        dev.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
     for batch in loader:
         if step_in_epoch >= steps_per_epoch:
             break
         x, y = split_batch(batch, "train: loader")
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        step = epoch * steps_per_epoch + step_in_epoch
-        for group in opt.param_groups:
-            group["lr"] = _cosine_lr(lr, step, total_steps)
-        logits = model(x)
-        if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
-            raise ValueError(f"train: model output must be [B, num_classes] logits with B = "
-                             f"{y.shape[0]}, got {tuple(logits.shape)}")
-        check_labels(y, logits.shape[1], "train: loader")
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(x)
-            loss = distillation_loss(logits, t_logits, y, kd_alpha, kd_temperature)
-        else:
-            loss = F.cross_entropy(logits, y)
+        micro = step_in_epoch % accumulate
+        if micro == 0:
+            step = epoch * opt_per_epoch + step_in_epoch // accumulate
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(lr, step, opt_per_epoch * epochs)
+        with autocast:
+            logits = net(x)
+            if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+                raise ValueError(f"train: model output must be [B, num_classes] logits with B = "
+                                 f"{y.shape[0]}, got {tuple(logits.shape)}")
+            check_labels(y, logits.shape[1], "train: loader")
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = distillation_loss(logits, t_logits, y, kd_alpha, kd_temperature)
+            else:
+                loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"train: the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
                 f"{step_in_epoch + 1} (lr {opt.param_groups[0]['lr']:.4g}); lower the "
                 f"learning rate or check the inputs for NaN/Inf")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        group_start = step_in_epoch - micro
+        group_len = min(accumulate, steps_per_epoch - group_start)
+        last = micro == group_len - 1
+        if micro == 0:
+            opt.zero_grad(set_to_none=True)
+        scaled = loss if group_len == 1 else loss / group_len
+        if scaler is not None:
+            scaled = scaler.scale(scaled)
+        # DDP all-reduces the gradients on the last batch of an accumulation group only
+        with (net.no_sync() if w.distributed and not last else contextlib.nullcontext()):
+            scaled.backward()
+        if last:
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
         n = y.shape[0]
         loss_sum += float(loss.detach()) * n
         correct += int((logits.detach().argmax(1) == y).sum())
@@ -444,13 +637,18 @@ def _train_epoch(model, loader, opt, history, epoch, epochs, steps_per_epoch, lr
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.3f}",
                             acc=f"{correct / seen:.3f}")
+    if w.distributed:  # the epoch's loss and accuracy over every rank's samples
+        loss_sum, correct, seen = _dist.all_reduce_numbers([loss_sum, correct, seen])
+        correct, seen = int(correct), int(seen)
+        _average_buffers(model)
     if seen == 0:
         raise ValueError(f"train: the loader yielded no batches in epoch {epoch + 1}")
     history["loss"].append(loss_sum / seen)
     history["acc"].append(correct / seen)
     history["lr"].append(opt.param_groups[0]["lr"])
     if val_loader is not None:
-        history["val_acc"].append(evaluate(model, val_loader, device=dev))
+        history["val_acc"].append(evaluate(model, val_loader, device=dev,
+                                           distributed=w.distributed))
     history["epoch_time_s"].append(time.perf_counter() - t0)
     history["epochs"] = epoch + 1
     if progress:

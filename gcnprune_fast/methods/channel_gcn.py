@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from gcnprune_fast import ops
+from gcnprune_fast import distributed, ops
 from gcnprune_fast.features import ChannelFeatures, collect_features
 from gcnprune_fast.methods.agents import ChannelGCNPolicy
 from gcnprune_fast.methods.allocation import Budget, project_to_budget, standardize
@@ -290,6 +290,22 @@ class _ChannelSearch:
     def greedy(self, logits: torch.Tensor) -> List[torch.Tensor]:
         return self.feasible(logits > 0, logits.double())
 
+    def score_proposals(self, proposals: List[torch.Tensor], scores_flat: torch.Tensor
+                        ) -> List[Tuple[List[torch.Tensor], Tuple[float, float, float]]]:
+        """(feasible masks, score) of each flat proposal, in order. Under torch.distributed the
+        proposals are split across the ranks (projection and scoring; rank r takes proposals r,
+        r+N, ...) and the results all-gathered, so every rank gets the same list; each rank
+        caches the others' scores too."""
+        def one(proposal: torch.Tensor):
+            masks = self.feasible(proposal, scores_flat)
+            return masks, self.scorer(masks)
+
+        out = distributed.map_split(one, proposals)
+        if distributed.is_distributed():
+            for masks, res in out:
+                self.scorer.remember(masks, res)
+        return out
+
     def consider(self, masks: List[torch.Tensor], result: Tuple[float, float, float]) -> None:
         """Keep the best mask seen: highest reward, then lowest loss."""
         key = (result[0], -result[2])
@@ -311,6 +327,7 @@ class _ChannelSearch:
         self.consider(start, start_res)
         state["greedy_curve"].append(start_res[0])
         scores = _split(logits.double(), self.offsets)
+        proposals = []
         for _ in range(opts.episodes):
             masks = []
             for g, (m, sc) in enumerate(zip(start, scores)):
@@ -321,8 +338,8 @@ class _ChannelSearch:
                 keep = torch.zeros(size, dtype=torch.bool)
                 keep[torch.argsort(sc, descending=True, stable=True)[:count]] = True
                 masks.append(keep)
-            masks = self.feasible(torch.cat(masks), logits.double())
-            res = self.scorer(masks)
+            proposals.append(torch.cat(masks))
+        for masks, res in self.score_proposals(proposals, logits.double()):
             self.consider(masks, res)
             state["reward_curve"].append(res[0])
             state["episodes"] += 1
@@ -332,7 +349,7 @@ class _ChannelSearch:
             "greedy_curve": [float(v) for v in state["greedy_curve"]],
             "best_reward": float(state["best_key"][0]), "final_greedy_reward": float(start_res[0]),
             "reward": opts.reward, "reward_samples": len(self.scorer.rewards),
-            "masked_evaluations": self.scorer.evaluations, "graph_edges": int(self.raw.nnz),
+            "masked_evaluations": self.evaluations(), "graph_edges": int(self.raw.nnz),
         }
 
     def loop(self) -> Dict[str, Any]:
@@ -357,16 +374,16 @@ class _ChannelSearch:
             n_ep = min(per_update, opts.episodes - state["update"] * per_update)
             with torch.no_grad():
                 logits = self.logits()
-                g_masks = self.greedy(logits)
-                g_res = self.scorer(g_masks)
-                self.consider(g_masks, g_res)
-                state["greedy_curve"].append(g_res[0])
                 pi = torch.sigmoid(logits)
+            # every rank draws all samples from the same generator; the greedy mask and the
+            # samples are projected and scored split across the ranks (one process: in order)
+            samples = [torch.bernoulli(pi, generator=self.gen).bool() for _ in range(n_ep)]
+            scored = self.score_proposals([logits > 0] + samples, logits.double())
+            g_masks, g_res = scored[0]
+            self.consider(g_masks, g_res)
+            state["greedy_curve"].append(g_res[0])
             flat_masks, rewards_e = [], []
-            for _ in range(n_ep):
-                sample = torch.bernoulli(pi, generator=self.gen).bool()
-                masks = self.feasible(sample, logits.double())
-                res = self.scorer(masks)
+            for masks, res in scored[1:]:
                 self.consider(masks, res)
                 flat_masks.append(torch.cat(masks))
                 rewards_e.append(res[0])
@@ -389,9 +406,9 @@ class _ChannelSearch:
         if bar is not None:
             bar.close()
         with torch.no_grad():
-            g_masks = self.greedy(self.logits())
-            g_res = self.scorer(g_masks)
-            self.consider(g_masks, g_res)
+            logits = self.logits()
+        (g_masks, g_res), = self.score_proposals([logits > 0], logits.double())
+        self.consider(g_masks, g_res)
         return {
             "episodes": state["episodes"],
             "updates": state["update"],
@@ -401,9 +418,13 @@ class _ChannelSearch:
             "final_greedy_reward": float(g_res[0]),
             "reward": opts.reward,
             "reward_samples": len(self.scorer.rewards),
-            "masked_evaluations": self.scorer.evaluations,
+            "masked_evaluations": self.evaluations(),
             "graph_edges": int(self.raw.nnz),
         }
+
+    def evaluations(self) -> int:
+        """Forward passes run by the scorer (summed over the ranks of a distributed search)."""
+        return int(distributed.all_reduce_numbers([self.scorer.evaluations])[0])
 
 
 @register_method(NAME, options=ChannelGCNOptions, supports_resume=True, is_default=True,

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from gcnprune_fast import distributed
 from gcnprune_fast.methods.allocation import (counts_from_ratios, fit_ratios_to_budget,
                                               masks_from_counts)
 from gcnprune_fast.methods.context import MethodResult, SearchContext
@@ -179,10 +180,13 @@ def search(space, ctx: SearchContext) -> MethodResult:
     def unkey(k: str) -> Tuple[int, ...]:
         return tuple(int(v) for v in k.split(","))
 
-    def score(c) -> None:
-        k = key(c)
-        if k not in scored:
-            r, acc, loss = score_fn(list(c))
+    def score_all(keys: List[str]) -> None:
+        """Score the candidates not scored yet, in order. Under torch.distributed they are
+        split across the ranks (rank r scores r, r+N, ...) and the scores all-gathered, so
+        every rank records the same values in the same order."""
+        todo = list(dict.fromkeys(k for k in keys if k not in scored))
+        for k, (r, acc, loss) in zip(todo, distributed.map_split(
+                lambda k: tuple(score_fn(list(unkey(k)))), todo)):
             scored[k] = [float(r), float(acc), -float(loss)]
             state["order"].append(k)
             state["reward_curve"].append(float(r))
@@ -212,8 +216,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
                 fill(pop, opts.population, 20 * opts.population, set())
                 state["population"] = [key(c) for c in pop]
             while state["iteration"] < opts.iterations:
-                for k in state["population"]:
-                    score(unkey(k))
+                score_all(state["population"])
                 parents = [unkey(k) for k in top(opts.parents)]
                 state["best_curve"].append(scored[key(parents[0])][0])
                 children: List[Tuple[int, ...]] = []
@@ -240,8 +243,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
                     bar.update(1)
                     bar.set_postfix(best=f"{state['best_curve'][-1]:.4f}", scored=len(scored))
                 checkpoint.save(rng=gen.get_state(), state=state)
-            for k in state["population"]:  # the last generation is scored too
-                score(unkey(k))
+            score_all(state["population"])  # the last generation is scored too
         finally:
             if bar is not None:
                 bar.close()
@@ -256,7 +258,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
         "scored_with": "pruningnet" if use_pnet else "sliced",
         "reward": opts.reward,
         "reward_samples": len(rewards),
-        "masked_evaluations": scorer.evaluations,
+        "masked_evaluations": int(distributed.all_reduce_numbers([scorer.evaluations])[0]),
         "search_time_s": time.perf_counter() - t_start,
     })
     return MethodResult(masks_from_counts(importance, list(best)), info)

@@ -150,6 +150,60 @@ class GapAccumulator:
         self._keep_rows(stats.gap)
         return self
 
+    def all_reduce(self, num_channels: int | None = None, device=None) -> "GapAccumulator":
+        """Merge the moments of this accumulator with those of the same accumulator on every
+        other rank of torch.distributed's default process group (a collective: every rank calls
+        it, in the same order); afterwards every rank's :meth:`result` holds the moments of all
+        the batches seen by all ranks. Exact: the parallel (Chan) variance formula over two
+        all-reduces (counts and sums, then the centred second moments around the global mean),
+        maxima by a max-reduce. GAP rows are not exchanged (each rank keeps its own).
+
+        ``num_channels`` is needed on a rank that saw no batch; ``device`` is where the
+        collectives run (default: the CUDA device for NCCL, else the CPU). A no-op without an
+        initialized process group. Returns ``self``."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        if device is None:
+            device = (torch.device("cuda", torch.cuda.current_device())
+                      if dist.get_backend() == "nccl" else torch.device("cpu"))
+        c = self._channels if self._channels is not None else num_channels
+        if c is None:
+            raise ValueError("GapAccumulator.all_reduce: this rank saw no batch; pass num_channels")
+        f64 = dict(dtype=torch.float64, device=device)
+        if self._channels is None:
+            n, mean, m2 = 0, torch.zeros(c, **f64), torch.zeros(c, **f64)
+            total_sum, abs_sum, zeros = (torch.zeros(c, **f64) for _ in range(3))
+            mx = torch.full((c,), float("-inf"), **f64)
+        else:
+            n, mean, m2 = self._num_elements, self._run_mean.to(device), self._m2.to(device)
+            total_sum = self._sum.to(device)
+            abs_sum, zeros, mx = self._abs_sum.to(device), self._zeros.to(device), self._max.to(device)
+        # 1) element and sample counts, sums (the global mean), |x| sums, zero counts
+        head = torch.tensor([float(n), float(self._num_samples),
+                             1.0 if self._out_dtype == torch.float64 else 0.0], **f64)
+        packed = torch.cat([head, total_sum, abs_sum, zeros])
+        dist.all_reduce(packed)
+        total, samples = int(packed[0].item()), int(packed[1].item())
+        sums = packed[3:3 + c]
+        g_mean = sums / total if total > 0 else torch.zeros(c, **f64)
+        # 2) centred second moments: M2 = sum_r [M2_r + n_r (mean_r - mean)^2]
+        second = m2 + (mean - g_mean) ** 2 * n if n > 0 else torch.zeros(c, **f64)
+        dist.all_reduce(second)
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+        out_dev = self._device if self._device is not None else torch.device(device)
+        self._channels, self._device = c, out_dev
+        self._num_elements, self._num_samples = total, samples
+        self._run_mean, self._m2 = g_mean.to(out_dev), second.to(out_dev)
+        self._sum = sums.to(out_dev)
+        self._abs_sum = packed[3 + c:3 + 2 * c].to(out_dev)
+        self._zeros = packed[3 + 2 * c:].to(out_dev)
+        self._max = mx.to(out_dev)
+        if packed[2].item() > 0:
+            self._out_dtype = torch.float64
+        return self
+
     def _keep_rows(self, gap: torch.Tensor) -> None:
         room = gap.shape[0] if self.max_samples is None else self.max_samples - self._kept_rows
         if room <= 0:

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from gcnprune_fast.distributed import is_main
+
 __all__ = ["SearchCheckpoint"]
 
 
@@ -42,8 +44,10 @@ class SearchCheckpoint:
         return saved
 
     def save(self, **state: Any) -> None:
-        """Write ``state`` with the fingerprint; a crash mid-write leaves the old file intact."""
-        if self.path is None:
+        """Write ``state`` with the fingerprint; a crash mid-write leaves the old file intact.
+        Under torch.distributed only rank 0 writes (every rank holds the same state; all of
+        them read the file on resume)."""
+        if self.path is None or not is_main():
             return
         tmp = self.path + ".tmp"
         torch.save({"fingerprint": self.fingerprint, **state}, tmp)

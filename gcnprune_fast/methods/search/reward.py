@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gcnprune_fast.data import iterate_inputs
+from gcnprune_fast.distributed import broadcast_if_different
 
 __all__ = ["REWARD_KINDS", "RewardSet", "MaskScorer", "mask_key", "channels_last_evaluation"]
 
@@ -42,7 +43,9 @@ class RewardSet:
             n += xs[-1].shape[0]
             if n >= num_samples:
                 break
-        return cls(torch.cat(xs).to(device), torch.cat(ys).to(device), batch_size)
+        # under torch.distributed every rank must score on the same set (verified by digest)
+        x, y = broadcast_if_different(torch.cat(xs), torch.cat(ys))
+        return cls(x.to(device), y.to(device), batch_size)
 
     def __len__(self) -> int:
         return self.y.numel()
@@ -112,6 +115,10 @@ class MaskScorer:
         self.evaluations += 1
         self.cache[key] = (reward, acc, loss)
         return self.cache[key]
+
+    def remember(self, masks: List[torch.Tensor], result: Tuple[float, float, float]) -> None:
+        """Cache a score computed elsewhere (by another rank of a distributed search)."""
+        self.cache.setdefault(mask_key(masks), tuple(result))
 
 
 @contextlib.contextmanager
