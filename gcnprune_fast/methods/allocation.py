@@ -1,9 +1,11 @@
-"""Budget allocation: turn per-channel scores into keep-masks that meet a FLOPs/params budget.
+"""Budget allocation: turn per-channel scores into keep-masks that meet a FLOPs/params/latency budget.
 
 Three pieces, all driven by ``space.cost_from_counts`` (vectorized over many candidate width
 vectors, so each projection is a handful of tensor ops, not a Python loop over channels):
 
-- :class:`Budget`: the absolute FLOPs / params limits derived from the user's ratios.
+- :class:`Budget`: the absolute FLOPs / params / latency limits derived from the user's ratios;
+  every feasibility test goes through ``Budget.feasible_counts(space, counts)`` (the cost model,
+  and the latency model when the budget has a latency limit).
 - :func:`project_to_budget`: AMC's "action wall". Starting from any mask, first repair it (at least
   ``space.min_keep(g)`` channels per group, widths multiples of ``round_to``), then drop the
   lowest-scored kept channels, globally, until the budget is met. With ``fill=True`` it then adds
@@ -21,14 +23,14 @@ Scores are lists of float tensors [C_g]; higher = more important.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 __all__ = ["Budget", "ALLOCATIONS", "check_budget_ratio", "standardize", "project_to_budget",
-           "allocate", "min_cost_ratios", "check_budget_reachable", "uniform_counts",
+           "allocate", "min_cost_ratios", "min_latency_ratio", "check_budget_reachable", "uniform_counts",
            "counts_from_ratios", "fit_ratios_to_budget", "action_wall", "masks_from_counts"]
 
 ALLOCATIONS = ("global", "uniform")
@@ -48,37 +50,95 @@ def check_budget_ratio(name: str, value) -> None:
 @dataclass(frozen=True)
 class Budget:
     """Absolute cost limits. ``flops`` / ``params`` are ratios in (0, 1] of the unpruned model's
-    MACs / parameters (None = unconstrained); ``max_flops`` / ``max_params`` the absolute limits."""
+    MACs / parameters (None = unconstrained); ``max_flops`` / ``max_params`` the absolute limits.
+    ``latency`` is a ratio in (0, 1] of the unpruned model's measured latency, ``max_latency`` the
+    limit in seconds and ``latency_model`` the model predicting it from kept counts
+    (``gcnprune_fast.latency.LatencyModel``: ``latency_from_counts(counts [..., G])``)."""
 
     flops: Optional[float]
     params: Optional[float]
     max_flops: float
     max_params: float
+    latency: Optional[float] = None
+    max_latency: float = math.inf
+    latency_model: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_ratios(cls, space, flops: Optional[float] = None,
-                    params: Optional[float] = None) -> "Budget":
-        """Validate the ratios (each None or in (0, 1], not both None) and build the limits."""
-        if flops is None and params is None:
-            raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>")
+                    params: Optional[float] = None, latency: Optional[float] = None,
+                    latency_model: Any = None) -> "Budget":
+        """Validate the ratios (each None or in (0, 1], not all None) and build the limits
+        (a latency ratio needs ``latency_model``)."""
+        if flops is None and params is None and latency is None:
+            raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>"
+                             " and/or latency=<ratio in (0, 1]>")
         check_budget_ratio("flops", flops)
         check_budget_ratio("params", params)
+        check_budget_ratio("latency", latency)
+        if latency is not None and latency_model is None:
+            raise ValueError("a latency budget needs a latency model "
+                             "(gcnprune_fast.latency.build_latency_model)")
         max_flops = math.inf if flops is None else float(flops) * float(space.base_flops)
         max_params = math.inf if params is None else float(params) * float(space.base_params)
-        return cls(None if flops is None else float(flops), None if params is None else float(params),
-                   max_flops, max_params)
+        if latency is None:
+            return cls(None if flops is None else float(flops),
+                       None if params is None else float(params), max_flops, max_params)
+        return cls(None if flops is None else float(flops),
+                   None if params is None else float(params), max_flops, max_params,
+                   float(latency), float(latency) * float(latency_model.base_latency),
+                   latency_model)
 
-    def feasible(self, flops, params) -> torch.Tensor:
-        """Elementwise: does a (flops, params) pair (tensors or numbers) meet the budget?"""
+    @property
+    def has_latency(self) -> bool:
+        return self.latency is not None
+
+    def feasible(self, flops, params, latency=None) -> torch.Tensor:
+        """Elementwise: does a (flops, params[, latency]) triple (tensors or numbers) meet the
+        budget? With a latency limit, ``latency`` (seconds) is required: use
+        :meth:`feasible_counts`, which predicts it from the kept counts."""
         flops = torch.as_tensor(flops, dtype=torch.float64)
         params = torch.as_tensor(params, dtype=torch.float64)
         # A relative slack of 1e-9 absorbs float64 rounding of ratio * base.
-        return (flops <= self.max_flops * (1 + 1e-9)) & (params <= self.max_params * (1 + 1e-9))
+        ok = (flops <= self.max_flops * (1 + 1e-9)) & (params <= self.max_params * (1 + 1e-9))
+        if self.latency is not None:
+            if latency is None:
+                raise ValueError("this budget has a latency limit: pass the predicted latency, "
+                                 "or use Budget.feasible_counts(space, counts)")
+            ok = ok & (torch.as_tensor(latency, dtype=torch.float64) <= self.max_latency * (1 + 1e-9))
+        return ok
+
+    def latency_from_counts(self, counts) -> Optional[torch.Tensor]:
+        """Predicted latency (s) [...] of counts [..., G], or None without a latency limit."""
+        if self.latency_model is None:
+            return None
+        return self.latency_model.latency_from_counts(torch.as_tensor(counts))
+
+    def feasible_counts(self, space, counts) -> torch.Tensor:
+        """Elementwise over counts [..., G] (kept channels per group): does the width vector meet
+        every limit (FLOPs and params via ``space.cost_from_counts``, latency via the latency
+        model)? For a budget without a latency limit this is exactly
+        ``feasible(*space.cost_from_counts(counts))``."""
+        f, p = space.cost_from_counts(counts)
+        if self.latency is None:
+            return self.feasible(f, p)
+        return self.feasible(f, p, self.latency_from_counts(counts))
 
     @property
     def keep_ratio(self) -> float:
         """The tightest of the given ratios (used for warm starts)."""
-        return min(r for r in (self.flops, self.params) if r is not None)
+        return min(r for r in (self.flops, self.params, self.latency) if r is not None)
+
+    def fingerprint_extra(self) -> dict:
+        """Checkpoint fingerprint entries of the latency limit (empty without one, so checkpoints
+        of FLOPs / params budgets keep their fingerprints)."""
+        if self.latency is None:
+            return {}
+        return {"budget_latency": self.latency, "latency_table": dict(self.latency_model.meta)}
+
+    def describe(self) -> str:
+        """``flops=0.5, params=None[, latency=0.5]`` for messages."""
+        text = f"flops={self.flops}, params={self.params}"
+        return text + (f", latency={self.latency}" if self.latency is not None else "")
 
 
 def _sizes(space) -> List[int]:
@@ -97,16 +157,28 @@ def min_cost_ratios(space) -> tuple:
     return float(f[0]) / float(space.base_flops), float(p[0]) / float(space.base_params)
 
 
+def min_latency_ratio(space, budget: Budget) -> Optional[float]:
+    """Predicted latency ratio of the smallest network the space allows (None without a latency
+    model)."""
+    if budget.latency_model is None:
+        return None
+    counts = torch.tensor([_min_keeps(space)], dtype=torch.long)
+    return float(budget.latency_from_counts(counts)[0]) / float(budget.latency_model.base_latency)
+
+
 def check_budget_reachable(space, budget: Budget) -> None:
     """Raise ValueError when even the smallest allowed network exceeds the budget."""
     counts = torch.tensor([_min_keeps(space)], dtype=torch.long)
     f, p = space.cost_from_counts(counts)
-    if not bool(budget.feasible(f[0], p[0])):
+    lat = None if budget.latency is None else budget.latency_from_counts(counts)[0]
+    if not bool(budget.feasible(f[0], p[0], lat)):
         fr, pr = float(f[0]) / float(space.base_flops), float(p[0]) / float(space.base_params)
+        lr = "" if lat is None else \
+            f" and predicted latency ratio {float(lat) / budget.latency_model.base_latency:.4f}"
         raise ValueError(
-            f"budget flops={budget.flops}, params={budget.params} is below what the pruning space "
+            f"budget {budget.describe()} is below what the pruning space "
             f"allows: keeping min_channels/round_to channels in every group leaves flops ratio "
-            f"{fr:.4f} and params ratio {pr:.4f}; ask for at least these (or lower min_channels / "
+            f"{fr:.4f} and params ratio {pr:.4f}{lr}; ask for at least these (or lower min_channels / "
             f"round_to, or ignore fewer layers)")
 
 
@@ -148,8 +220,7 @@ def _prefix_search(space, budget: Budget, counts0: np.ndarray, step_group: np.nd
         inc = np.zeros((num_steps, len(counts0)), dtype=np.int64)
         inc[np.arange(num_steps), step_group] = step_delta
         counts[1:] = counts0 + np.cumsum(inc, axis=0)
-    f, p = space.cost_from_counts(torch.from_numpy(counts))
-    ok = budget.feasible(f, p).numpy()
+    ok = budget.feasible_counts(space, torch.from_numpy(counts)).numpy()
     if want_feasible_first:
         idx = np.flatnonzero(ok)
         return int(idx[0]) if idx.size else -1
@@ -212,8 +283,10 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
                        -np.array([len(st[3]) for st in steps], dtype=np.int64), True)
     if t < 0:
         fr, pr = min_cost_ratios(space)
-        raise ValueError(f"budget flops={budget.flops}, params={budget.params} cannot be met: the "
-                         f"minimum achievable ratios are flops {fr:.4f}, params {pr:.4f}")
+        lr = min_latency_ratio(space, budget)
+        raise ValueError(f"budget {budget.describe()} cannot be met: the "
+                         f"minimum achievable ratios are flops {fr:.4f}, params {pr:.4f}"
+                         + ("" if lr is None else f", latency {lr:.4f} (predicted)"))
     for st in steps[:t]:
         keep[st[1]][st[3]] = False
     if fill:
@@ -257,8 +330,7 @@ def counts_from_ratios(space, ratios, round_to: Optional[int] = None) -> List[in
 
 
 def _counts_feasible(space, budget: Budget, counts: Sequence[Sequence[int]]) -> torch.Tensor:
-    f, p = space.cost_from_counts(torch.tensor([list(c) for c in counts], dtype=torch.long))
-    return budget.feasible(f, p)
+    return budget.feasible_counts(space, torch.tensor([list(c) for c in counts], dtype=torch.long))
 
 
 def fit_ratios_to_budget(space, ratios, budget: Budget, round_to: Optional[int] = None,

@@ -58,7 +58,7 @@ def _fingerprint(space, ctx: SearchContext, opts: AMCOptions) -> Dict[str, Any]:
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
           if k not in ("episodes", "checkpoint_every")}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
-              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params,
+              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))
     return fp
 

@@ -190,7 +190,7 @@ def _fingerprint(space, budget: Budget, seed: int, opts: ChannelGCNOptions) -> D
     """What the checkpoint must match to be resumed (``episodes`` may grow on resume)."""
     fp = {k: v for k, v in dataclasses.asdict(opts).items() if k != "episodes"}
     fp.update(seed=int(seed), sizes=[int(g.size) for g in space.groups],
-              budget_flops=budget.flops, budget_params=budget.params, round_to=int(space.round_to))
+              budget_flops=budget.flops, budget_params=budget.params, **budget.fingerprint_extra(), round_to=int(space.round_to))
     return fp
 
 

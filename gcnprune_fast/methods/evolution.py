@@ -74,7 +74,7 @@ def _fingerprint(space, ctx: SearchContext, opts: EvolutionOptions) -> Dict[str,
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
           if k not in ("iterations", "pruningnet_checkpoint_every")}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
-              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params,
+              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))
     return fp
 
@@ -95,8 +95,8 @@ class _Evolution:
             return counts_from_ratios(self.space, (ratios * scale).clamp(max=1.0))
 
         def ok(counts: List[int]) -> bool:
-            f, p = self.space.cost_from_counts(torch.tensor(counts, dtype=torch.long))
-            return bool(self.budget.feasible(f, p))
+            return bool(self.budget.feasible_counts(self.space,
+                                                    torch.tensor(counts, dtype=torch.long)))
 
         hi = float(1.0 / ratios.min())
         if ok(widths(hi)):

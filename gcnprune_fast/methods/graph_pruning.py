@@ -81,7 +81,7 @@ def _search_fingerprint(space, ctx: SearchContext, opts: GraphPruningOptions) ->
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
           if k not in ("episodes", "checkpoint_every", "pruningnet_checkpoint_every")}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
-              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params,
+              budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))
     return fp
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 __all__ = ["option", "register_method", "unregister_method", "get_method", "method_names",
            "default_method", "demo_methods", "MethodSpec", "NoOptions", "BUDGET_KINDS"]
 
-BUDGET_KINDS = ("flops", "params")
+BUDGET_KINDS = ("flops", "params", "latency")
 
 _REGISTRY: Dict[str, "MethodSpec"] = {}
 

@@ -114,8 +114,8 @@ class RatioEnvironment:
             self.steps.append(step)
         self.widths = [self._legal(g) for g in range(space.num_groups)]
         floors = [self.nearest(g, low) for g in range(space.num_groups)]
-        f, p = space.cost_from_counts(torch.tensor([floors], dtype=torch.long))
-        self.floors_feasible = bool(budget.feasible(f[0], p[0]))
+        self.floors_feasible = bool(budget.feasible_counts(
+            space, torch.tensor([floors], dtype=torch.long))[0])
         self.floors = floors if self.floors_feasible else list(self.min_keeps)
 
     def _legal(self, g: int) -> torch.Tensor:
@@ -140,8 +140,7 @@ class RatioEnvironment:
         widths = self.widths[g]
         rows = torch.tensor(row, dtype=torch.long).repeat(widths.numel(), 1)
         rows[:, g] = widths
-        f, p = self.space.cost_from_counts(rows)
-        ok = self.budget.feasible(f, p)
+        ok = self.budget.feasible_counts(self.space, rows)
         if not bool(ok.any()):
             # cannot happen when the floors were feasible; the classic wall (others at min_keep)
             return action_wall(self.space, self._index_order(counts, step), g, self.budget)
