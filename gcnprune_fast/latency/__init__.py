@@ -7,8 +7,9 @@ time of the unpruned model; ``measure_latency(model, example, ...)`` times a (co
 way it is deployed. See ``latency/table.py`` and ``latency/measure.py``.
 """
 from gcnprune_fast.latency.measure import Timer, device_name, runner_path, time_model
+from gcnprune_fast.latency.report import latency_report
 from gcnprune_fast.latency.table import (LatencyCache, LatencyModel, LayerSpec, build_latency_model,
                                          default_cache_dir, layer_specs)
 
 __all__ = ["Timer", "device_name", "runner_path", "time_model", "LatencyCache", "LatencyModel",
-           "LayerSpec", "build_latency_model", "default_cache_dir", "layer_specs"]
+           "LayerSpec", "build_latency_model", "default_cache_dir", "layer_specs", "latency_report"]

@@ -1,0 +1,262 @@
+"""Latency budget: the latency table and model (additive, monotone, vectorized), its disk cache,
+and the latency limit honoured by every method. Timings never reach an assertion: every test
+injects a fake timer (a pure function of what is timed)."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from gcnprune_fast.latency import build_latency_model, layer_specs
+from gcnprune_fast.latency.measure import Timer
+from gcnprune_fast.methods import Budget, SearchContext, method_names, run_method
+from gcnprune_fast.methods.allocation import (action_wall, allocate, check_budget_reachable,
+                                              fit_ratios_to_budget, project_to_budget)
+from gcnprune_fast.space import PruningSpace
+from helpers import random_batches, simple_cnn_space
+
+
+def fake_timer(run, spec):
+    """Seconds as a pure function of the work: 1 ns per MAC + 2 us per call, plus a step for
+    widths that are not multiples of 8 (as vectorized kernels have)."""
+    if spec["what"] == "model":
+        return 1e-9 * spec["macs"] + 50e-6
+    step = 0.0 if spec["cout"] % 8 == 0 else 3e-6
+    return 1e-9 * spec["macs"] + 2e-6 + step
+
+
+class CountingTimer:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, run, spec):
+        self.calls.append(spec)
+        return fake_timer(run, spec)
+
+
+class TwoConv(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, width, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(width)
+        self.c2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(2 * width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    return PruningSpace(TwoConv().eval(), torch.randn(2, 3, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def space():
+    return simple_cnn_space()
+
+
+@pytest.fixture(scope="module")
+def lm(space):
+    return build_latency_model(space, timer=fake_timer, cache_dir=None, progress=False,
+                               threads=1)
+
+
+def _full(space):
+    return torch.tensor([g.size for g in space.groups])
+
+
+def test_toy_table_entries_and_additivity(toy):
+    lm = build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False, threads=1,
+                             grid_points=16)
+    names = sorted(l.name for l in lm.layers)
+    assert names == ["c1", "c2", "fc"]
+    c1, c2 = (next(l for l in lm.layers if l.name == n) for n in ("c1", "c2"))
+    assert c1.xs == [3] and c1.ys == list(range(1, 9))  # input fixed, every legal width
+    assert c2.xs == list(range(1, 9)) and c2.ys == list(range(1, 17))
+    # a measured grid point is the timer's value (macs at batch 1, 8x8 output)
+    g_in = next(g.index for g in toy.groups if g.root == "c1")
+    g_out = next(g.index for g in toy.groups if g.root == "c2")
+    counts = _full(toy)
+    counts[g_in], counts[g_out] = 5, 7
+    per = lm.layer_latencies(counts)
+    i2 = [l.name for l in lm.layers].index("c2")
+    assert float(per[i2]) == pytest.approx(1e-9 * 64 * 9 * 5 * 7 + 5e-6)
+    # the table is monotone: width 8 (timed faster than 7: no remainder step) is lifted to 7's
+    counts8 = counts.clone()
+    counts8[g_out] = 8
+    assert float(lm.layer_latencies(counts8)[i2]) == pytest.approx(float(per[i2]))
+    # additive: remainder + the layers; the full model is predicted at its measured latency
+    assert float(lm.latency_from_counts(counts)) == pytest.approx(float(per.sum()) + lm.remainder)
+    assert float(lm.latency_from_counts(_full(toy))) == pytest.approx(lm.base_latency)
+    assert lm.base_latency == pytest.approx(1e-9 * toy.base_flops + 50e-6)
+
+
+def test_interpolation_between_measured_widths(toy):
+    lm = build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False, threads=1,
+                             grid_points=3)
+    c2 = next(l for l in lm.layers if l.name == "c2")
+    assert c2.xs == [1, 4, 8] or len(c2.xs) == 3
+    i2 = [l.name for l in lm.layers].index("c2")
+    g_in = next(g.index for g in toy.groups if g.root == "c1")
+    lo, hi = _full(toy), _full(toy)
+    lo[g_in], hi[g_in] = c2.xs[0], c2.xs[1]
+    mid = lo.clone().double()
+    mid[g_in] = (c2.xs[0] + c2.xs[1]) / 2
+    t = lm.layer_latencies(torch.stack([lo.double(), mid, hi.double()]))[:, i2]
+    assert float(t[1]) == pytest.approx(0.5 * float(t[0] + t[2]))
+
+
+def test_monotone_and_vectorized(space, lm):
+    gen = torch.Generator().manual_seed(0)
+    sizes = _full(space)
+    counts = torch.stack([torch.randint(1, int(s) + 1, (64,), generator=gen) for s in sizes], 1)
+    batch = lm.latency_from_counts(counts)
+    assert batch.shape == (64,) and batch.dtype == torch.float64
+    one = torch.stack([lm.latency_from_counts(c) for c in counts])
+    assert torch.allclose(batch, one, rtol=0, atol=1e-15)
+    assert lm.latency_from_counts(counts.view(8, 8, -1)).shape == (8, 8)
+    for g in range(space.num_groups):
+        wider = counts.clone()
+        wider[:, g] = torch.minimum(wider[:, g] + 3, sizes[g])
+        assert bool((lm.latency_from_counts(wider) >= batch - 1e-15).all())
+
+
+def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    space = PruningSpace(TwoConv().eval(), torch.randn(2, 3, 8, 8))
+    t1 = CountingTimer()
+    a = build_latency_model(space, timer=t1, cache_dir=tmp_path, progress=False, threads=1)
+    assert len(t1.calls) == a.measured_points > 0
+    files = list(tmp_path.glob("latency-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["meta"]["torch"] == torch.__version__
+    t2 = CountingTimer()
+    b = build_latency_model(space, timer=t2, cache_dir=tmp_path, progress=False, threads=1)
+    assert t2.calls == [] and b.measured_points == 0
+    counts = _full(space) // 2 + 1
+    assert float(a.latency_from_counts(counts)) == float(b.latency_from_counts(counts))
+    # other layer shapes (input 10x10): every layer measured again, the model too
+    space10 = PruningSpace(space.model, torch.randn(2, 3, 10, 10))
+    t3 = CountingTimer()
+    build_latency_model(space10, timer=t3, cache_dir=tmp_path, progress=False, threads=1)
+    assert {c["name"] for c in t3.calls if c["what"] == "layer"} == {"c1", "c2", "fc"} - {"fc"} \
+        or {c["name"] for c in t3.calls if c["what"] == "layer"} >= {"c1", "c2"}
+    assert any(c["what"] == "model" for c in t3.calls)
+    # a wider c2 only: only layers whose shape changed are measured
+    torch.manual_seed(0)
+    t4 = CountingTimer()
+    build_latency_model(PruningSpace(TwoConv(width=16).eval(), torch.randn(2, 3, 8, 8)), timer=t4,
+                        cache_dir=tmp_path, progress=False, threads=1)
+    assert t4.calls  # new widths
+    # another torch version: another cache file, everything measured again
+    monkeypatch.setattr(torch, "__version__", "0.0.0+test")
+    t5 = CountingTimer()
+    build_latency_model(space, timer=t5, cache_dir=tmp_path, progress=False, threads=1)
+    assert len(t5.calls) == len(t1.calls)
+    assert len(list(tmp_path.glob("latency-*.json"))) == 2
+
+
+def test_cache_keyed_by_threads_and_batch(tmp_path, toy):
+    build_latency_model(toy, timer=fake_timer, cache_dir=tmp_path, progress=False, threads=1)
+    t = CountingTimer()
+    build_latency_model(toy, timer=t, cache_dir=tmp_path, progress=False, threads=2)
+    assert t.calls
+    t = CountingTimer()
+    lm8 = build_latency_model(toy, timer=t, cache_dir=tmp_path, progress=False, threads=1, batch=8)
+    assert t.calls and all(c["macs"] % 8 == 0 for c in t.calls if c["what"] == "layer")
+    assert lm8.meta["batch"] == 8
+
+
+def test_budget_feasible_counts(space, lm):
+    flops_only = Budget.from_ratios(space, 0.5)
+    counts = torch.stack([_full(space), _full(space) // 2 + 1])
+    f, p = space.cost_from_counts(counts)
+    assert torch.equal(flops_only.feasible_counts(space, counts), flops_only.feasible(f, p))
+    b = Budget.from_ratios(space, latency=0.5, latency_model=lm)
+    assert b.max_latency == pytest.approx(0.5 * lm.base_latency)
+    with pytest.raises(ValueError, match="latency"):
+        b.feasible(f, p)
+    ok = b.feasible_counts(space, counts)
+    assert ok.tolist() == (lm.latency_from_counts(counts) <= b.max_latency).tolist()
+    assert b.keep_ratio == 0.5
+    with pytest.raises(ValueError, match="latency model"):
+        Budget.from_ratios(space, latency=0.5)
+    with pytest.raises(ValueError):
+        Budget.from_ratios(space, latency=1.5, latency_model=lm)
+    with pytest.raises(ValueError, match="below"):
+        check_budget_reachable(space, Budget.from_ratios(space, latency=1e-6, latency_model=lm))
+
+
+def _lat_ok(space, lm, budget, masks):
+    counts = torch.tensor([int(m.sum()) for m in masks])
+    assert float(lm.latency_from_counts(counts)) <= budget.max_latency * (1 + 1e-9)
+    f, p = space.cost(masks)
+    assert f <= budget.max_flops * (1 + 1e-9) and p <= budget.max_params * (1 + 1e-9)
+    for g, m in enumerate(masks):
+        assert int(m.sum()) >= space.min_keep(g)
+
+
+@pytest.mark.parametrize("flops", [None, 0.6])
+def test_allocation_honours_latency(space, lm, flops):
+    b = Budget.from_ratios(space, flops=flops, latency=0.5, latency_model=lm)
+    scores = [torch.rand(g.size, generator=torch.Generator().manual_seed(g.index))
+              for g in space.groups]
+    for alloc in ("global", "uniform"):
+        _lat_ok(space, lm, b, allocate(space, scores, b, allocation=alloc))
+    _lat_ok(space, lm, b, project_to_budget(space, space.full_masks(), scores, b, fill=True))
+    counts = fit_ratios_to_budget(space, torch.ones(space.num_groups), b)
+    assert float(lm.latency_from_counts(torch.tensor(counts))) <= b.max_latency * (1 + 1e-9)
+    w = action_wall(space, counts, 0, b)
+    assert w >= counts[0]
+
+
+TINY = {
+    "channel-gcn": dict(episodes=2, episodes_per_update=1, reward_samples=16, feature_samples=16),
+    "graph-pruning": dict(pruningnet_steps=2, episodes=2, warmup=1, reward_samples=16,
+                          feature_samples=16, ddpg_hidden=16, batch_size=4, hidden=8,
+                          generator_hidden=8),
+    "amc": dict(episodes=2, warmup=1, reward_samples=16, ddpg_hidden=16, batch_size=4),
+    "evolution": dict(population=4, iterations=1, parents=2, mutations=2, crossovers=2,
+                      reward_samples=16),
+}
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_honours_latency_budget(space, lm, name):
+    b = Budget.from_ratios(space, latency=0.5, latency_model=lm)
+    ctx = SearchContext(space=space, budget=b, loader=random_batches(n=32), device=torch.device("cpu"),
+                        options=dict(TINY.get(name, {})))
+    _lat_ok(space, lm, b, run_method(name, ctx).masks)
+
+
+def test_default_timer_clocks():
+    assert Timer("cpu", threads=1).clock == "cpu"
+    assert Timer("cpu", threads=2).clock == "wall"
+    with pytest.raises(ValueError):
+        Timer("cpu", clock="cuda")
+    t = Timer("cpu", threads=1, warmup=0, repeats=1, min_round_s=0.0)
+    assert t(lambda: None, {"what": "layer"}) >= 0.0  # runs; the value is not checked
+
+
+def test_layer_specs_mobilenet_depthwise():
+    from gcnprune_fast.models import get_model
+    sp = PruningSpace(get_model("mobilenet_v2").eval(), torch.randn(1, 3, 32, 32), round_to=8)
+    specs = layer_specs(sp, grid_points=4)
+    kinds = {s.kind for s in specs}
+    assert kinds == {"conv", "depthwise", "linear"}
+    for s in specs:
+        assert 1 <= len(s.ys) <= 4 and 1 <= len(s.xs) <= 4
+        assert all(w % 8 == 0 or w == max(s.ys) for w in s.ys)
