@@ -3,6 +3,7 @@ to 7% of its parameters, fine-tune; then ResNet-56 at 50% FLOPs with a short fin
 
     python scripts/gpu_headline.py --data gpu_payload/cifar10 --jsonl $OUT/results.jsonl
     python scripts/gpu_headline.py --device cpu --quick          # toy sizes and models (CPU check)
+    python scripts/gpu_headline.py ... --export-dir /tmp/ts       # + TorchScript of every model
 
 Training (its own loop; ``gcnprune_fast.training`` is the generic CPU-friendly one): the whole
 data set resident on the device as uint8, random crop (pad 4) + flip on the device, bf16 autocast,
@@ -12,6 +13,16 @@ features / reward set / BN re-estimation from unaugmented training batches, accu
 set), then fine-tuning with the same loop. Every milestone is appended to ``--jsonl`` as soon as it
 is known (``{"stage": "headline", "model": ..., "event": "trained" | "pruned" | "finetuned", ...}``).
 
+Deployment files: with ``--export-dir DIR`` the trained original and the pruned model of every
+job are written there as TorchScript (``gcnprune_fast.export.export_model(..., optimize=True)``:
+frozen, BatchNorm folded; exported from a float32, contiguous CPU copy, so that a runner maps
+them to any device): ``DIR/<tag>_orig.pt`` right after training, ``DIR/<tag>_pruned.pt`` right
+after pruning (the structure is final there, so a run cut short during fine-tuning still has it)
+and again after fine-tuning (the final weights). ``<tag>`` is the model and its budget, e.g.
+``vgg16_bn_params0.07``. Each file is announced by an ``"event": "exported"`` record (tag,
+variant orig|pruned, path, weights, params/FLOPs ratios); scripts/gpu_check.sh's runner stage
+times them with ``gcnprune_run``.
+
 Data: ``--data DIR`` with ``train.npz`` / ``test.npz`` (JPEG npz, decoded in parallel here);
 without it ``gpu_payload/cifar10`` then ``../shared/data/cifar10`` are tried; with none of them
 (or ``--synthetic``) a synthetic stand-in is used and the accuracies mean nothing.
@@ -19,6 +30,7 @@ without it ``gpu_payload/cifar10`` then ``../shared/data/cifar10`` are tried; wi
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import math
@@ -184,6 +196,31 @@ def train(model: nn.Module, data: DeviceData, epochs: int, lr: float, batch_size
 # ------------------------------------------------------------------------------------------------
 
 
+def job_tag(name: str, budget: Dict[str, float]) -> str:
+    """File-name tag of one headline job: the model and its budget (``resnet56_flops0.5``)."""
+    return name + "".join(f"_{k}{v:g}" for k, v in sorted(budget.items()))
+
+
+def export_torchscript(net: nn.Module, path: str, rec: "Recorder", **fields) -> None:
+    """Writes ``net`` as frozen TorchScript (``export_model(..., optimize=True)``) from a
+    float32, contiguous-format CPU copy and records an ``exported`` event; a failure is recorded
+    (``export_failed``) and does not stop the headline."""
+    from gcnprune_fast.export import export_model
+
+    t0 = time.perf_counter()
+    try:
+        cpu = copy.deepcopy(net).float().cpu().to(memory_format=torch.contiguous_format).eval()
+        # written aside, then renamed: a run cut short never leaves a half-written model
+        export_model(cpu, path + ".partial", torch.randn(1, 3, 32, 32), "torchscript",
+                     optimize=True)
+        os.replace(path + ".partial", path)
+        rec(event="exported", path=path, format="torchscript", optimize=True,
+            export_s=time.perf_counter() - t0, bytes=os.path.getsize(path), **fields)
+    except Exception as exc:  # noqa: BLE001 -- recorded; the runner stage reports the gap
+        rec(event="export_failed", path=path, error=f"{type(exc).__name__}: {exc}"[:300],
+            **fields)
+
+
 class Recorder:
     def __init__(self, jsonl: Optional[str]):
         self.jsonl = jsonl
@@ -210,6 +247,11 @@ def run_model(name: str, budget: Dict[str, float], epochs: int, ft_epochs: int, 
     info = train(model, train_data, epochs, lr, args.batch_size, seed=args.seed, tag=name)
     acc = evaluate(model, test_data)
     rec(model=name, event="trained", acc=acc, **info)
+    tag = job_tag(name, budget)
+    if args.export_dir:
+        export_torchscript(model, os.path.join(args.export_dir, f"{tag}_orig.pt"), rec,
+                           model=name, tag=tag, variant="orig", weights="trained",
+                           params_ratio=1.0, flops_ratio=1.0)
 
     model = model.to(memory_format=torch.contiguous_format).float().eval()
     loader = train_data.batches(args.prune_batch_size, limit=args.prune_images)
@@ -228,12 +270,20 @@ def run_model(name: str, budget: Dict[str, float], epochs: int, ft_epochs: int, 
         episodes=r["episodes"], prune_total_s=time.perf_counter() - t0,
         widths=[w["after"] for w in r["widths"]])
     compact = result.model
+    ratios = dict(params_ratio=r["params_ratio"], flops_ratio=r["flops_ratio"])
+    pruned_path = os.path.join(args.export_dir, f"{tag}_pruned.pt") if args.export_dir else None
+    if pruned_path:  # the structure is final here: a run cut short still has a model to time
+        export_torchscript(compact, pruned_path, rec, model=name, tag=tag, variant="pruned",
+                           weights="pruned", **ratios)
     if ft_epochs > 0:
         info = train(compact, train_data, ft_epochs, ft_lr, args.batch_size, seed=args.seed + 1,
                      tag=f"{name} fine-tune")
         acc_ft = evaluate(compact, test_data)
         rec(model=name, event="finetuned", acc=acc_ft, acc_trained=acc, epochs=ft_epochs,
-            params_ratio=r["params_ratio"], flops_ratio=r["flops_ratio"], **info)
+            **ratios, **info)
+        if pruned_path:  # the final weights (same structure, so the same latency)
+            export_torchscript(compact, pruned_path, rec, model=name, tag=tag, variant="pruned",
+                               weights="finetuned", **ratios)
 
 
 def main(argv=None) -> int:
@@ -245,6 +295,9 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="synthetic data, even with a copy")
     parser.add_argument("--jsonl", help="append milestones to this JSON-lines file")
     parser.add_argument("--json", help="write all milestones to this JSON file at the end")
+    parser.add_argument("--export-dir", default=None,
+                        help="write the original and pruned models there as frozen TorchScript "
+                             "(<tag>_orig.pt, <tag>_pruned.pt; 'exported' records)")
     parser.add_argument("--batch-size", type=int, default=None, help="512 (32 quick)")
     parser.add_argument("--vgg-epochs", type=int, default=None, help="20 (1 quick)")
     parser.add_argument("--vgg-ft-epochs", type=int, default=None, help="8 (1 quick)")

@@ -16,35 +16,23 @@ without a GPU; the CUDA cases skip there.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from conftest import REQUIRE_NATIVE, native_cuda_built, native_load_error, needs_cuda, \
+    needs_cuda_device, needs_native
 
 from gcnprune_fast.ops import (CSRGraph, cosine_similarity, gap_stats, gcn_norm, knn_graph,
-                               native_available, reference, spmm)
-from gcnprune_fast.ops import _native
+                               reference, spmm)
 from gcnprune_fast.ops.reference import graph as ref_graph
 from gcnprune_fast.ops.reference import sparse as ref_sparse
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 
-
-def _cuda_native() -> bool:
-    return (native_available() and bool(getattr(_native, "_WITH_CUDA", False))
-            and torch.cuda.is_available())
-
-
-# With a CUDA device and GCNPRUNE_REQUIRE_NATIVE=1 (scripts/gpu_check.sh sets it) the CUDA cases
-# run even when the kernels did not load, and fail: a GPU run must not pass by skipping.
-REQUIRE_NATIVE = os.environ.get("GCNPRUNE_REQUIRE_NATIVE", "").strip().lower() in (
-    "1", "true", "yes", "on")
-needs_cuda_kernels = pytest.mark.skipif(
-    not _cuda_native() and not (REQUIRE_NATIVE and torch.cuda.is_available()),
-    reason="needs the native CUDA kernels and a CUDA device")
-needs_native = pytest.mark.skipif(not native_available() and not REQUIRE_NATIVE,
-                                  reason="native ops not built")
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda_kernels)]
+# The markers and the ``device`` fixture are the shared ones of tests/conftest.py: the tests
+# below take ``device`` ("cpu", and "cuda" marked needs_cuda). Under GCNPRUNE_REQUIRE_NATIVE=1
+# (.ci/run, scripts/gpu_check.sh) a missing native library fails every test instead of skipping;
+# a library built without CUDA kernels on a machine with a GPU fails
+# test_cuda_kernels_built_when_a_gpu_is_there (conftest skips the CUDA cases then).
 HALF = (torch.float16, torch.bfloat16)
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-4),
        torch.float16: dict(rtol=2e-2, atol=2e-2), torch.bfloat16: dict(rtol=5e-2, atol=8e-2)}
@@ -91,7 +79,6 @@ ROW_LENGTHS = [33, 0, 64, 31, 100, 1, 257, 32, 1000]
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [1, 7, 8, 33, 136])
-@pytest.mark.parametrize("device", DEVICES)
 def test_spmm_long_rows_forward_and_backward(device, d, dtype):
     rows, cols = (90, 1200) if device == "cuda" else (18, 1200)
     g = long_row_graph(rows, cols, ROW_LENGTHS, seed=d, hub=True, dtype=dtype)
@@ -115,7 +102,6 @@ def test_spmm_long_rows_forward_and_backward(device, d, dtype):
 
 
 @needs_native
-@pytest.mark.parametrize("device", DEVICES)
 def test_spmm_one_very_long_row_and_strided_x(device):
     g = long_row_graph(3, 5000, [3000, 0, 40], seed=7, dtype=torch.float32)
     base = torch.randn(5000, 80, generator=_gen(7))
@@ -155,7 +141,6 @@ def unsorted_graph(n: int, seed: int, dtype=torch.float32) -> CSRGraph:
 @needs_native
 @pytest.mark.parametrize("add_self_loops", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("device", DEVICES)
 def test_gcn_norm_unsorted_rows(device, dtype, add_self_loops):
     n = 3000 if device == "cuda" else 300
     g = unsorted_graph(n, seed=n + int(add_self_loops), dtype=dtype)
@@ -207,7 +192,6 @@ def non_finite_activation(n, c, h, w, seed, dtype, layout) -> torch.Tensor:
 @needs_native
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "ncl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("device", DEVICES)
 def test_gap_stats_non_finite_many_blocks(device, dtype, layout):
     shape = (48, 150, 9, 11) if device == "cuda" else (6, 30, 5, 7)
     x = non_finite_activation(*shape, seed=3, dtype=dtype, layout=layout)
@@ -267,7 +251,6 @@ def check_knn(g: CSRGraph, f: torch.Tensor, k: int, segments=None, tol=2e-2) -> 
 
 
 @needs_native
-@pytest.mark.parametrize("device", DEVICES)
 def test_knn_graph_bf16_several_tiles_and_segments(device, monkeypatch):
     c, b, k = (5000, 64, 8) if device == "cuda" else (300, 32, 8)
     if device == "cpu":
@@ -282,7 +265,6 @@ def test_knn_graph_bf16_several_tiles_and_segments(device, monkeypatch):
 
 
 @needs_native
-@pytest.mark.parametrize("device", DEVICES)
 def test_cosine_similarity_bf16_mirror(device):
     c = 3000 if device == "cuda" else 200
     f = torch.randn(c, 48, generator=_gen(5)).to(torch.bfloat16)
@@ -330,7 +312,17 @@ def exercise_every_op(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@needs_cuda_kernels
+@needs_cuda_device
+def test_cuda_kernels_built_when_a_gpu_is_there():
+    """With a GPU and GCNPRUNE_REQUIRE_NATIVE=1 a GPU run must not pass by skipping its CUDA
+    cases: the native library must be there and hold the CUDA kernels."""
+    if not REQUIRE_NATIVE:
+        pytest.skip("GCNPRUNE_REQUIRE_NATIVE is not set")
+    assert not native_load_error(), native_load_error()
+    assert native_cuda_built(), "the native library was built without CUDA kernels"
+
+
+@needs_cuda
 def test_every_cuda_kernel_launches():
     exercise_every_op("cuda")  # warm-up (module load, cuBLAS handles)
     from torch.profiler import ProfilerActivity, profile
@@ -353,7 +345,6 @@ def test_every_op_runs_on_cpu():
 
 
 @needs_native
-@pytest.mark.parametrize("device", DEVICES)
 def test_prune_end_to_end_uses_native_ops(device):
     from torch.utils._python_dispatch import TorchDispatchMode
 
