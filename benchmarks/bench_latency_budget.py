@@ -58,13 +58,14 @@ def _counts(masks) -> List[int]:
 
 
 def predict_vs_measure(model_name: str, threads: int, batch: int, round_to: int, grid_points: int,
-                       rounds: int, cache_dir, latency: float = 0.5) -> List[Dict]:
+                       rounds: int, cache_dir, latency: float = 0.5,
+                       calibration: str = "two-point") -> List[Dict]:
     torch.manual_seed(0)
     model = get_model(model_name).eval()
     space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=round_to)
     t0 = time.perf_counter()
     lm = build_latency_model(space, batch=batch, threads=threads, grid_points=grid_points,
-                             cache_dir=cache_dir, progress=False)
+                             cache_dir=cache_dir, progress=False, calibration=calibration)
     table_s = time.perf_counter() - t0
     scores = [s["l1"] for s in space.weight_stats()]
     variants = {
@@ -89,7 +90,7 @@ def predict_vs_measure(model_name: str, threads: int, batch: int, round_to: int,
                      error=(base_pred - best["original"]) / best["original"], speedup=1.0,
                      flops_ratio=1.0, timed_by=how["original"], table_s=table_s,
                      table_points=lm.measured_points, cached_points=lm.cached_points,
-                     clock=lm.meta["clock"]))
+                     clock=lm.meta["clock"], scale=lm.scale, remainder_ms=lm.remainder * 1e3))
     for k, masks in variants.items():
         pred = float(lm.latency_from_counts(torch.tensor(_counts(masks))))
         f, _ = space.cost(masks)
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency", type=float, default=0.5)
     p.add_argument("--cache-dir", default="default")
+    p.add_argument("--calibration", default="two-point", choices=("two-point", "remainder"))
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--accuracy", action="store_true", help="part 2 instead of part 1")
     p.add_argument("--model", default="resnet20")
@@ -206,7 +208,8 @@ def main(argv=None) -> int:
             for threads in args.threads:
                 for batch in args.batches:
                     r = predict_vs_measure(name, threads, batch, args.round_to, args.grid_points,
-                                           args.rounds, args.cache_dir, args.latency)
+                                           args.rounds, args.cache_dir, args.latency,
+                                           args.calibration)
                     print_rows(r)
                     rows += r
     if args.out:

@@ -100,9 +100,17 @@ def test_toy_table_entries_and_additivity(toy):
     counts8[g_out] = 8
     assert float(lm.layer_latencies(counts8)[i2]) == pytest.approx(float(per[i2]))
     # additive: remainder + the layers; the full model is predicted at its measured latency
-    assert float(lm.latency_from_counts(counts)) == pytest.approx(float(per.sum()) + lm.remainder)
+    assert float(lm.latency_from_counts(counts)) == pytest.approx(
+        lm.scale * float(per.sum()) + lm.remainder)
     assert float(lm.latency_from_counts(_full(toy))) == pytest.approx(lm.base_latency)
     assert lm.base_latency == pytest.approx(1e-9 * toy.base_flops + 50e-6)
+    assert 0.5 <= lm.scale <= 2.0
+    # one-point calibration: scale 1, the remainder is the unexplained rest
+    lm1 = build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False, threads=1,
+                              grid_points=16, calibration="remainder")
+    assert lm1.scale == 1.0
+    assert float(lm1.latency_from_counts(counts)) == pytest.approx(float(per.sum()) + lm1.remainder)
+    assert float(lm1.latency_from_counts(_full(toy))) == pytest.approx(lm1.base_latency)
 
 
 def test_interpolation_between_measured_widths(toy):

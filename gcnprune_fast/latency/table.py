@@ -8,12 +8,17 @@ model interpolates bilinearly between measured widths). A conv is timed with a b
 once its BatchNorm is folded at deployment. The layer widths are affine functions of the kept
 counts per group (``width = a . counts + c``, the signatures of the cost model), so the model is
 
-    latency(counts) = remainder + sum_layers T_layer(width_in(counts), width_out(counts))
+    latency(counts) = remainder + scale * sum_layers T_layer(width_in(counts), width_out(counts))
 
-where ``remainder`` = the measured end-to-end latency of the unpruned network minus the sum of its
-layers' full-width entries (everything not tabled: pooling, element-wise ops, unprunable layers,
-framework overhead). ``latency_from_counts`` is vectorized over any batch of count vectors, and
-monotone in every width (each table is made monotone by a running maximum along both axes).
+fitted to two end-to-end measurements of the network as deployed: the unpruned one and the one
+with every group at about half its width (``calibration="two-point"``, the default). ``scale``
+absorbs what isolated timings miss (weights cold in the caches inside a network, activations
+already hot, per-op overhead of the runtime; clamped to [0.5, 2]), ``remainder`` everything not
+tabled (pooling, element-wise ops, unprunable layers). ``calibration="remainder"``: scale 1 and
+one measurement (remainder = the unpruned network's measured latency minus its layers' full-width
+entries). Either way the full network is predicted at its measured latency.
+``latency_from_counts`` is vectorized over any batch of count vectors, and monotone in every
+width (each table is made monotone by a running maximum along both axes).
 
 Cache: one JSON file per (device name, torch version, threads, batch, clock) under ``cache_dir``
 (default ``$GCNPRUNE_LATENCY_CACHE`` or ``~/.cache/gcnprune_fast/latency``) holding each measured
@@ -263,7 +268,8 @@ class LatencyModel:
     """
 
     def __init__(self, num_groups: int, layers: List[LayerSpec], base_latency: float,
-                 meta: Dict[str, Any], timed_by: str, sizes: Sequence[int]):
+                 meta: Dict[str, Any], timed_by: str, sizes: Sequence[int],
+                 calibration: Optional[Tuple[Sequence[int], float]] = None):
         self.num_groups, self.layers, self.meta, self.timed_by = num_groups, layers, meta, timed_by
         self.base_latency = float(base_latency)
         self.measured_points = self.cached_points = 0
@@ -276,8 +282,14 @@ class LatencyModel:
         self._grids = [(torch.tensor(l.xs, dtype=torch.float64), torch.tensor(l.ys, dtype=torch.float64),
                         torch.from_numpy(np.asarray(l.table, dtype=np.float64))) for l in layers]
         full = torch.tensor(list(sizes), dtype=torch.float64)
-        self.remainder = 0.0
-        self.remainder = self.base_latency - float(self.layer_latencies(full).sum())
+        self.remainder, self.scale = 0.0, 1.0
+        l_full = float(self.layer_latencies(full).sum())
+        if calibration is not None:
+            counts, t = calibration
+            l_half = float(self.layer_latencies(torch.as_tensor(counts)).sum())
+            if l_full - l_half > 1e-12:
+                self.scale = min(2.0, max(0.5, (self.base_latency - float(t)) / (l_full - l_half)))
+        self.remainder = self.base_latency - self.scale * l_full
 
     def layer_latencies(self, counts) -> torch.Tensor:
         """counts [..., G] -> float64 [..., L]: each tabled layer's interpolated time."""
@@ -299,17 +311,17 @@ class LatencyModel:
 
     def latency_from_counts(self, counts) -> torch.Tensor:
         """counts [..., G] (int or float) -> predicted seconds [...] float64."""
-        return self.layer_latencies(counts).sum(-1) + self.remainder
+        return self.scale * self.layer_latencies(counts).sum(-1) + self.remainder
 
     def summary(self) -> Dict[str, Any]:
         return {**self.meta, "layers": len(self.layers), "base_latency_s": self.base_latency,
-                "remainder_s": self.remainder, "timed_by": self.timed_by,
+                "remainder_s": self.remainder, "scale": self.scale, "timed_by": self.timed_by,
                 "measured_points": self.measured_points, "cached_points": self.cached_points}
 
 
 def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optional[int] = None,
                         timer: Optional[TimerFn] = None, cache_dir="default", grid_points: int = 8,
-                        clock: str = "auto", runtime: str = "auto",
+                        clock: str = "auto", runtime: str = "auto", calibration: str = "two-point",
                         progress: bool = True) -> LatencyModel:
     """Measure (or read from the cache) the latency table of ``space``'s prunable layers and the
     end-to-end latency of its unpruned model on ``device`` at ``batch`` and ``threads``, and
@@ -320,7 +332,11 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
         cache_dir: a folder, ``"default"`` (:func:`default_cache_dir`) or None (no disk cache).
         grid_points: at most this many measured widths per axis of a layer.
         runtime: how the end-to-end time is taken (see ``measure.time_model``).
+        calibration: ``"two-point"`` (scale and remainder from the unpruned and the half-width
+            network) or ``"remainder"`` (the unpruned network only); see the module docstring.
     """
+    if calibration not in ("two-point", "remainder"):
+        raise ValueError(f"calibration must be 'two-point' or 'remainder', got {calibration!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"latency_batch must be an int >= 1, got {batch!r}")
     device = torch.device(device)
@@ -380,25 +396,48 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
     model_key = json.dumps({"fingerprint": structure_fingerprint(space.model),
                             "input": list(example.shape), "runtime": runtime}, sort_keys=True)
     timed_by_key = model_key + "#timed_by"
+    work = None
+
+    def working_model():
+        nonlocal work
+        if work is None:
+            model = space.model
+            work = model
+            if _model_device(model) != device or model.training:
+                import copy
+                work = copy.deepcopy(model).to(device).eval()
+        return work
+
     if model_key in cache.models:
         base = cache.models[model_key]
         timed_by = "gcnprune_run" if cache.models.get(timed_by_key) == 1.0 else "torch"
     else:
-        model = space.model
-        was_training = model.training
-        moved = _model_device(model) != device
-        work = model
-        if moved or was_training:
-            import copy
-            work = copy.deepcopy(model).to(device).eval()
-        base, timed_by = time_model(work, example, timer=timer, threads=threads, runtime=runtime,
-                                    macs=float(space.base_flops) * batch)
+        base, timed_by = time_model(working_model(), example, timer=timer, threads=threads,
+                                    runtime=runtime, macs=float(space.base_flops) * batch)
         measured += 1
         cache.models[model_key] = float(base)
         cache.models[timed_by_key] = 1.0 if timed_by == "gcnprune_run" else 0.0
         cache.save()
-    lm = LatencyModel(space.num_groups, specs, base, meta, timed_by, [g.size for g in space.groups])
-    lm.measured_points, lm.cached_points = measured, n_points + 1 - measured
+    calib = None
+    if calibration == "two-point":
+        half = _half_counts(space)
+        half_key = model_key + "#half:" + ",".join(map(str, half))
+        if half_key in cache.models:
+            t_half = cache.models[half_key]
+        else:
+            masks = [torch.arange(g.size) < c for g, c in zip(space.groups, half)]
+            compact = space.prune(masks).to(device).eval()
+            f_half, _ = space.cost(masks)
+            t_half, _ = time_model(compact, example, timer=timer, threads=threads, runtime=runtime,
+                                   macs=float(f_half) * batch)
+            measured += 1
+            cache.models[half_key] = float(t_half)
+            cache.save()
+        calib = (half, t_half)
+    lm = LatencyModel(space.num_groups, specs, base, meta, timed_by, [g.size for g in space.groups],
+                      calibration=calib)
+    lm.measured_points, lm.cached_points = measured, len({s.point_key(a, b) for s in specs
+                                                          for a in s.xs for b in s.ys}) - len(todo)
     lm.example_shape = list(example.shape)
     lm.runtime, lm.device = runtime, device
     lm.timer = timer
@@ -406,6 +445,16 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
         logger.info("latency model: the tabled layers sum to more than the end-to-end time "
                     "(remainder %.3g ms; per-call overhead of isolated layers)", lm.remainder * 1e3)
     return lm
+
+
+def _half_counts(space) -> List[int]:
+    """Every group at the legal width nearest half its size (the calibration network)."""
+    out = []
+    for g in range(space.num_groups):
+        size = space.groups[g].size
+        legal = [w for w in range(space.min_keep(g), size + 1) if space.valid_count(g, w)]
+        out.append(min(legal, key=lambda w: (abs(w - size / 2), w)))
+    return out
 
 
 def _model_device(model: nn.Module) -> torch.device:
