@@ -174,6 +174,20 @@ def prune_report_markdown(report: Dict[str, Any]) -> str:
         flag = " **cost model mismatch**" if report["cost_model_mismatch"] else ""
         lines.append(f"| counted on the pruned model | {report['flops_after_measured']:,} FLOPs, "
                      f"{report['params_after_measured']:,} params{flag} |")
+    if report.get("latency_before_ms") is not None:
+        t = report.get("latency_table", {})
+        where = (f"{t.get('device', '?')}, batch {t.get('batch', '?')}, {t.get('threads', '?')} "
+                 f"thread(s), {t.get('clock', '?')} clock")
+        if report.get("latency_budget") is not None:
+            lines.append(f"| latency budget | {pct(report['latency_budget'])} of the measured latency |")
+        lines.append(f"| latency predicted | {report['latency_before_ms']:.3f} ms -> "
+                     f"{report['latency_predicted_ms']:.3f} ms "
+                     f"({report['latency_speedup_predicted']:.2f}x) on {where} |")
+        if report.get("latency_after_ms") is not None:
+            lines.append(f"| latency measured ({report.get('latency_timed_by')}) | "
+                         f"{report['latency_before_ms']:.3f} ms -> {report['latency_after_ms']:.3f} ms "
+                         f"({report['latency_speedup_measured']:.2f}x; FLOPs "
+                         f"{1 / report['flops_ratio']:.2f}x) |")
     lines += ["", "## Widths per group", "", "| group | before | after |", "|---|---:|---:|"]
     for w in report.get("widths", []):
         lines.append(f"| {w['name']} | {w['before']} | {w['after']} |")
