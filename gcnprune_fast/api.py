@@ -281,7 +281,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
           checkpoint_dir: Optional[str] = None, progress: bool = True, resume: bool = False,
           round_to: int = 1, min_channels: int = 1,
           ignored_layers=None, distill: bool = False, finetune_lr: float = 0.01,
-          bn_batches: int = 20, eval_batches: Optional[int] = None, **method_options) -> PruneResult:
+          bn_batches: int = 20, eval_batches: Optional[int] = None, accumulate_steps: int = 1,
+          amp: Optional[str] = None, sync_bn: bool = False, **method_options) -> PruneResult:
     """Prune ``model`` to a FLOPs and/or parameter budget and return the compact model.
 
     Args:
@@ -320,6 +321,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         finetune_lr: initial learning rate of fine-tuning (cosine schedule).
         bn_batches: batches for BN re-estimation after surgery.
         eval_batches: evaluate accuracies on at most this many batches (None = all).
+        accumulate_steps / amp / sync_bn: fine-tuning with gradient accumulation, mixed precision
+            (``"bf16"``, or ``"fp16"`` on CUDA) and, under DDP on GPUs, SyncBatchNorm
+            (``training.train``).
         **method_options: the method's options, validated against its registered options
             dataclass before any work (e.g. ``episodes=300`` for the default method,
             ``allocation="uniform"`` for the criteria).
@@ -372,10 +376,13 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
                              f"{list(spec.budget_kinds)})")
     for name, value, minimum in (("finetune_epochs", finetune_epochs, 0), ("round_to", round_to, 1),
                                  ("min_channels", min_channels, 1), ("seed", seed, 0),
-                                 ("bn_batches", bn_batches, 1)):
+                                 ("bn_batches", bn_batches, 1),
+                                 ("accumulate_steps", accumulate_steps, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             kind = "positive" if minimum else "non-negative"
             raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    if amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     if resume:
         problem = _resume_problem(spec, checkpoint_dir, finetune_epochs)
         if problem:
@@ -466,7 +473,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             training.train(compact, train_loader, finetune_epochs, lr=finetune_lr, device=device,
                            teacher=work if distill else None, progress=progress,
                            checkpoint_path=ft_path, resume=resume_finetune,
-                           fingerprint={**ft_fingerprint, "plan": _plan_digest(plan)}, seed=seed)
+                           fingerprint={**ft_fingerprint, "plan": _plan_digest(plan)}, seed=seed,
+                           accumulate_steps=accumulate_steps, amp=amp, sync_bn=sync_bn)
             compact.eval()
             acc_finetuned = training.evaluate(compact, data(val_loader),
                                               device=device, max_batches=eval_batches)

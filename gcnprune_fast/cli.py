@@ -265,17 +265,45 @@ def cmd_demo(args) -> int:
 # ----------------------------------------------------------------------------------------------
 # train / prune / inspect / export
 # ----------------------------------------------------------------------------------------------
+def _join_torchrun(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL for --device cuda, one GPU
+    per process; gloo on the CPU), log the world in one line, and keep the other ranks' logs
+    and progress bars quiet. Without torchrun nothing changes."""
+    from gcnprune_fast import distributed
+
+    args.device = distributed.init_from_env(args.device)
+    if not distributed.is_main():
+        args.no_progress = True
+        logging.getLogger("gcnprune_fast").setLevel(logging.WARNING)
+
+
+def _no_resume_yet(what: str) -> bool:
+    """Under torchrun ``--resume`` with nothing to resume starts the run (so one command line
+    serves the first launch and torchrun's restarts); elsewhere it stays an error."""
+    from gcnprune_fast import distributed
+
+    if not distributed.under_torchrun():
+        return False
+    logging.getLogger("gcnprune_fast").info("--resume: %s; starting from the beginning (torchrun "
+                                            "restarts resume from the checkpoints)", what)
+    return True
+
+
 def cmd_train(args) -> int:
     import torch
 
+    from gcnprune_fast import distributed
     from gcnprune_fast.data import make_loaders
     from gcnprune_fast.training import evaluate, train
 
     _set_threads(args.threads)
+    _join_torchrun(args)
     resume = args.out + ".ckpt"
     if args.resume and not os.path.isfile(resume):
-        raise CLIError(f"--resume but {resume} does not exist: nothing to resume (run without "
-                       f"--resume to start)")
+        if not _no_resume_yet(f"{resume} does not exist yet"):
+            raise CLIError(f"--resume but {resume} does not exist: nothing to resume (run "
+                           f"without --resume to start)")
+        args.resume = False
     train_ds, test_ds = _load_datasets(args.dataset, args.data_dir, args.download, args.image_size)
     model = _build_model(args.model, train_ds, args.num_classes)
     train_loader, test_loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size,
@@ -283,15 +311,21 @@ def cmd_train(args) -> int:
     hist = train(model, train_loader, args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                  device=args.device, val_loader=test_loader if args.eval_every_epoch else None,
                  progress=not args.no_progress, checkpoint_path=resume, resume=args.resume,
-                 seed=args.seed)
+                 seed=args.seed, accumulate_steps=args.accumulate_steps, amp=args.amp,
+                 sync_bn=args.sync_bn)
     acc = evaluate(model, test_loader)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
-                "model_name": args.model, "dataset": args.dataset, "test_acc": acc, "history": hist},
-               args.out)
-    if os.path.isfile(resume):
-        os.remove(resume)
-    print(f"{args.model} on {args.dataset}: test accuracy {acc:.4f} -> {args.out}")
+    if distributed.is_main():  # under torchrun: rank 0 writes, atomically
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        out = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
+               "model_name": args.model, "dataset": args.dataset, "test_acc": acc,
+               "history": hist}
+        if distributed.is_distributed():
+            distributed.atomic_save(out, args.out)
+        else:
+            torch.save(out, args.out)
+        if os.path.isfile(resume):
+            os.remove(resume)
+        print(f"{args.model} on {args.dataset}: test accuracy {acc:.4f} -> {args.out}")
     return 0
 
 
@@ -303,11 +337,14 @@ def cmd_prune(args) -> int:
     _set_threads(args.threads)
     spec = get_method(args.method)
     opts = _method_options(args)
+    _join_torchrun(args)
     ckpt_dir = os.path.join(args.out, "search")  # search and fine-tune checkpoints
     if args.resume:
         from gcnprune_fast.api import _resume_problem
 
         problem = _resume_problem(spec, ckpt_dir, args.finetune_epochs)
+        if problem and _no_resume_yet(f"no checkpoint in {ckpt_dir} yet"):
+            problem, args.resume = None, False
         if problem:
             raise CLIError(problem.replace("resume=True", "--resume").replace(
                 "finetune_epochs=0", "--finetune-epochs 0").replace("without resume",
@@ -326,8 +363,13 @@ def cmd_prune(args) -> int:
     res = prune(model, search_loader, method=args.method, flops=args.flops, params=args.params,
                 val_loader=test_loader, train_loader=train_loader, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, distill=args.distill, device=args.device, seed=args.seed,
-                checkpoint_dir=ckpt_dir, resume=args.resume, progress=not args.no_progress, **opts)
+                checkpoint_dir=ckpt_dir, resume=args.resume, progress=not args.no_progress,
+                accumulate_steps=args.accumulate_steps, amp=args.amp, sync_bn=args.sync_bn, **opts)
     paths = res.save(args.out, export_formats=tuple(args.export or ()))
+    from gcnprune_fast import distributed
+
+    if not distributed.is_main():  # rank 0 wrote the outputs and reports them
+        return 0
     r = res.report
     print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
           f"accuracy {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f}"
@@ -484,6 +526,16 @@ def _ratio(s: str) -> float:
     return v
 
 
+def distributed_training_options(p: argparse.ArgumentParser) -> None:
+    """Training options that matter most under torchrun (they work on one process too)."""
+    p.add_argument("--accumulate-steps", type=_positive_int, default=1,
+                   help="sum gradients over this many batches per optimizer step (default 1)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed-precision training (fp16: CUDA only)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gcnprune_fast.export import FORMATS
     from gcnprune_fast.methods import ALLOCATIONS, default_method, demo_methods, method_names
@@ -557,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--eval-every-epoch", action="store_true", help="test accuracy after each epoch")
+    distributed_training_options(t)
     t.add_argument("--out", required=True, help="output .pt file (weights + facts)")
     t.set_defaults(func=cmd_train)
 
@@ -582,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=_nonneg_int, default=0)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
+    distributed_training_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoints in OUT/search (the "
                    "search of resumable methods, the fine-tuning of every method; the other "
@@ -654,17 +708,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False) or os.environ.get("GCNPRUNE_DEBUG"))
     _setup_logging()
+    from gcnprune_fast import distributed
+
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, TypeError, FloatingPointError, RuntimeError, OSError,
             ImportError) as e:
         if debug:
             raise
-        print(f"gcnprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        hint = distributed.failure_hint(e)
+        w = distributed.world()
+        where = f" (rank {w.rank} of {w.size})" if w.distributed else ""
+        print(f"gcnprune {args.command}: error{where}: {hint or _one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gcnprune {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

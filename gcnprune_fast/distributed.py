@@ -163,12 +163,31 @@ def init_from_env(device=None) -> Optional[str]:
         torch.cuda.set_device(dev)
         device = str(dev)
     if not _initialized():
-        timeout = float(os.environ.get("GCNPRUNE_DIST_TIMEOUT", "1800"))
+        timeout = datetime.timedelta(
+            seconds=float(os.environ.get("GCNPRUNE_DIST_TIMEOUT", "1800")))
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend_for(dev), timeout=datetime.timedelta(seconds=timeout),
-                                **kwargs)
+        store = _attempt_store(timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=int(os.environ["RANK"]), world_size=size)
+        dist.init_process_group(backend_for(dev), timeout=timeout, **kwargs)
     log_world()
     return device
+
+
+def _attempt_store(timeout: datetime.timedelta):
+    """Under torchrun: the rendezvous store with a prefix per restart attempt, or None (plain
+    ``env://``). torchrun's static rendezvous (``--master-addr/--master-port``) keeps one store
+    across ``--max-restarts`` restarts, so a restarted group could read the dead ranks' addresses
+    (``Gloo connectFullMesh failed ... Connection refused``); the prefix keeps attempts apart."""
+    if not under_torchrun() or "MASTER_ADDR" not in os.environ:
+        return None
+    try:
+        from torch.distributed.rendezvous import _create_c10d_store
+    except ImportError:  # a torch without the helper: plain env://
+        return None
+    store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                               int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timeout)
+    return dist.PrefixStore(f"gcnprune/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def shutdown() -> None:

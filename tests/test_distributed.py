@@ -238,6 +238,8 @@ def test_single_process_helpers_are_identity():
 
 KILL_ENTRY = r"""
 import os, signal, sys
+import torch
+torch.manual_seed(0)  # the CLI initializes the model from torch's global RNG
 import gcnprune_fast.training as t
 real = t._train_epoch
 def epoch(*args, **kwargs):
@@ -273,22 +275,25 @@ def _torchrun(tmp_path, script, out, extra=()):
                                                        "torchrun")
     cmd = [torchrun, "--nproc_per_node", str(WORLD), "--master_port", str(_free_port()),
            *extra, str(script), "train", "--model", "simple_cnn", "--dataset", "synthetic",
-           "--image-size", "16", "--batch-size", "16", "--epochs", "3", "--threads", "1",
+           "--image-size", "8", "--batch-size", "64", "--epochs", "3", "--threads", "1",
            "--no-progress", "--out", str(out), "--resume"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
                           cwd=str(tmp_path))
 
 
-@pytest.mark.slow
 def test_torchrun_kill_and_resume(tmp_path):
     script = tmp_path / "entry.py"
     script.write_text(KILL_ENTRY)
-    killed = _torchrun(tmp_path, script, tmp_path / "killed.pt", ("--max-restarts", "1"))
+    # --max-restarts 2: one restart for the kill, one spare for a transient gloo connect failure
+    # on this loaded machine (the kill happens on the first attempt only)
+    killed = _torchrun(tmp_path, script, tmp_path / "killed.pt", ("--max-restarts", "2"))
     assert killed.returncode == 0, killed.stderr[-3000:]
-    assert "Signals.SIGKILL" in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert "exitcode: -9" in killed.stderr, killed.stderr[-3000:]  # rank 1 was SIGKILLed
+    assert "lost contact with another rank" in killed.stderr  # rank 0's one-line error
     plain = tmp_path / "plain.py"
-    plain.write_text("import sys\nfrom gcnprune_fast.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    plain.write_text("import sys, torch\ntorch.manual_seed(0)\nfrom gcnprune_fast.cli import main\n"
+                     "sys.exit(main(sys.argv[1:]))\n")
     clean = _torchrun(tmp_path, plain, tmp_path / "clean.pt")
     assert clean.returncode == 0, clean.stderr[-3000:]
     a = torch.load(tmp_path / "killed.pt", weights_only=True)
