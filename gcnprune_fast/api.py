@@ -282,7 +282,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
           round_to: int = 1, min_channels: int = 1,
           ignored_layers=None, distill: bool = False, finetune_lr: float = 0.01,
           bn_batches: int = 20, eval_batches: Optional[int] = None, accumulate_steps: int = 1,
-          amp: Optional[str] = None, sync_bn: bool = False, **method_options) -> PruneResult:
+          amp: Optional[str] = None, sync_bn: bool = False, latency: Optional[float] = None,
+          latency_device=None, latency_batch: int = 1, latency_threads: Optional[int] = None,
+          latency_cache_dir="default", latency_timer=None, **method_options) -> PruneResult:
     """Prune ``model`` to a FLOPs and/or parameter budget and return the compact model.
 
     Args:
@@ -293,7 +295,15 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         method: a registered method name (``gcnprune_fast.methods.method_names()``; ``gcnprune
             methods`` lists them with their options); None = the registry's default method.
         flops / params: keep at most this fraction (in (0, 1]) of the original MACs / parameters;
-            at least one is required, both may be given.
+            at least one budget (flops, params, latency) is required; they may be combined.
+        latency: keep at most this fraction (in (0, 1]) of the original model's end-to-end
+            latency measured on ``latency_device`` (default "cpu") at batch ``latency_batch`` with
+            ``latency_threads`` intra-op threads (None: torch's current count). A latency table of
+            the prunable layers is measured there first (cached on disk in ``latency_cache_dir``,
+            default ``~/.cache/gcnprune_fast/latency`` or ``$GCNPRUNE_LATENCY_CACHE``; None: no
+            cache), see ``gcnprune_fast.latency``; ``latency_timer`` replaces the timer
+            (``timer(run, spec) -> seconds``, tests). The report then gains predicted and
+            measured latency before and after (``latency_*`` keys).
         example_inputs: tracing input (default: the first 2 samples of ``loader``).
         val_loader: accuracy before/after (default: ``loader``).
         train_loader: BN re-estimation and fine-tuning data (default: ``loader``).
@@ -366,11 +376,15 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
     method = default_method() if method is None else method
     spec = get_method(method)
     options = spec.parse_options(method_options)
-    if flops is None and params is None:
-        raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>")
+    if flops is None and params is None and latency is None:
+        raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]> "
+                         "and/or latency=<ratio in (0, 1]>")
     check_budget_ratio("flops", flops)
     check_budget_ratio("params", params)
-    for kind, value in (("flops", flops), ("params", params)):
+    check_budget_ratio("latency", latency)
+    if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
+        raise ValueError(f"latency_batch must be a positive int, got {latency_batch!r}")
+    for kind, value in (("flops", flops), ("params", params), ("latency", latency)):
         if value is not None and kind not in spec.budget_kinds:
             raise ValueError(f"method {method!r} does not support a {kind} budget (it supports "
                              f"{list(spec.budget_kinds)})")
@@ -412,7 +426,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "original_model": structure_fingerprint(model), "round_to": round_to,
         "min_channels": min_channels, "ignored_layers": None if ignored is None else sorted(ignored),
         "distill": bool(distill), "finetune_lr": finetune_lr, "bn_batches": bn_batches,
-        "finetune_epochs": finetune_epochs})
+        "finetune_epochs": finetune_epochs,
+        **({} if latency is None else {"latency_budget": latency, "latency_batch": latency_batch,
+                                       "latency_device": str(latency_device or "cpu")})})
     resume_finetune = bool(resume and finetune_epochs > 0 and os.path.isfile(ft_path))
     if resume_finetune:
         _check_finetune_checkpoint(ft_path, ft_fingerprint)
@@ -436,7 +452,15 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         work = copy.deepcopy(model).to(device).eval()
         space = PruningSpace(work, example_inputs, ignored_layers=ignored, round_to=round_to,
                              min_channels=min_channels)
-        budget = Budget.from_ratios(space, flops, params)
+        latency_model = None
+        if latency is not None:
+            from gcnprune_fast.latency import build_latency_model
+
+            latency_model = build_latency_model(
+                space, device=latency_device or "cpu", batch=latency_batch,
+                threads=latency_threads, timer=latency_timer, cache_dir=latency_cache_dir,
+                progress=progress)
+        budget = Budget.from_ratios(space, flops, params, latency, latency_model)
         check_budget_reachable(space, budget)
         num_classes = int(_check_finite_activations(space, example_inputs).shape[1])
         check_labels(y0, num_classes, "loader")
@@ -456,10 +480,14 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         masks = [m.to(torch.bool).cpu() for m in result.masks]
         space.validate_masks(masks)
         flops_after, params_after = space.cost(masks)
-        if not bool(budget.feasible(flops_after, params_after)):
+        kept_counts = torch.tensor([int(m.sum()) for m in masks], dtype=torch.long)
+        if not bool(budget.feasible_counts(space, kept_counts)):
             raise RuntimeError(f"internal error: method {method!r} returned masks over the budget "
                                f"(flops {flops_after}/{budget.max_flops:.0f}, params "
-                               f"{params_after}/{budget.max_params:.0f})")
+                               f"{params_after}/{budget.max_params:.0f}"
+                               + ("" if latency is None else
+                                  f", latency {float(budget.latency_from_counts(kept_counts)):.3g}"
+                                  f"/{budget.max_latency:.3g} s") + ")")
         plan = space.plan(masks)
 
         compact = space.prune(masks).to(device).eval()
@@ -504,6 +532,13 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "episodes": int(result.info.get("episodes", 0)),
         "reward_curve": list(result.info.get("reward_curve", [])),
     }
+    if latency_model is not None:
+        from gcnprune_fast.latency import latency_report
+
+        report["latency_budget"] = latency
+        report.update(latency_report(latency_model, compact, kept_counts,
+                                     flops_ratio=report["flops_ratio"],
+                                     macs_after=float(flops_after) * latency_batch))
     for k, v in result.info.items():
         report.setdefault(k, v)
     return PruneResult(model=compact, plan=plan, report=report, masks=masks,

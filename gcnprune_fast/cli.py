@@ -349,8 +349,9 @@ def cmd_prune(args) -> int:
             raise CLIError(problem.replace("resume=True", "--resume").replace(
                 "finetune_epochs=0", "--finetune-epochs 0").replace("without resume",
                                                                     "without --resume"))
-    if args.flops is None and args.params is None:
-        raise CLIError("give a budget: --flops RATIO and/or --params RATIO (fractions kept, in (0, 1])")
+    if args.flops is None and args.params is None and args.latency is None:
+        raise CLIError("give a budget: --flops RATIO and/or --params RATIO and/or --latency RATIO "
+                       "(fractions kept, in (0, 1])")
     if not os.path.isfile(args.checkpoint):
         raise CLIError(f"checkpoint {args.checkpoint} does not exist (create it with "
                        f"`gcnprune train ... --out {args.checkpoint}`)")
@@ -364,7 +365,9 @@ def cmd_prune(args) -> int:
                 val_loader=test_loader, train_loader=train_loader, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, distill=args.distill, device=args.device, seed=args.seed,
                 checkpoint_dir=ckpt_dir, resume=args.resume, progress=not args.no_progress,
-                accumulate_steps=args.accumulate_steps, amp=args.amp, sync_bn=args.sync_bn, **opts)
+                accumulate_steps=args.accumulate_steps, amp=args.amp, sync_bn=args.sync_bn,
+                latency=args.latency, latency_device=args.latency_device,
+                latency_batch=args.latency_batch, latency_threads=args.latency_threads, **opts)
     paths = res.save(args.out, export_formats=tuple(args.export or ()))
     from gcnprune_fast import distributed
 
@@ -374,6 +377,11 @@ def cmd_prune(args) -> int:
     print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
           f"accuracy {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f}"
           + (f" -> fine-tuned {r['acc_finetuned']:.4f}" if r["acc_finetuned"] is not None else ""))
+    if r.get("latency_before_ms") is not None:
+        print(f"latency {r['latency_before_ms']:.3f} ms -> predicted {r['latency_predicted_ms']:.3f} ms"
+              + (f", measured {r['latency_after_ms']:.3f} ms ({r['latency_speedup_measured']:.2f}x; "
+                 f"FLOPs {r['flops_ratio']:.3f} = {1 / r['flops_ratio']:.2f}x; timed by "
+                 f"{r['latency_timed_by']})" if r.get("latency_after_ms") is not None else ""))
     if r.get("cost_model_mismatch"):
         print(f"warning: the cost model predicted {r['flops_after']:,} FLOPs / {r['params_after']:,} "
               f"params, the pruned model counts {r['flops_after_measured']:,} / "
@@ -624,6 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"pruning method (default {default_method()})")
     p.add_argument("--flops", type=_ratio, default=None, help="fraction of FLOPs kept, e.g. 0.5")
     p.add_argument("--params", type=_ratio, default=None, help="fraction of parameters kept")
+    p.add_argument("--latency", type=_ratio, default=None,
+                   help="fraction of the measured end-to-end latency kept, e.g. 0.5 (a latency "
+                   "table is measured on --latency-device first, cached on disk)")
+    p.add_argument("--latency-device", default="cpu", help="device the latency is measured on "
+                   "(default cpu; cuda uses CUDA events)")
+    p.add_argument("--latency-batch", type=_positive_int, default=1,
+                   help="batch size the latency is measured at (default 1)")
+    p.add_argument("--latency-threads", type=_positive_int, default=None,
+                   help="intra-op threads the latency is measured with (default: torch's)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="shortcut for --option allocation=... (criteria methods: global ranking "
                    "or the same ratio per group)")

@@ -268,3 +268,59 @@ def test_layer_specs_mobilenet_depthwise():
     for s in specs:
         assert 1 <= len(s.ys) <= 4 and 1 <= len(s.xs) <= 4
         assert all(w % 8 == 0 or w == max(s.ys) for w in s.ys)
+
+
+# ---------------------------------------------------------------------------------------------
+# prune() and the command line
+
+
+def test_prune_with_latency_budget(tmp_path):
+    import gcnprune_fast
+    from gcnprune_fast.models import get_model
+    from gcnprune_fast.report import prune_report_markdown
+
+    torch.manual_seed(0)
+    model = get_model("simple_cnn").eval()
+    loader = random_batches(n=32, size=16)
+    timer = CountingTimer()
+    res = gcnprune_fast.prune(model, loader, method="l1", latency=0.5, flops=0.8,
+                              latency_timer=timer, latency_cache_dir=str(tmp_path),
+                              latency_threads=1, progress=False, bn_batches=1)
+    r = res.report
+    assert r["latency_budget"] == 0.5 and r["flops_ratio"] <= 0.8 + 1e-9
+    assert r["latency_predicted_ms"] <= 0.5 * r["latency_before_ms"] * (1 + 1e-9)
+    assert r["latency_timed_by"] == "torch"  # an injected timer never runs the C++ runner
+    assert {"latency_after_ms", "latency_speedup_measured", "latency_prediction_error",
+            "latency_speedup_predicted", "latency_table"} <= set(r)
+    assert "latency measured (torch)" in prune_report_markdown(r)
+    # the second run reads the table from the cache: only the pruned model is timed
+    timer2 = CountingTimer()
+    gcnprune_fast.prune(model, loader, method="l1", latency=0.5, latency_timer=timer2,
+                        latency_cache_dir=str(tmp_path), latency_threads=1, progress=False,
+                        bn_batches=1)
+    assert [c["what"] for c in timer2.calls] == ["model"]
+    with pytest.raises(ValueError, match="latency"):
+        gcnprune_fast.prune(model, loader, method="l1", latency=1.5, progress=False)
+    with pytest.raises(ValueError, match="latency_batch"):
+        gcnprune_fast.prune(model, loader, method="l1", latency=0.5, latency_batch=0,
+                            progress=False)
+
+
+def test_cli_latency_flags(tmp_path, monkeypatch, capsys):
+    import gcnprune_fast.latency.table as table
+    from gcnprune_fast.cli import main
+    from gcnprune_fast.models import get_model
+
+    monkeypatch.setenv("GCNPRUNE_LATENCY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(table, "Timer", lambda *a, **k: fake_timer)  # no real timing in tests
+    torch.manual_seed(0)
+    ckpt = tmp_path / "w.pt"
+    torch.save(get_model("simple_cnn").state_dict(), ckpt)
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "simple_cnn", "--checkpoint", str(ckpt), "--dataset",
+                 "synthetic", "--image-size", "8", "--batch-size", "256", "--method", "l1",
+                 "--latency", "0.6", "--latency-batch", "2", "--latency-threads", "1",
+                 "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency_budget"] == 0.6 and report["latency_table"]["batch"] == 2
+    assert "latency" in capsys.readouterr().out
