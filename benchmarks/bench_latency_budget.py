@@ -25,6 +25,7 @@ Usage:
     python benchmarks/bench_latency_budget.py                       # all models, 1/2 threads, batch 1/8
     python benchmarks/bench_latency_budget.py --models resnet56 --threads 1 --batches 1
     python benchmarks/bench_latency_budget.py --accuracy --model resnet20 --train-epochs 3
+    python benchmarks/bench_latency_budget.py --device cuda --threads 1 --batches 1 64  # on a GPU
 
 Timings on a loaded, shared machine are noisy: with one thread the default clock is the CPU time
 of the timed thread / the runner's process CPU time, which stays meaningful under load; with two
@@ -59,12 +60,13 @@ def _counts(masks) -> List[int]:
 
 def predict_vs_measure(model_name: str, threads: int, batch: int, round_to: int, grid_points: int,
                        rounds: int, cache_dir, latency: float = 0.5,
-                       calibration: str = "two-point") -> List[Dict]:
+                       calibration: str = "two-point", device: str = "cpu") -> List[Dict]:
     torch.manual_seed(0)
     model = get_model(model_name).eval()
     space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=round_to)
     t0 = time.perf_counter()
-    lm = build_latency_model(space, batch=batch, threads=threads, grid_points=grid_points,
+    lm = build_latency_model(space, device=device, batch=batch, threads=threads,
+                             grid_points=grid_points,
                              cache_dir=cache_dir, progress=False, calibration=calibration)
     table_s = time.perf_counter() - t0
     scores = [s["l1"] for s in space.weight_stats()]
@@ -74,8 +76,9 @@ def predict_vs_measure(model_name: str, threads: int, batch: int, round_to: int,
         "flops=0.5": allocate(space, scores, Budget.from_ratios(space, flops=0.5)),
         "uniform q=0.6": masks_from_counts(scores, counts_from_ratios(space, [0.6] * space.num_groups)),
     }
-    example = torch.zeros(batch, 3, 32, 32)
-    compacts = {k: space.prune(m) for k, m in variants.items()}
+    example = torch.zeros(batch, 3, 32, 32, device=device)
+    compacts = {k: space.prune(m).to(device) for k, m in variants.items()}
+    model = model.to(device)
     best = {k: float("inf") for k in ["original", *variants]}
     how = {}
     for _ in range(rounds):  # alternate original and pruned
@@ -187,6 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency", type=float, default=0.5)
     p.add_argument("--cache-dir", default="default")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (CUDA events; e.g. --batches 1 64)")
     p.add_argument("--calibration", default="two-point", choices=("two-point", "remainder"))
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--accuracy", action="store_true", help="part 2 instead of part 1")
@@ -209,7 +213,7 @@ def main(argv=None) -> int:
                 for batch in args.batches:
                     r = predict_vs_measure(name, threads, batch, args.round_to, args.grid_points,
                                            args.rounds, args.cache_dir, args.latency,
-                                           args.calibration)
+                                           args.calibration, args.device)
                     print_rows(r)
                     rows += r
     if args.out:
