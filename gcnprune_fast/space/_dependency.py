@@ -23,6 +23,10 @@ from torch_pruning.pruner import function as _tp_function
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
 
+# indices torch-pruning's list walk may push for one group before the pair walk takes over
+_CLOSURE_BUDGET = 2_000_000
+
+
 class _DependencyGraph(tp.DependencyGraph):
     """torch-pruning's DependencyGraph with an opt-out, per instance, of the index-mapping refresh.
 
@@ -35,6 +39,7 @@ class _DependencyGraph(tp.DependencyGraph):
     def __init__(self):
         super().__init__()
         self._mappings_frozen = False
+        self._widest = None  # the largest channel count of any layer (see _pair_closure)
 
     @contextlib.contextmanager
     def frozen_mappings(self):
@@ -45,25 +50,16 @@ class _DependencyGraph(tp.DependencyGraph):
         finally:
             self._mappings_frozen = previous
 
-    def get_pruning_group(self, module, pruning_fn, idxs):
-        """``tp.DependencyGraph.get_pruning_group`` (torch-pruning 1.6.1) with the index-mapping
-        refresh skipped while the mappings are frozen; otherwise the same steps."""
-        if not self._mappings_frozen:
-            return super().get_pruning_group(module, pruning_fn, idxs)
-        if module not in self.module2node:
-            raise ValueError("Module {} is not in the dependency graph.".format(module))
-        if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels \
-                and module.out_channels > 1:
-            pruning_fn = _tp_function.prune_depthwise_conv_out_channels
-        if isinstance(idxs, Number):
-            idxs = [idxs]
-        idxs = [_tp_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+    @staticmethod
+    def _list_closure(root_dep, idxs, budget: int):
+        """torch-pruning's walk: index lists pushed along the dependencies until a dimension sees
+        a list it has seen before. Returns the unmerged Group, or None once more than ``budget``
+        indices were pushed (the lists can multiply around cycles through reshapes)."""
         group = _TPGroup()
-        root_node = self.module2node[module]
-        group.add_dep(dep=_TPDependency(pruning_fn, pruning_fn, source=root_node, target=root_node),
-                      idxs=idxs)
+        group.add_dep(dep=root_dep, idxs=idxs)
         visited_node = set()
-        stack = [tuple(group[0])]
+        stack = [(root_dep, idxs)]
+        pushed = 0
         while stack:
             dep, dep_idxs = stack.pop(-1)
             node, fn = dep.target, dep.handler
@@ -79,8 +75,75 @@ class _DependencyGraph(tp.DependencyGraph):
                     continue
                 if new_dep.target in visited_node and group.has_pruning_op(new_dep, new_indices):
                     continue
+                pushed += len(new_indices)
+                if pushed > budget:
+                    return None
                 group.add_dep(new_dep, new_indices)
                 stack.append((new_dep, new_indices))
+        return group
+
+    def _pair_closure(self, root_dep, idxs):
+        """The same closure computed per (channel, root channel) pair: each pair travels each
+        dependency once, so the walk is linear in the group's size. Indices beyond any layer's
+        width (a reshape mapping channels onto another axis, e.g. ECA's Conv1d over the channels,
+        multiplies them around a cycle) are dropped and the group is marked ``invalid``."""
+        if self._widest is None:
+            widths = [1]
+            for m in self.module2node:
+                if isinstance(m, nn.Module):
+                    for attr in ("in_channels", "out_channels", "in_features", "out_features",
+                                 "num_features", "num_channels"):
+                        widths.append(int(getattr(m, attr, 0) or 0))
+                elif isinstance(m, torch.Tensor):
+                    widths.append(int(m.numel()))
+            self._widest = max(widths)
+        group = _TPGroup()
+        group.add_dep(dep=root_dep, idxs=idxs)
+        group.invalid = None
+        seen: Dict[tuple, set] = {(id(root_dep.target), root_dep.handler): set(idxs)}
+        stack = [(root_dep, idxs)]
+        while stack:
+            dep, dep_idxs = stack.pop(-1)
+            node, fn = dep.target, dep.handler
+            for new_dep in node.dependencies:
+                if not new_dep.is_triggered_by(fn):
+                    continue
+                new_indices = dep_idxs
+                for mapping in new_dep.index_mapping:
+                    if mapping is not None:
+                        new_indices = mapping(new_indices)
+                known = seen.setdefault((id(new_dep.target), new_dep.handler), set())
+                fresh = [i for i in dict.fromkeys(new_indices) if i not in known]
+                if any(i.idx >= self._widest for i in fresh):
+                    group.invalid = ("its channels are mapped onto another axis (a reshape that "
+                                     "torch-pruning cannot follow, e.g. a Conv1d over the channels)")
+                    fresh = [i for i in fresh if i.idx < self._widest]
+                if not fresh:
+                    continue
+                known.update(fresh)
+                group.add_dep(new_dep, fresh)
+                stack.append((new_dep, fresh))
+        return group
+
+    def get_pruning_group(self, module, pruning_fn, idxs):
+        """``tp.DependencyGraph.get_pruning_group`` (torch-pruning 1.6.1) with the index-mapping
+        refresh skipped while the mappings are frozen; otherwise the same steps."""
+        if not self._mappings_frozen:
+            return super().get_pruning_group(module, pruning_fn, idxs)
+        if module not in self.module2node:
+            raise ValueError("Module {} is not in the dependency graph.".format(module))
+        if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels \
+                and module.out_channels > 1:
+            pruning_fn = _tp_function.prune_depthwise_conv_out_channels
+        if isinstance(idxs, Number):
+            idxs = [idxs]
+        idxs = [_tp_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+        root_node = self.module2node[module]
+        root_dep = _TPDependency(pruning_fn, pruning_fn, source=root_node, target=root_node)
+        budget = _CLOSURE_BUDGET + 64 * len(idxs)
+        group = self._list_closure(root_dep, idxs, budget)
+        if group is None:  # torch-pruning's walk explodes here (ECA-style channel convs)
+            group = self._pair_closure(root_dep, idxs)
         # every (channel, root channel) pair each dimension was reached with: the merge below keeps
         # one root per channel, which hides channels a group carries twice (tied root channels)
         root_pairs: Dict[tuple, set] = {}
@@ -100,6 +163,7 @@ class _DependencyGraph(tp.DependencyGraph):
             item.root_idxs = _tp_helpers.to_root_idxs(hybrid_idxs)
             merged_group[i] = item
         merged_group.root_pairs = root_pairs
+        merged_group.invalid = getattr(group, "invalid", None)
         return merged_group
 
 
@@ -115,7 +179,8 @@ class DimRef:
     node_id: int
     name: Optional[str]  # module name for real modules, None for functional ops
     module: object  # nn.Module, nn.Parameter or a torch-pruning pseudo op
-    kind: str  # "conv", "depthwise", "linear", "bn", "ln", "gn", "in", "prelu", "mha", "param", "output", "op"
+    kind: str  # "conv", "depthwise", "linear", "bn", "ln", "gn", "in", "prelu", "mha", "param",
+    # "output", "concat", "split", "slice", "reshape", "unbind", "expand", "op" (other functional ops)
     roles: frozenset
     local: np.ndarray
     root: np.ndarray
@@ -133,12 +198,36 @@ class RawGroup:
     size: int
     dims: List[DimRef] = field(default_factory=list)
     root_classes: Optional[List[List[int]]] = None
+    invalid: Optional[str] = None  # why the group cannot be pruned (torch-pruning's mapping fails)
 
     def root_channels(self, channels: Sequence[int]) -> List[int]:
         """The root layer's output channels of group channels ``channels`` (sorted)."""
         if self.root_classes is None:
             return sorted(int(c) for c in channels)
         return sorted(r for c in channels for r in self.root_classes[int(c)])
+
+
+def _grouped_conv_ties(node, roles, pairs, name):
+    """For a grouped (not depthwise) conv dimension: the conv only stays a valid grouped conv when
+    every one of its groups loses the same within-group channels, so the group channels at
+    within-group position j of every conv group are tied. Returns pairs (j, root) for
+    ``_tie_classes``, ``[]`` for other layers, or a reason string when the dimension carries only
+    part of some within-group position's channels (the conv groups could not stay equal)."""
+    m = node.module
+    if not (isinstance(m, tp.ops.TORCH_CONV) and m.groups > 1 and _kind(node) == "conv"):
+        return []
+    out: List[Tuple[int, int]] = []
+    for role in roles:
+        width = m.in_channels if role == "in" else m.out_channels
+        per = width // m.groups
+        seen: Dict[int, set] = {}
+        for local, root in pairs:
+            seen.setdefault(local % per, set()).add(local // per)
+            out.append((local % per, root))
+        if any(len(gs) != m.groups for gs in seen.values()):
+            return (f"grouped conv {name} ({m.groups} groups) would lose different channels in "
+                    f"different groups")
+    return out
 
 
 def _tie_classes(size: int, pairs_per_dim: Sequence[Sequence[Tuple[int, int]]]):
@@ -177,8 +266,36 @@ def _kind(node) -> str:
     return {
         t.CONV: "conv", t.DEPTHWISE_CONV: "depthwise", t.LINEAR: "linear", t.BN: "bn", t.LN: "ln",
         t.GN: "gn", t.IN: "in", t.PRELU: "prelu", t.MHA: "mha", t.PARAMETER: "param",
-        t.OUTPUT: "output", t.EMBED: "embed", t.LSTM: "lstm",
+        t.OUTPUT: "output", t.EMBED: "embed", t.LSTM: "lstm", t.CONCAT: "concat", t.SPLIT: "split",
+        t.SLICE: "slice", t.RESHAPE: "reshape", t.UNBIND: "unbind", t.EXPAND: "expand",
     }.get(node.type, "op") if not isinstance(m, tp.ops._OutputOp) else "output"
+
+
+def _partial_channel_selection(node) -> Optional[str]:
+    """What ``node`` does when it hands on only part of its input's channels with sizes fixed in
+    the model's code (a split/chunk, a slice such as ``x[:, :k]``), else None. Removing channels
+    before such an op shifts what it selects: the pruned model would read other channels (or
+    fail), so the group through it cannot be pruned."""
+    gf, m = node.grad_fn, node.module
+    sizes = tuple(getattr(gf, "_saved_self_sym_sizes", ()) or ())
+    if node.type == tp.ops.OPTYPE.SPLIT:
+        dim = getattr(gf, "_saved_dim", 1)
+        if (sizes and 0 <= dim < len(sizes) and dim != 1) or getattr(m, "offsets", None) is None:
+            return None  # not along the channels (torch-pruning maps none)
+        return "a torch.split/chunk of its channels"
+    if node.type == tp.ops.OPTYPE.SLICE:
+        dim = m.dim
+        if not sizes or not 0 <= dim < len(sizes):
+            return None
+        if (len(sizes) == 4 and dim != 1) or (len(sizes) == 3 and dim != 2) or dim == 0:
+            return None
+        width = int(sizes[dim])
+        start = int(m.start or 0)
+        end = width if m.end is None else min(int(m.end), width)
+        if start <= 0 and end >= width and (m.step or 1) == 1:
+            return None  # keeps every channel
+        return f"a slice [{start}:{end}:{m.step or 1}] of its {width} channels"
+    return None
 
 
 # torch-pruning function -> the op it was handling (for error messages)
@@ -216,7 +333,8 @@ class TracedDependencies:
     ``channels_last_dim`` (True when linear layers act on [N, L, C] tensors), and plain-data views
     of the graph for the rest of the package: ``module_node_ids`` (module, parameter or op ->
     node id), ``pruning_dims`` (node id -> the dim torch-pruning prunes for bare parameters, or
-    None), ``dataflow`` (node id -> (kind, ids of the nodes whose outputs it reads)).
+    None), ``dataflow`` (node id -> (kind, ids of the nodes whose outputs it reads)),
+    ``partial_selections`` (node id -> why, for splits/slices that keep only some channels).
     """
 
     def __init__(self, model: nn.Module, example_inputs, forward_fn: Callable,
@@ -250,6 +368,8 @@ class TracedDependencies:
         self.channels_last_dim = not self.dg._2d_4d
         self.module_node_ids = {m: id(n) for m, n in self.dg.module2node.items()}
         self.pruning_dims = {id(n): n.pruning_dim for n in self.dg.module2node.values()}
+        self.partial_selections = {id(n): why for n in self.dg.module2node.values()
+                                   for why in [_partial_channel_selection(n)] if why}
         self.dataflow: Dict[int, Tuple[str, Tuple[int, ...]]] = {
             id(n): (_kind(n), tuple(id(i) for i in n.inputs)) for n in self.dg.module2node.values()}
         module_names = {m: n for n, m in model.named_modules()}
@@ -263,7 +383,8 @@ class TracedDependencies:
         for group in all_groups:
             root = group[0].dep.target.module
             size = self.dg.get_out_channels(root)
-            raw = RawGroup(root_name=module_names[root], size=int(size))
+            raw = RawGroup(root_name=module_names[root], size=int(size),
+                           invalid=getattr(group, "invalid", None))
             merged: Dict[Tuple[int, frozenset], Tuple[list, list]] = {}
             full_pairs = getattr(group, "root_pairs", None)
             for item in group.items:
@@ -285,7 +406,15 @@ class TracedDependencies:
                     loc.extend(int(i) for i in item.idxs)
                     rt.extend(int(i) for i in item.root_idxs)
             dim_pairs = {key: sorted(set(zip(loc, rt))) for key, (loc, rt) in merged.items()}
-            raw.root_classes = _tie_classes(raw.size, list(dim_pairs.values()))
+            ties = list(dim_pairs.values())
+            for (nid, roles), pairs in dim_pairs.items():
+                ties_or_why = _grouped_conv_ties(self.nodes[nid], roles, pairs,
+                                                 module_names.get(self.nodes[nid].module))
+                if isinstance(ties_or_why, str):
+                    raw.invalid = raw.invalid or ties_or_why
+                elif ties_or_why:
+                    ties.append(ties_or_why)
+            raw.root_classes = _tie_classes(raw.size, ties)
             if raw.root_classes is not None:
                 class_of = {r: c for c, members in enumerate(raw.root_classes) for r in members}
                 dim_pairs = {key: sorted({(loc, class_of[rt]) for loc, rt in pairs})

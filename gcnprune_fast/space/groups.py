@@ -74,7 +74,10 @@ def build_groups(trace: Trace) -> Tuple[List[ChannelGroup], List[RawGroup], List
 
     Returns (groups, raw groups (same order: the dims behind each group), skipped groups (readable
     reasons)). Groups reaching the network output are protected (left out silently), groups with
-    a grouped (non-depthwise) conv are skipped."""
+    channels torch-pruning cannot follow (``RawGroup.invalid``: a grouped conv whose groups would
+    lose different channels, a reshape onto another axis) or through a split/slice with sizes
+    fixed in the model's code are skipped (``skipped_groups``). A grouped conv's channels are
+    pruned alike in every conv group (tied: ``RawGroup.root_classes``)."""
     deps, records = trace.deps, trace.records
     calls_per_module: Dict[str, int] = {}
     for r in records:
@@ -86,9 +89,13 @@ def build_groups(trace: Trace) -> Tuple[List[ChannelGroup], List[RawGroup], List
         if any(d.kind == "output" or ("out" in d.roles and
                deps.nodes[d.node_id].grad_fn in trace.output_grad_fns) for d in raw.dims):
             continue  # reaches the network output: protected
-        grouped = [d.name for d in raw.dims if d.kind == "conv" and d.module.groups > 1]
-        if grouped:
-            skipped.append(f"{raw.root_name} (grouped conv {grouped[0]})")
+        if raw.invalid:
+            skipped.append(f"{raw.root_name} ({raw.invalid})")
+            continue
+        selections = [deps.partial_selections[d.node_id] for d in raw.dims
+                      if d.node_id in deps.partial_selections]
+        if selections:
+            skipped.append(f"{raw.root_name} ({selections[0]}: sizes fixed in the model's code)")
             continue
         if raw.size < 1:
             continue

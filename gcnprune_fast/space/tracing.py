@@ -216,11 +216,13 @@ class FeatureChoice:
 
 def _channel_positions(d, size: int) -> Optional[Tuple[int, ...]]:
     """Positions of group channels 0..size-1 along ``d``'s dimension (None when ``d`` does not
-    carry every group channel exactly once)."""
-    if len(d.local) != size or not np.array_equal(np.sort(d.root), np.arange(size)):
+    carry every group channel; a tied channel carried several times: its first position)."""
+    first: Dict[int, int] = {}
+    for local, root in zip(d.local.tolist(), d.root.tolist()):
+        first.setdefault(root, local)
+    if len(first) != size or set(first) != set(range(size)):
         return None
-    order = np.argsort(d.root, kind="stable")
-    return tuple(int(i) for i in d.local[order])
+    return tuple(first[c] for c in range(size))
 
 
 def _choice(rec: dict, activation: str, dim: int, positions: Tuple[int, ...],
@@ -285,7 +287,8 @@ def choose_feature_module(raw: RawGroup, records: List[dict],
     def after_bn() -> Optional[FeatureChoice]:
         root_rec = [r for r in records if r["name"] == raw.root_name]
         start = None
-        bns = [d for d in raw.dims if d.kind == "bn" and d.name and len(d.local) == raw.size]
+        bns = [d for d in raw.dims if d.kind == "bn" and d.name
+               and _channel_positions(d, raw.size) is not None]
         for d in bns:
             recs = [r for r in once if r["module"] is d.module]
             if recs and root_rec and recs[0]["input"] is root_rec[0]["output"]:
@@ -320,6 +323,15 @@ def choose_feature_module(raw: RawGroup, records: List[dict],
         return consumed(exact=False) or bn_choice
     root_recs = [r for r in records if r["name"] == raw.root_name]
     root_mod = root_recs[0]["module"] if root_recs else None
+    if raw.root_classes is not None:  # tied channels: one representative root channel each
+        reps = tuple(members[0] for members in raw.root_classes)
+        width = sum(len(members) for members in raw.root_classes)
+        if root_recs:
+            choice = _choice(root_recs[0], "pre-activation",
+                             -1 if isinstance(root_mod, nn.Linear) else 1, reps, width)
+            if choice is not None:
+                return choice
+        return FeatureChoice(raw.root_name, "pre-activation", 1, reps)
     if root_recs and isinstance(root_mod, nn.Linear):
         choice = _choice(root_recs[0], "pre-activation", -1, full, raw.size)
         if choice is not None:
