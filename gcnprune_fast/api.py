@@ -456,10 +456,13 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         if latency is not None:
             from gcnprune_fast.latency import build_latency_model
 
-            latency_model = build_latency_model(
-                space, device=latency_device or "cpu", batch=latency_batch,
-                threads=latency_threads, timer=latency_timer, cache_dir=latency_cache_dir,
-                progress=progress)
+            # under torch.distributed rank 0 measures and every rank uses its table (one budget)
+            if distributed.is_main():
+                latency_model = build_latency_model(
+                    space, device=latency_device or "cpu", batch=latency_batch,
+                    threads=latency_threads, timer=latency_timer, cache_dir=latency_cache_dir,
+                    progress=progress)
+            latency_model = distributed.broadcast_object(latency_model)
         budget = Budget.from_ratios(space, flops, params, latency, latency_model)
         check_budget_reachable(space, budget)
         num_classes = int(_check_finite_activations(space, example_inputs).shape[1])
