@@ -351,12 +351,13 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
         cache_dir = default_cache_dir()
     cache = LatencyCache(cache_dir, meta)
     specs = layer_specs(space, batch=batch, grid_points=grid_points)
-    todo = []
+    todo, queued = [], set()
     for spec in specs:
         for cin in spec.xs:
             for cout in spec.ys:
                 key = spec.point_key(cin, cout)
-                if key not in cache.points and key not in {k for _, _, _, k in todo}:
+                if key not in cache.points and key not in queued:
+                    queued.add(key)
                     todo.append((spec, cin, cout, key))
     n_points = sum(len(s.xs) * len(s.ys) for s in specs)
     measured = 0
