@@ -191,6 +191,19 @@ def test_cache_keyed_by_threads_and_batch(tmp_path, toy):
     assert lm8.meta["batch"] == 8
 
 
+def test_state_round_trip(space, lm):
+    import pickle
+
+    from gcnprune_fast.latency import LatencyModel
+
+    state = pickle.loads(pickle.dumps(lm.state()))
+    lm2 = LatencyModel.from_state(state, timer=fake_timer)
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.stack([torch.randint(1, g.size + 1, (16,), generator=gen) for g in space.groups], 1)
+    assert torch.equal(lm.latency_from_counts(counts), lm2.latency_from_counts(counts))
+    assert lm2.base_latency == lm.base_latency and lm2.meta == lm.meta
+
+
 def test_budget_feasible_counts(space, lm):
     flops_only = Budget.from_ratios(space, 0.5)
     counts = torch.stack([_full(space), _full(space) // 2 + 1])

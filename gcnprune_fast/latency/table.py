@@ -313,6 +313,35 @@ class LatencyModel:
         """counts [..., G] (int or float) -> predicted seconds [...] float64."""
         return self.scale * self.layer_latencies(counts).sum(-1) + self.remainder
 
+    def state(self) -> Dict[str, Any]:
+        """Plain data (picklable, no timer) from which :meth:`from_state` rebuilds this model:
+        rank 0 measures, the other ranks of a torch.distributed job receive the state."""
+        return {"num_groups": self.num_groups, "base_latency": self.base_latency,
+                "meta": dict(self.meta), "timed_by": self.timed_by, "scale": self.scale,
+                "remainder": self.remainder, "example_shape": list(self.example_shape),
+                "runtime": self.runtime, "device": str(self.device),
+                "layers": [{"name": l.name, "kind": l.kind, "shape": l.shape,
+                            "a_in": l.a_in.tolist(), "c_in": l.c_in, "a_out": l.a_out.tolist(),
+                            "c_out": l.c_out, "xs": list(l.xs), "ys": list(l.ys),
+                            "table": np.asarray(l.table).tolist()} for l in self.layers]}
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any], timer: Optional[TimerFn] = None) -> "LatencyModel":
+        """The model of :meth:`state` (its timer: ``timer`` or the default :class:`Timer`)."""
+        layers = [LayerSpec(d["name"], d["kind"], d["shape"], np.asarray(d["a_in"], dtype=np.float64),
+                            float(d["c_in"]), np.asarray(d["a_out"], dtype=np.float64),
+                            float(d["c_out"]), list(d["xs"]), list(d["ys"]),
+                            np.asarray(d["table"], dtype=np.float64)) for d in state["layers"]]
+        lm = cls(state["num_groups"], layers, state["base_latency"], state["meta"],
+                 state["timed_by"], [0] * state["num_groups"])
+        lm.scale, lm.remainder = float(state["scale"]), float(state["remainder"])
+        lm.example_shape, lm.runtime = list(state["example_shape"]), state["runtime"]
+        lm.device = torch.device(state["device"])
+        lm.timer = timer if timer is not None else Timer(
+            lm.device, clock=state["meta"]["clock"] if state["meta"]["clock"] in
+            ("cpu", "wall", "cuda") else "auto", threads=state["meta"]["threads"])
+        return lm
+
     def summary(self) -> Dict[str, Any]:
         return {**self.meta, "layers": len(self.layers), "base_latency_s": self.base_latency,
                 "remainder_s": self.remainder, "scale": self.scale, "timed_by": self.timed_by,
