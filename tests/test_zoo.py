@@ -202,10 +202,40 @@ def test_zoo_full_sweep():
     assert_sweep(by_status, 1 if partial else ZOO_MIN_PASS)
 
 
+class _HardCodedWidth(torch.nn.Module):
+    """Reads its conv's output with a width written in the code (``reshape(n, 8, -1)``): pruned,
+    the reshape silently regroups the channels (a wrong model) or fails."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.reshape(y.shape[0], 8, -1).mean(2))
+
+
 def test_unsupported_model_fails_clearly():
-    # ShuffleNetV2's channel shuffle (view/transpose/view) cannot be mapped by the tracer.
-    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    # the tracer accepts it; pruning must refuse with our error, never return a wrong model
+    torch.manual_seed(0)
+    model = _HardCodedWidth().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match=r"ShuffleNetV2 .*unsupported op: a view/reshape"):
-        PruningSpace(model, torch.randn(1, 3, 64, 64))
+    space = PruningSpace(model, torch.randn(1, 3, 8, 8))
+    masks = space.full_masks()
+    for pruned_channels in (4, 3):
+        masks[0][:] = True
+        masks[0][:pruned_channels] = False
+        with pytest.raises(RuntimeError, match=r"pruned _HardCodedWidth (fails on inputs of shape "
+                                               r".* in layer 'fc'|differs from the masked model)"):
+            space.prune(masks)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_channel_shuffle_and_chunks():
+    """ShuffleNetV2: the channel shuffle maps channels through its permutation; the groups cut by
+    ``chunk`` (sizes fixed by the code) are skipped with a reason, the rest prune correctly."""
+    model, x = build_zoo_model("shufflenet_v2_x0_5")
+    space = PruningSpace(model, x)
+    assert any("split/chunk" in why for why in space.skipped_groups)
+    _check_row(check_model("shufflenet_v2_x0_5", model, x, keep=0.7, jit=False))

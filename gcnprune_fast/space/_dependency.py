@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import _helpers as _tp_helpers
 from torch_pruning.dependency.dependency import Dependency as _TPDependency
+from torch_pruning.dependency import index_mapping as _tp_index_mapping
+from torch_pruning.dependency import shape_infer as _tp_shape_infer
 from torch_pruning.dependency.group import Group as _TPGroup
 from torch_pruning.pruner import function as _tp_function
 
@@ -24,7 +26,94 @@ ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
 
 # indices torch-pruning's list walk may push for one group before the pair walk takes over
-_CLOSURE_BUDGET = 2_000_000
+# (and a quarter of the pairs the pair walk may handle before it gives the group up)
+_CLOSURE_BUDGET = 1_000_000
+_EXPLODES = ("its channels multiply through reshapes torch-pruning cannot follow (e.g. a Conv1d "
+             "over the channel axis, as in ECA attention)")
+
+
+def _mapped_size(dep, n: int) -> int:
+    """Upper bound of the number of indices ``dep``'s index mappings make of ``n`` indices
+    (checked before the mapping builds them: a flatten mapping multiplies them)."""
+    for mapping in dep.index_mapping:
+        stride = getattr(mapping, "_stride", None)
+        if stride is not None and not getattr(mapping, "reverse", True):
+            n *= int(stride)
+    return n
+
+
+class _PermutationMapping:
+    """Index mapping through a fixed channel permutation: index k becomes ``perm[k]``."""
+
+    def __init__(self, perm):
+        self.perm = list(perm)
+        self.reverse = True  # never multiplies indices (see _mapped_size)
+
+    def __call__(self, idxs):
+        n = len(self.perm)
+        return [_tp_helpers._HybridIndex(idx=self.perm[i.idx], root_idx=i.root_idx)
+                for i in idxs if 0 <= i.idx < n]
+
+
+def _update_split_index_mapping(node) -> None:
+    """torch-pruning's split mapping pairs the i-th consumer it discovered with the i-th chunk
+    (wrong, or an IndexError, when a chunk has several consumers or they were found out of
+    order). Here each consumer is mapped to the chunk(s) it really reads: autograd records the
+    split output index of every input of the consumer."""
+    gf = node.grad_fn
+    sizes = tuple(getattr(gf, "_saved_self_sym_sizes", ()) or ())
+    dim = getattr(gf, "_saved_dim", 1)
+    if sizes and 0 <= dim < len(sizes) and dim != 1:
+        return
+    offsets = getattr(node.module, "offsets", None)
+    if offsets is None or not node.enable_index_mapping:
+        return
+    for out_node in node.outputs:
+        chunks = [nr for fn, nr in getattr(out_node.grad_fn, "next_functions", ())
+                  if fn is gf and nr + 1 < len(offsets)]
+        span = ([offsets[min(chunks)], offsets[max(chunks) + 1]] if chunks
+                else [offsets[0], offsets[-1]])
+        for dep in node.dependencies:
+            if dep.target is out_node:
+                dep.index_mapping[0] = _tp_index_mapping._SplitIndexMapping(offset=span,
+                                                                             reverse=False)
+        for dep in out_node.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _tp_index_mapping._SplitIndexMapping(offset=span,
+                                                                             reverse=True)
+
+
+def _channel_shuffles(nodes):
+    """(first view node, last view node, permutation) of every channel shuffle in the graph:
+    ``x.view(N, g, c, *s).transpose(1, 2)[.contiguous()].view(N, g*c, *s)``; output channel k
+    reads input channel ``perm[k]``."""
+    out = []
+    t = tp.ops.OPTYPE
+    for last in nodes:
+        if last.type != t.RESHAPE or len(last.inputs) != 1:
+            continue
+        sizes = tuple(getattr(last.grad_fn, "_saved_self_sym_sizes", ()) or ())
+        if len(sizes) < 3:
+            continue
+        n = last.inputs[0]
+        while n.type == t.ELEMENTWISE and len(n.inputs) == 1 and hasattr(n.grad_fn, "name") \
+                and n.grad_fn.name().startswith("Clone"):
+            n = n.inputs[0]
+        gf = n.grad_fn
+        if not (hasattr(gf, "name") and gf.name().startswith("TransposeBackward")
+                and {getattr(gf, "_saved_dim0", None), getattr(gf, "_saved_dim1", None)} == {1, 2}
+                and len(n.inputs) == 1):
+            continue
+        first = n.inputs[0]
+        first_sizes = tuple(getattr(first.grad_fn, "_saved_self_sym_sizes", ()) or ())
+        if first.type != t.RESHAPE or len(first_sizes) != len(sizes) - 1:
+            continue
+        c, g = int(sizes[1]), int(sizes[2])  # after the transpose: [N, c, g, ...]
+        if first_sizes[1] != c * g or tuple(first_sizes[2:]) != tuple(sizes[3:]):
+            continue
+        # input channel i*c + j sits at (i, j), after the transpose at (j, i) = output j*g + i
+        out.append((first, last, [(k % g) * c + k // g for k in range(c * g)]))
+    return out
 
 
 class _DependencyGraph(tp.DependencyGraph):
@@ -50,6 +139,55 @@ class _DependencyGraph(tp.DependencyGraph):
         finally:
             self._mappings_frozen = previous
 
+    def build_dependency(self, model, example_inputs, forward_fn=None, verbose: bool = False):
+        """``tp.DependencyGraph.build_dependency`` (torch-pruning 1.6.1, the arguments used here)
+        with ``update_index_mapping`` that also maps channel shuffles."""
+        self.verbose = verbose
+        self.model = model
+        self._module2name = {module: name for (name, module) in model.named_modules()}
+        self.ignored_params = []
+        self._param_to_name, self.unwrapped_parameters = self._detect_unwrapped_parameters(None)
+        assert torch.is_grad_enabled(), "tracing needs autograd"
+        self.module2node = self._trace(model, example_inputs, forward_fn, output_transform=None)
+        self._build_dependency(self.module2node)
+        _tp_shape_infer.init_shape_information(self)
+        self.update_index_mapping()
+        return self
+
+    def update_index_mapping(self):
+        """torch-pruning's index-mapping update, except that a channel shuffle
+        (view [N, g*c, ...] -> [N, g, c, ...], transpose(1, 2), view back) maps channels through
+        its permutation instead of failing as a reshape."""
+        shuffles = _channel_shuffles(self.module2node.values())
+        skip = {id(n) for first, last, _ in shuffles for n in (first, last)}
+        t = tp.ops.OPTYPE
+        for node in list(self.module2node.values()):
+            if id(node) in skip:
+                continue
+            if node.type == t.CONCAT:
+                _tp_index_mapping.update_concat_index_mapping(self, node)
+            elif node.type == t.SPLIT:
+                _update_split_index_mapping(node)
+            elif node.type == t.RESHAPE:
+                _tp_index_mapping.update_reshape_index_mapping(self, node)
+            elif node.type == t.UNBIND:
+                _tp_index_mapping.update_unbind_index_mapping(self, node)
+            elif node.type == t.EXPAND:
+                _tp_index_mapping.update_expand_index_mapping(self, node)
+            elif node.type == t.SLICE:
+                _tp_index_mapping.update_slice_index_mapping(self, node)
+        for first, last, perm in shuffles:
+            inverse = [0] * len(perm)
+            for k, p in enumerate(perm):
+                inverse[p] = k
+            for src in last.inputs:  # pre-shuffle channel p is post-shuffle channel inverse[p]
+                for dep in src.dependencies:
+                    if dep.target is last:
+                        dep.index_mapping[0] = _PermutationMapping(inverse)
+                for dep in last.dependencies:
+                    if dep.target is src:
+                        dep.index_mapping[0] = _PermutationMapping(perm)
+
     @staticmethod
     def _list_closure(root_dep, idxs, budget: int):
         """torch-pruning's walk: index lists pushed along the dependencies until a dimension sees
@@ -67,6 +205,9 @@ class _DependencyGraph(tp.DependencyGraph):
             for new_dep in node.dependencies:
                 if not new_dep.is_triggered_by(fn):
                     continue
+                pushed += _mapped_size(new_dep, len(dep_idxs))
+                if pushed > budget:
+                    return None
                 new_indices = dep_idxs
                 for mapping in new_dep.index_mapping:
                     if mapping is not None:
@@ -75,14 +216,11 @@ class _DependencyGraph(tp.DependencyGraph):
                     continue
                 if new_dep.target in visited_node and group.has_pruning_op(new_dep, new_indices):
                     continue
-                pushed += len(new_indices)
-                if pushed > budget:
-                    return None
                 group.add_dep(new_dep, new_indices)
                 stack.append((new_dep, new_indices))
         return group
 
-    def _pair_closure(self, root_dep, idxs):
+    def _pair_closure(self, root_dep, idxs):  # noqa: C901
         """The same closure computed per (channel, root channel) pair: each pair travels each
         dependency once, so the walk is linear in the group's size. Indices beyond any layer's
         width (a reshape mapping channels onto another axis, e.g. ECA's Conv1d over the channels,
@@ -102,12 +240,17 @@ class _DependencyGraph(tp.DependencyGraph):
         group.invalid = None
         seen: Dict[tuple, set] = {(id(root_dep.target), root_dep.handler): set(idxs)}
         stack = [(root_dep, idxs)]
+        total, budget = 0, 4 * _CLOSURE_BUDGET + 64 * len(idxs)
         while stack:
             dep, dep_idxs = stack.pop(-1)
             node, fn = dep.target, dep.handler
             for new_dep in node.dependencies:
                 if not new_dep.is_triggered_by(fn):
                     continue
+                total += _mapped_size(new_dep, len(dep_idxs))
+                if total > budget:  # pairs multiply: a channel reaches many positions and back
+                    group.invalid = _EXPLODES
+                    return group
                 new_indices = dep_idxs
                 for mapping in new_dep.index_mapping:
                     if mapping is not None:
@@ -115,8 +258,7 @@ class _DependencyGraph(tp.DependencyGraph):
                 known = seen.setdefault((id(new_dep.target), new_dep.handler), set())
                 fresh = [i for i in dict.fromkeys(new_indices) if i not in known]
                 if any(i.idx >= self._widest for i in fresh):
-                    group.invalid = ("its channels are mapped onto another axis (a reshape that "
-                                     "torch-pruning cannot follow, e.g. a Conv1d over the channels)")
+                    group.invalid = _EXPLODES
                     fresh = [i for i in fresh if i.idx < self._widest]
                 if not fresh:
                     continue
@@ -127,9 +269,10 @@ class _DependencyGraph(tp.DependencyGraph):
 
     def get_pruning_group(self, module, pruning_fn, idxs):
         """``tp.DependencyGraph.get_pruning_group`` (torch-pruning 1.6.1) with the index-mapping
-        refresh skipped while the mappings are frozen; otherwise the same steps."""
+        refresh skipped while the mappings are frozen, the walk bounded (``_list_closure`` /
+        ``_pair_closure``) and every (channel, root channel) pair kept (``root_pairs``)."""
         if not self._mappings_frozen:
-            return super().get_pruning_group(module, pruning_fn, idxs)
+            self.update_index_mapping()
         if module not in self.module2node:
             raise ValueError("Module {} is not in the dependency graph.".format(module))
         if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels \
@@ -312,16 +455,64 @@ _TP_FUNCTION_OPS = {
 }
 
 
-def _describe_failure(exc: BaseException) -> str:
-    """The innermost torch-pruning function in the traceback and the op it handles."""
+def _node_label(node, module_names: Dict[object, str]) -> str:
+    """A readable name for a torch-pruning graph node: the module name and type, or the op."""
+    m = node.module
+    name = module_names.get(m) or getattr(node, "name", None)
+    if isinstance(m, nn.Module) and not type(m).__module__.startswith("torch_pruning"):
+        return f"layer {name!r} ({type(m).__name__})" if name else f"a {type(m).__name__} layer"
+    grad_fn = node.grad_fn.name() if hasattr(node.grad_fn, "name") else type(m).__name__
+    # the nearest named layer upstream locates the functional op in the model
+    seen, frontier = set(), list(node.inputs)
+    for _ in range(64):
+        if not frontier:
+            break
+        n = frontier.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n.module, nn.Module) and n.module in module_names:
+            return f"op {grad_fn} after layer {module_names[n.module]!r}"
+        frontier.extend(n.inputs)
+    return f"op {grad_fn}"
+
+
+def _failing_location(exc: BaseException, module_names: Dict[object, str]) -> Optional[str]:
+    """The graph node (or layer) torch-pruning was handling where ``exc`` was raised: the
+    innermost traceback frame holding a Node or a named module among its locals."""
+    from torch_pruning.dependency.node import Node
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        frame_locals = tb.tb_frame.f_locals
+        for key in ("node", "reshape_node", "split_node", "cat_node", "slice_node", "unbind_node",
+                    "expand_node", "in_node", "out_node", "root_node", "n"):
+            v = frame_locals.get(key)
+            if isinstance(v, Node):
+                found = _node_label(v, module_names)
+                break
+        else:
+            for key in ("module", "m", "layer"):
+                v = frame_locals.get(key)
+                if isinstance(v, nn.Module) and v in module_names:
+                    found = f"layer {module_names[v]!r} ({type(v).__name__})"
+                    break
+        tb = tb.tb_next
+    return found
+
+
+def _describe_failure(exc: BaseException, module_names: Optional[Dict[object, str]] = None) -> str:
+    """The innermost torch-pruning function in the traceback, the op it handles and the layer or
+    op of the model it was at."""
     import traceback
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
+    where = _failing_location(exc, module_names or {})
+    at = f" at {where}" if where else ""
     if not frames:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}{at}: {exc}"
     inner = frames[-1].name
     named = [f.name for f in reversed(frames) if f.name in _TP_FUNCTION_OPS]
     op = _TP_FUNCTION_OPS[named[0]] if named else "an op torch-pruning does not support"
-    return f"unsupported op: {op} (torch-pruning {inner}: {type(exc).__name__}: {exc})"
+    return f"unsupported op{at}: {op} (torch-pruning {inner}: {type(exc).__name__}: {exc})"
 
 
 class TracedDependencies:
@@ -355,7 +546,7 @@ class TracedDependencies:
                 # which is not thread-safe); unknown ops are read from the graph below.
                 self.dg.build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False)
         except Exception as e:
-            raise RuntimeError(_describe_failure(e)) from e
+            raise RuntimeError(_describe_failure(e, {m: n for n, m in model.named_modules()})) from e
         finally:
             for p in thawed:
                 p.requires_grad_(False)
@@ -379,7 +570,7 @@ class TracedDependencies:
                 all_groups = list(self.dg.get_all_groups(ignored_layers=list(ignored_modules),
                                                          root_module_types=ROOT_TYPES))
             except Exception as e:
-                raise RuntimeError(_describe_failure(e)) from e
+                raise RuntimeError(_describe_failure(e, module_names)) from e
         for group in all_groups:
             root = group[0].dep.target.module
             size = self.dg.get_out_channels(root)

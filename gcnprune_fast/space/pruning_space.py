@@ -254,13 +254,41 @@ class PruningSpace:
         untouched). Masks must be bool and honour min_channels / round_to (see round_masks).
         The result keeps the module types and the train/eval flags of ``space.model``.
 
-        Raises RuntimeError naming the group when the surgery cannot be applied or the pruned
-        model fails on the example inputs (an unsupported op)."""
+        Raises RuntimeError naming the group or layer when the surgery cannot be applied, the
+        pruned model fails on the example inputs (an unsupported op) or, where masking is exact
+        (every group's ``mask_exact``), computes something else than the masked model on them
+        (channels coupled in a way the tracer got wrong): a wrong model is never returned."""
         masks = self.validate_masks(masks)
         self._check_model_unchanged()
-        return prune_model(self.model, self.example_inputs,
-                           {g.root: m for g, m in zip(self.groups, masks)},
-                           output_shape=self.output_shape, unknown_ops=self.unknown_ops)
+        pruned = prune_model(self.model, self.example_inputs,
+                             {g.root: m for g, m in zip(self.groups, masks)},
+                             output_shape=self.output_shape, unknown_ops=self.unknown_ops)
+        if all(g.mask_exact for g in self.groups) and not all(bool(m.all()) for m in masks):
+            self._check_pruned_equals_masked(pruned, masks)
+        return pruned
+
+    def _check_pruned_equals_masked(self, pruned: nn.Module, masks) -> None:
+        """The pruned model (eval mode) against the masked original on the example inputs."""
+        import copy
+        reference = copy.deepcopy(self.model).eval()
+        flags = {n: m.training for n, m in pruned.named_modules()}
+        try:
+            pruned.eval()
+            with torch.no_grad():
+                got = pruned(*self.example_inputs)
+                with masked_eval.masked(reference, self._consumers, masks):
+                    want = reference(*self.example_inputs)
+        finally:
+            for n, m in pruned.named_modules():
+                m.training = flags.get(n, m.training)
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        diff = float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
+        if not (diff <= 1e-3 * scale + 1e-6):
+            raise RuntimeError(
+                f"the pruned {type(self.model).__name__} differs from the masked model on the "
+                f"example inputs (max difference {diff:.3g}, outputs up to {scale:.3g}): the "
+                "tracer coupled some channels wrongly (an op it maps incorrectly); pass the "
+                "layers around that op as ignored_layers")
 
     def plan(self, masks) -> dict:
         """JSON-serializable record of a pruning: model class, structure fingerprint, example

@@ -7,7 +7,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from gcnprune_fast.space._dependency import TracedDependencies, prune_groups_inplace
+from gcnprune_fast.space._dependency import (TracedDependencies, _failing_location,
+                                              prune_groups_inplace)
 from gcnprune_fast.space.tracing import as_input_tuple, describe_shapes
 
 
@@ -60,15 +61,20 @@ def prune_model(model: nn.Module, example_inputs, keep: Dict[str, torch.Tensor],
         try:
             prune_groups_inplace(deps, removals)
         except Exception as e:
-            raise RuntimeError(f"surgery failed on the groups rooted at {sorted(removals)}: "
-                               f"{type(e).__name__}: {e}") from e
+            where = _failing_location(e, {m: n for n, m in pruned.named_modules()})
+            raise RuntimeError(f"surgery failed on the groups rooted at {sorted(removals)}"
+                               f"{' at ' + where if where else ''}: {type(e).__name__}: {e}") from e
     try:
         with torch.no_grad():
-            out = pruned(*inputs)
-    except Exception as e:
+            out, failing = _run_naming_layer(pruned, inputs)
+    except Exception as e:  # pragma: no cover - _run_naming_layer returns the error
+        out, failing = None, (None, e)
+    if failing is not None:
+        layer, e = failing
         hint = f"; ops unknown to the tracer: {list(unknown_ops)}" if unknown_ops else ""
+        at = f" in layer {layer!r} ({type(pruned.get_submodule(layer)).__name__})" if layer else ""
         raise RuntimeError(f"the pruned {type(model).__name__} fails on inputs of shape "
-                           f"{describe_shapes(inputs)}: {type(e).__name__}: {e}{hint}") from e
+                           f"{describe_shapes(inputs)}{at}: {type(e).__name__}: {e}{hint}") from e
     if output_shape is not None and tuple(out.shape) != tuple(output_shape):
         raise RuntimeError(f"the pruned model's output shape {tuple(out.shape)} differs from "
                            f"the original {tuple(output_shape)}")
@@ -79,3 +85,31 @@ def prune_model(model: nn.Module, example_inputs, keep: Dict[str, torch.Tensor],
         if n in trainable:  # pruned layers got new parameters: keep the frozen ones frozen
             p.requires_grad_(trainable[n])
     return pruned
+
+
+def _run_naming_layer(model: nn.Module, inputs):
+    """``(model(*inputs), None)``, or ``(None, (name of the innermost layer running when it
+    failed or None, the exception))``."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list = []
+    failed: list = []
+
+    def pre(module, args):
+        stack.append(names.get(module))
+
+    def post(module, args, output):
+        if stack:
+            stack.pop()
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    try:
+        return model(*inputs), None
+    except Exception as e:
+        failed.append(next((n for n in reversed(stack) if n), None))
+        return None, (failed[0], e)
+    finally:
+        for h in handles:
+            h.remove()
