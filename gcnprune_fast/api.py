@@ -481,6 +481,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         result = spec.run(ctx)
         search_time = result.info.get("search_time_s", time.perf_counter() - t0)
         masks = [m.to(torch.bool).cpu() for m in result.masks]
+        # every rank prunes rank 0's masks (replicated searches could differ on GPUs, where
+        # kernels need not be deterministic); the identity without a process group
+        masks = distributed.broadcast_object(masks)
         space.validate_masks(masks)
         flops_after, params_after = space.cost(masks)
         kept_counts = torch.tensor([int(m.sum()) for m in masks], dtype=torch.long)

@@ -578,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--download", action="store_true", help="let torchvision download it")
             p.add_argument("--image-size", type=_positive_int, default=None,
                            help="ImageFolder crop size (default 224) / synthetic image size")
-            p.add_argument("--batch-size", type=_positive_int, default=128)
+            p.add_argument("--batch-size", type=_positive_int, default=128,
+                           help="batch size (per process under torchrun; default 128)")
             p.add_argument("--workers", type=_nonneg_int, default=0,
                            help="DataLoader workers (file datasets only)")
             p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
@@ -728,7 +729,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from gcnprune_fast import distributed
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        distributed.shutdown(wait=True)  # under torchrun: every rank done, then leave together
+        return code
     except (CLIError, ValueError, TypeError, FloatingPointError, RuntimeError, OSError,
             ImportError) as e:
         if debug:

@@ -190,9 +190,13 @@ def _attempt_store(timeout: datetime.timedelta):
     return dist.PrefixStore(f"gcnprune/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
-def shutdown() -> None:
-    """Leave the process group (when one is initialized)."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group (when one is initialized). ``wait``: first wait for every rank
+    (a barrier), so that no rank tears its connections down while another still uses them; only
+    on success (after a failure the others may never arrive)."""
     if _initialized():
+        if wait and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
