@@ -758,3 +758,76 @@ def test_tied_channels_are_one_group_channel():
         rebuilt = load_pruned(_GhostNet(), plan, pruned.state_dict())
         torch.testing.assert_close(rebuilt.eval()(x), pruned(x))
     assert space.weight_stats()[tied.index]["l1"].shape == (6,)
+
+
+class _GroupedBlock(nn.Module):
+    """ResNeXt's pattern: 1x1 conv, grouped 3x3 conv (4 groups), 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 24, 3, padding=1, groups=4), nn.BatchNorm2d(24)
+        self.conv3 = nn.Conv2d(24, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(self.conv3(x).mean((2, 3)))
+
+
+def test_grouped_conv_groups_are_offered():
+    """Grouped convs: each conv group loses the same within-group channels (tied channels), so
+    the conv stays a valid grouped conv; cost and masked evaluation are exact."""
+    import torch_pruning as tp
+    torch.manual_seed(0)
+    model = _randomize_bn(_GroupedBlock()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = PruningSpace(model, x)
+    by_root = {g.root: g for g in space.groups}
+    assert by_root["conv1"].size == 4 and by_root["conv2"].size == 6  # 16 / 4 and 24 / 4
+    assert not space.skipped_groups and space.cost_exact
+    for seed in range(3):
+        masks = _random_masks(space, p=0.5, seed=seed)
+        pruned = space.prune(masks).eval()
+        assert pruned.conv2.groups == 4
+        assert pruned.conv2.in_channels == 4 * int(masks[by_root["conv1"].index].sum())
+        with torch.no_grad(), space.masked(masks):
+            torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)
+        assert space.cost(masks) == tuple(tp.utils.count_ops_and_params(pruned, x))
+    feats = {}
+    with torch.no_grad(), space.feature_hooks(lambda g, a: feats.setdefault(g, a.shape)):
+        model(x)
+    assert all(feats[g.index][1] == g.size for g in space.groups)
+
+
+class _SplitNet(nn.Module):
+    """Res2Net / MixNet pattern: a conv's output split with sizes written in the code."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.a, self.b = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(12, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        xa, xb = torch.split(self.conv1(x), 4, dim=1)
+        x = torch.cat([self.a(xa), self.b(xb)], 1)
+        return self.head(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_groups_through_fixed_size_splits_are_skipped():
+    import torch_pruning as tp
+    torch.manual_seed(0)
+    model = _SplitNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = PruningSpace(model, x)
+    assert [s.split(" ")[0] for s in space.skipped_groups] == ["conv1"]
+    assert "split/chunk" in space.skipped_groups[0]
+    assert sorted(g.root for g in space.groups) == ["a", "b", "conv2"]
+    masks = _random_masks(space, p=0.5, seed=0)
+    pruned = space.prune(masks).eval()
+    with torch.no_grad(), space.masked(masks):
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)
+    assert space.cost(masks) == tuple(tp.utils.count_ops_and_params(pruned, x))
