@@ -201,6 +201,8 @@ def cmd_demo(args) -> int:
     from gcnprune_fast.training import evaluate, train
 
     _set_threads(args.threads)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise CLIError("demo runs on one process; under torchrun use `prune` or `train`")
     if args.quick:  # smoke-test sizes: seconds, not minutes
         args.train_samples, args.test_samples = 256, 128
         args.epochs, args.episodes, args.finetune_epochs = 1, 4, 1
