@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
+from torch.utils.data import DataLoader
 
 from gcnprune_fast import distributed, prune
 from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
@@ -80,6 +81,13 @@ def _compute(out_dir, tag):
                  or "num_batches" in k}
     res["acc"] = evaluate(m, TensorBatchLoader(ds, 8))
     res["acc5"] = evaluate(m, TensorBatchLoader(ds, 8), max_batches=5)
+    # a torch DataLoader (rebuilt with a strided batch sampler: each rank loads its batches)
+    dl = DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5))
+    m2 = _model()
+    recalibrate_bn(m2, dl, num_batches=4)
+    res["bn_dl"] = {k: v.clone() for k, v in m2.state_dict().items() if "running" in k}
+    res["acc_dl"] = evaluate(m2, dl)
+    res["features_dl"] = collect_features(space, dl, max_samples=20).gap
     # prune(): channel-gcn and evolution masks, outputs and checkpoints written by rank 0 only
     written = []
     real_open, real_save, real_replace = builtins.open, torch.save, os.replace
@@ -204,6 +212,11 @@ def test_bn_statistics_and_evaluation_equal_single_process(runs):
         for k, v in single["bn"].items():
             torch.testing.assert_close(r["bn"][k], v, rtol=1e-5, atol=1e-6)
         assert r["acc"] == single["acc"] and r["acc5"] == single["acc5"]
+        assert r["acc_dl"] == single["acc_dl"]
+        for k, v in single["bn_dl"].items():
+            torch.testing.assert_close(r["bn_dl"][k], v, rtol=1e-5, atol=1e-6)
+        for a, b in zip(r["features_dl"], single["features_dl"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_search_masks_equal_single_process(runs):
