@@ -37,7 +37,7 @@ from gcnprune_fast import distributed
 from gcnprune_fast.data import check_labels, check_reiterable, split_batch
 from gcnprune_fast.features import non_finite_activation_error
 from gcnprune_fast.methods import Budget, SearchContext, default_method, get_method
-from gcnprune_fast.methods.allocation import check_budget_ratio, check_budget_reachable
+from gcnprune_fast.methods.allocation import check_budget_ratios, check_budget_reachable
 from gcnprune_fast.report import prune_report_markdown, write_json
 from gcnprune_fast.utils import model_device
 
@@ -376,12 +376,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
     method = default_method() if method is None else method
     spec = get_method(method)
     options = spec.parse_options(method_options)
-    if flops is None and params is None and latency is None:
-        raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]> "
-                         "and/or latency=<ratio in (0, 1]>")
-    check_budget_ratio("flops", flops)
-    check_budget_ratio("params", params)
-    check_budget_ratio("latency", latency)
+    check_budget_ratios(flops, params, latency)
     if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
         raise ValueError(f"latency_batch must be a positive int, got {latency_batch!r}")
     for kind, value in (("flops", flops), ("params", params), ("latency", latency)):

@@ -29,9 +29,10 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Budget", "ALLOCATIONS", "check_budget_ratio", "standardize", "project_to_budget",
-           "allocate", "min_cost_ratios", "min_latency_ratio", "check_budget_reachable", "uniform_counts",
-           "counts_from_ratios", "fit_ratios_to_budget", "action_wall", "masks_from_counts"]
+__all__ = ["Budget", "ALLOCATIONS", "check_budget_ratio", "check_budget_ratios", "standardize",
+           "project_to_budget", "allocate", "min_cost_ratios", "min_latency_ratio",
+           "check_budget_reachable", "uniform_counts", "counts_from_ratios", "fit_ratios_to_budget",
+           "action_wall", "masks_from_counts"]
 
 ALLOCATIONS = ("global", "uniform")
 
@@ -45,6 +46,15 @@ def check_budget_ratio(name: str, value) -> None:
     if not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of the original "
                          f"model's {name} to keep (e.g. {name}=0.5 keeps at most half)")
+
+
+def check_budget_ratios(flops=None, params=None, latency=None) -> None:
+    """At least one budget given, each None or a ratio in (0, 1]."""
+    if flops is None and params is None and latency is None:
+        raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]> "
+                         "and/or latency=<ratio in (0, 1]>")
+    for name, value in (("flops", flops), ("params", params), ("latency", latency)):
+        check_budget_ratio(name, value)
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,7 @@ class Budget:
                     latency_model: Any = None) -> "Budget":
         """Validate the ratios (each None or in (0, 1], not all None) and build the limits
         (a latency ratio needs ``latency_model``)."""
-        if flops is None and params is None and latency is None:
-            raise ValueError("give a budget: flops=<ratio in (0, 1]> and/or params=<ratio in (0, 1]>"
-                             " and/or latency=<ratio in (0, 1]>")
-        check_budget_ratio("flops", flops)
-        check_budget_ratio("params", params)
-        check_budget_ratio("latency", latency)
+        check_budget_ratios(flops, params, latency)
         if latency is not None and latency_model is None:
             raise ValueError("a latency budget needs a latency model "
                              "(gcnprune_fast.latency.build_latency_model)")
