@@ -34,7 +34,8 @@ from gcnprune_fast.methods.search import MaskScorer, SearchCheckpoint, channels_
 from gcnprune_fast.methods.search.layer_features import (decision_order, dynamic_features,
                                                          layer_embedding)
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
-                                                       make_ddpg, reward_set, run_ratio_search)
+                                                       make_ddpg, reward_set, run_ratio_search,
+                                                       search_facts)
 
 __all__ = ["NAME", "AMCOptions", "search", "CHECKPOINT_NAME"]
 
@@ -93,13 +94,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
                                  progress=ctx.progress, desc=f"{NAME} search")
     counts = facts["best_counts"]
     info = {
-        "episodes": facts["episodes"],
-        "reward_curve": facts["reward_curve"],
-        "accuracy_curve": facts["accuracy_curve"],
-        "best_reward": facts["best_reward"],
-        "final_greedy_reward": facts["greedy_reward"],
-        "ratios": {g.name: c / g.size for g, c in zip(space.groups, counts)},
-        "decision_order": [space.groups[g].name for g in order],
+        **search_facts(facts, space, order),
         "floors_feasible": env.floors_feasible,
         "reward": opts.reward,
         "reward_samples": len(rewards),

@@ -49,7 +49,8 @@ from gcnprune_fast.methods.search.pruningnet import (PruningNetOptions, PruningN
                                                      prepare_pruningnet)
 from gcnprune_fast.methods.search.ratio_ppo import PPOConfig, RatioPPOAgent
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
-                                                       make_ddpg, reward_set, run_ratio_search)
+                                                       make_ddpg, reward_set, run_ratio_search,
+                                                       search_facts)
 
 __all__ = ["NAME", "GraphPruningOptions", "search", "load_pruningnet_weights",
            "PRUNINGNET_CHECKPOINT", "SEARCH_CHECKPOINT", "WEIGHTS_FILE"]
@@ -147,13 +148,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
     counts = facts["best_counts"]
     masks = pnet.masks(counts)
     info.update({
-        "episodes": facts["episodes"],
-        "reward_curve": facts["reward_curve"],
-        "accuracy_curve": facts["accuracy_curve"],
-        "best_reward": facts["best_reward"],
-        "final_greedy_reward": facts["greedy_reward"],
-        "ratios": {g.name: c / g.size for g, c in zip(space.groups, counts)},
-        "decision_order": [space.groups[g].name for g in order],
+        **search_facts(facts, space, order),
         "agent": opts.agent,
         "reward": opts.reward,
         "reward_weights": opts.reward_weights,

@@ -32,7 +32,7 @@ from gcnprune_fast.methods.registry import option
 from gcnprune_fast.methods.search.ddpg import DDPGAgent, DDPGConfig
 from gcnprune_fast.methods.search.reward import REWARD_KINDS, RewardSet
 
-__all__ = ["RatioEnvironment", "run_ratio_search", "RatioSearchOptions", "make_ddpg",
+__all__ = ["RatioEnvironment", "run_ratio_search", "search_facts", "RatioSearchOptions", "make_ddpg",
            "reward_set"]
 
 
@@ -243,3 +243,17 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
             "accuracy_curve": list(state["accuracy_curve"]), "episodes": int(state["episode"]),
             "greedy_counts": greedy_counts, "greedy_reward": float(greedy[0]),
             "search_loop_s": time.perf_counter() - t0}
+
+
+def search_facts(facts: Dict[str, Any], space, order: Sequence[int]) -> Dict[str, Any]:
+    """The report facts every ratio search shares, from :func:`run_ratio_search`'s result."""
+    counts = facts["best_counts"]
+    return {
+        "episodes": facts["episodes"],
+        "reward_curve": facts["reward_curve"],
+        "accuracy_curve": facts["accuracy_curve"],
+        "best_reward": facts["best_reward"],
+        "final_greedy_reward": facts["greedy_reward"],
+        "ratios": {g.name: c / g.size for g, c in zip(space.groups, counts)},
+        "decision_order": [space.groups[g].name for g in order],
+    }
