@@ -26,7 +26,7 @@ ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
 
 # indices torch-pruning's list walk may push for one group before the pair walk takes over
-# (and a quarter of the pairs the pair walk may handle before it gives the group up)
+# (and the pairs the pair walk may handle before it gives the group up)
 _CLOSURE_BUDGET = 1_000_000
 _EXPLODES = ("its channels multiply through reshapes torch-pruning cannot follow (e.g. a Conv1d "
              "over the channel axis, as in ECA attention)")
@@ -240,7 +240,7 @@ class _DependencyGraph(tp.DependencyGraph):
         group.invalid = None
         seen: Dict[tuple, set] = {(id(root_dep.target), root_dep.handler): set(idxs)}
         stack = [(root_dep, idxs)]
-        total, budget = 0, 4 * _CLOSURE_BUDGET + 64 * len(idxs)
+        total, budget = 0, _CLOSURE_BUDGET + 64 * len(idxs)
         while stack:
             dep, dep_idxs = stack.pop(-1)
             node, fn = dep.target, dep.handler
