@@ -28,6 +28,7 @@ ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 # indices torch-pruning's list walk may push for one group before the pair walk takes over
 # (and the pairs the pair walk may handle before it gives the group up)
 _CLOSURE_BUDGET = 1_000_000
+_LIST_WALK_ITEMS = 5_000  # group items after which the list walk hands over to the pair walk
 _EXPLODES = ("its channels multiply through reshapes torch-pruning cannot follow (e.g. a Conv1d "
              "over the channel axis, as in ECA attention)")
 
@@ -192,7 +193,8 @@ class _DependencyGraph(tp.DependencyGraph):
     def _list_closure(root_dep, idxs, budget: int):
         """torch-pruning's walk: index lists pushed along the dependencies until a dimension sees
         a list it has seen before. Returns the unmerged Group, or None once more than ``budget``
-        indices were pushed (the lists can multiply around cycles through reshapes)."""
+        indices were pushed (the lists can multiply around cycles through reshapes) or the group
+        holds more than ``_LIST_WALK_ITEMS`` items."""
         group = _TPGroup()
         group.add_dep(dep=root_dep, idxs=idxs)
         visited_node = set()
@@ -206,8 +208,8 @@ class _DependencyGraph(tp.DependencyGraph):
                 if not new_dep.is_triggered_by(fn):
                     continue
                 pushed += _mapped_size(new_dep, len(dep_idxs))
-                if pushed > budget:
-                    return None
+                if pushed > budget or len(group._group) > _LIST_WALK_ITEMS:
+                    return None  # has_pruning_op scans the whole group: quadratic from here
                 new_indices = dep_idxs
                 for mapping in new_dep.index_mapping:
                     if mapping is not None:
