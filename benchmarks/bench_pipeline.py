@@ -51,14 +51,10 @@ OP_STAGES = ("features", "graph", "graph_cuda", "node_feats", "policy", "policy_
 
 
 def _rss_mb(field: str) -> Optional[float]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    """A /proc/self/status memory field in MiB (the one reader in benchmarks/common.py)."""
+    from common import PeakRSS  # benchmarks/ is on sys.path when run or imported by run.py
+
+    return PeakRSS._read_mb(field)
 
 
 class PeakMemory:
