@@ -45,6 +45,9 @@ __all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT"]
 
 logger = logging.getLogger("gcnprune_fast")
 
+DEFAULT_FLOPS = 0.5
+"""The budget of ``prune(model, loader)`` called without flops/params/latency."""
+
 FINETUNE_CHECKPOINT = "finetune.pt"
 """File name of the fine-tuning checkpoint in ``checkpoint_dir``."""
 
@@ -295,7 +298,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         method: a registered method name (``gcnprune_fast.methods.method_names()``; ``gcnprune
             methods`` lists them with their options); None = the registry's default method.
         flops / params: keep at most this fraction (in (0, 1]) of the original MACs / parameters;
-            at least one budget (flops, params, latency) is required; they may be combined.
+            they may be combined with ``latency``; with no budget at all ``flops=DEFAULT_FLOPS``
+            (0.5) is used, logged, and ``report["budget_defaulted"]`` is True.
         latency: keep at most this fraction (in (0, 1]) of the original model's end-to-end
             latency measured on ``latency_device`` (default "cpu") at batch ``latency_batch`` with
             ``latency_threads`` intra-op threads (None: torch's current count). A latency table of
@@ -376,6 +380,11 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
     method = default_method() if method is None else method
     spec = get_method(method)
     options = spec.parse_options(method_options)
+    budget_defaulted = flops is None and params is None and latency is None
+    if budget_defaulted:
+        flops = DEFAULT_FLOPS
+        logger.info("no budget given: keeping at most flops=%s of the original MACs (the default; "
+                    "pass flops=, params= or latency= to choose)", DEFAULT_FLOPS)
     check_budget_ratios(flops, params, latency)
     if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
         raise ValueError(f"latency_batch must be a positive int, got {latency_batch!r}")
@@ -513,6 +522,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "allocation": result.info.get("allocation", method),
         "seed": seed,
         "flops_budget": flops,
+        "budget_defaulted": budget_defaulted,
         "params_budget": params,
         "flops_before": int(space.base_flops),
         "flops_after": int(flops_after),

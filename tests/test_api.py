@@ -77,9 +77,15 @@ def test_prune_reproducible(model):
     assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
 
 
+def test_no_budget_means_the_documented_default(model):
+    r = gcnprune_fast.prune(model, _loader(), method="l1", progress=False).report
+    assert r["budget_defaulted"] and r["flops_budget"] == gcnprune_fast.api.DEFAULT_FLOPS
+    assert r["flops_ratio"] <= gcnprune_fast.api.DEFAULT_FLOPS + 1e-9
+    explicit = gcnprune_fast.prune(model, _loader(), method="l1", flops=0.7, progress=False).report
+    assert not explicit["budget_defaulted"] and explicit["flops_ratio"] > r["flops_ratio"]
+
+
 def test_bad_budgets(model):
-    with pytest.raises(ValueError, match="budget"):
-        gcnprune_fast.prune(model, _loader(), method="l1", progress=False)
     for bad in (0, 1.2, -0.5):
         with pytest.raises(ValueError, match="outside"):
             gcnprune_fast.prune(model, _loader(), method="l1", flops=bad, progress=False)
