@@ -41,7 +41,7 @@ for _p in (REPO, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from common import format_table, measure, row  # noqa: E402  (benchmarks/common.py: the timer)
+from common import format_table, measure, random_graph, row, spmm_peers  # noqa: E402  (benchmarks/common.py: the timer)
 from gcnprune_fast.ops import (CSRGraph, cosine_similarity, gap_stats, gcn_norm,  # noqa: E402
                                knn_graph, native_available, spmm)
 from gcnprune_fast.ops import reference  # noqa: E402
@@ -226,61 +226,13 @@ def bench_knn_graph(out: Rows, quick: bool) -> None:
             err or "")
 
 
-def random_graph(n: int, device, min_deg: int = 8, max_deg: int = 16, seed: int = 0) -> CSRGraph:
-    """Sorted, duplicate-free CSR with min_deg..max_deg random neighbours per node, built on
-    ``device``."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    deg = torch.randint(min_deg, max_deg + 1, (n,), device=device, generator=g)
-    rows = torch.repeat_interleave(torch.arange(n, device=device), deg)
-    cols = torch.randint(0, n, (rows.numel(),), device=device, generator=g)
-    key = torch.unique(rows * n + cols)
-    rows, cols = key // n, key % n
-    indptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
-    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    return CSRGraph(indptr, cols, torch.rand(cols.numel(), device=device, generator=g))
-
-
-def _peers(graph: CSRGraph, n: int, device):
-    indptr, indices, _ = graph
-    rows = ref_sparse.row_ids(indptr)
-
-    def sparse_mm(values, x):
-        a = torch.sparse_csr_tensor(indptr, indices, values, size=(n, x.size(0)))
-        return torch.sparse.mm(a, x)
-
-    def scatter(values, x):
-        msg = x.index_select(0, indices) * values.unsqueeze(1)
-        return torch.zeros(n, x.size(1), dtype=x.dtype, device=x.device).index_add_(0, rows, msg)
-
-    peers = {"torch.sparse.mm (CSR)": sparse_mm, "scatter (index_select+index_add_)": scatter}
-    try:
-        from torch_geometric.nn import MessagePassing
-
-        class Propagate(MessagePassing):
-            def __init__(self):
-                super().__init__(aggr="add")
-
-            def forward(self, x, edge_index, w):
-                return self.propagate(edge_index, x=x, w=w, size=(x.size(0), n))
-
-            def message(self, x_j, w):
-                return w.unsqueeze(1) * x_j
-
-        edge_index = torch.stack([indices, rows])
-        module = Propagate()
-        peers["torch_geometric MessagePassing(add)"] = lambda v, x: module(x, edge_index, v)
-    except Exception:  # not installed, or broken against this torch
-        pass
-    return peers
-
-
 def bench_spmm(out: Rows, quick: bool) -> None:
     dev = out.device
     cuda = dev.startswith("cuda")
     n = (100_000 if quick else 1_000_000) if cuda else (4_000 if quick else 100_000)
-    graph = random_graph(n, dev)
+    graph = random_graph(n, device=dev)
     nnz = graph.nnz
-    peers = _peers(graph, n, dev)
+    peers = spmm_peers(graph, n)
 
     def ours(values, x):
         return spmm(CSRGraph(graph.indptr, graph.indices, values), x)
@@ -322,7 +274,7 @@ def bench_spmm(out: Rows, quick: bool) -> None:
         del x0, grad_out
     # against a dense matmul where the dense matrix fits
     nd = 16384 if cuda and not quick else 1024
-    small = random_graph(nd, dev, seed=1)
+    small = random_graph(nd, seed=1, device=dev)
     dense = small.to("cpu").to_dense(nd).to(dev)
     x = torch.randn(nd, 64, device=dev)
     ms = time_ms(lambda: spmm(small, x), dev)

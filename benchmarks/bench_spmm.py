@@ -18,11 +18,10 @@ Times are medians over repeats, in milliseconds, with the process's torch thread
 from __future__ import annotations
 
 import sys
-import warnings
 
 import torch
 
-from common import format_table, header, random_graph, row, time_ms
+from common import format_table, header, random_graph, row, spmm_peers, time_ms
 from gcnprune_fast.ops import CSRGraph, gcn_norm, native_available, spmm
 from gcnprune_fast.ops.reference import sparse as reference
 
@@ -30,43 +29,6 @@ from gcnprune_fast.ops.reference import sparse as reference
 def _time(fn, repeats: int) -> float:
     """Median ms; slow functions get fewer runs (about 4 s each at most)."""
     return time_ms(fn, repeats=repeats, warmup=2, budget_s=4.0)
-
-
-def _peers(graph: CSRGraph, num_nodes: int):
-    """name -> propagate(values, x) for each available peer (all differentiable)."""
-    indptr, indices, _ = graph
-    rows = reference.row_ids(indptr)
-
-    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
-    def sparse_mm(values, x):
-        a = torch.sparse_csr_tensor(indptr, indices, values, size=(num_nodes, x.size(0)))
-        return torch.sparse.mm(a, x)
-
-    def scatter(values, x):
-        messages = x.index_select(0, indices) * values.unsqueeze(1)
-        return torch.zeros(num_nodes, x.size(1), dtype=x.dtype).index_add_(0, rows, messages)
-
-    peers = {"torch.sparse.mm (CSR)": sparse_mm, "scatter (index_select+index_add_)": scatter}
-    try:
-        from torch_geometric.nn import MessagePassing
-
-        class Propagate(MessagePassing):
-            def __init__(self):
-                super().__init__(aggr="add")
-
-            def forward(self, x, edge_index, w):
-                return self.propagate(edge_index, x=x, w=w, size=(x.size(0), num_nodes))
-
-            def message(self, x_j, w):
-                return w.unsqueeze(1) * x_j
-
-        edge_index = torch.stack([indices, rows])  # source = column, target = row
-        module = Propagate()
-        peers["torch_geometric MessagePassing(add)"] = lambda values, x: module(x, edge_index, values)
-    except ImportError:
-        pass
-    return peers
 
 
 def table_rows(quick: bool = False, num_nodes: int | None = None) -> list[dict]:
@@ -82,7 +44,7 @@ def table_rows(quick: bool = False, num_nodes: int | None = None) -> list[dict]:
     def ours(values, x):
         return spmm(CSRGraph(graph.indptr, graph.indices, values), x)
 
-    peers = _peers(graph, num_nodes)
+    peers = spmm_peers(graph, num_nodes)
     for d in (32, 64):
         gen = torch.Generator().manual_seed(d)
         x0 = torch.randn(num_nodes, d, generator=gen)

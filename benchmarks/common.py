@@ -185,18 +185,61 @@ def bench_main(table_rows: Callable[..., list], doc: Optional[str], argv=None) -
 
 
 # --------------------------------------------------------------------------------------- inputs
-def random_graph(num_nodes: int, min_deg: int = 8, max_deg: int = 16, seed: int = 0):
+def random_graph(num_nodes: int, min_deg: int = 8, max_deg: int = 16, seed: int = 0,
+                 device="cpu"):
     """CSRGraph with min_deg..max_deg distinct random neighbours per node (sorted columns, random
-    float32 values): the spmm / gcn_norm benchmark graph."""
+    float32 values), built on ``device``: the spmm / gcn_norm benchmark graph."""
     from gcnprune_fast.ops import CSRGraph
 
-    gen = torch.Generator().manual_seed(seed)
-    deg = torch.randint(min_deg, max_deg + 1, (num_nodes,), generator=gen)
-    rows = torch.repeat_interleave(torch.arange(num_nodes), deg)
-    cols = torch.randint(0, num_nodes, (rows.numel(),), generator=gen)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    deg = torch.randint(min_deg, max_deg + 1, (num_nodes,), generator=gen, device=device)
+    rows = torch.repeat_interleave(torch.arange(num_nodes, device=device), deg)
+    cols = torch.randint(0, num_nodes, (rows.numel(),), generator=gen, device=device)
     key = torch.unique(rows * num_nodes + cols)  # sorted, duplicate-free
     rows, cols = key // num_nodes, key % num_nodes
-    indptr = torch.zeros(num_nodes + 1, dtype=torch.int64)
+    indptr = torch.zeros(num_nodes + 1, dtype=torch.int64, device=device)
     indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0)
-    values = torch.rand(cols.numel(), generator=gen)
+    values = torch.rand(cols.numel(), generator=gen, device=device)
     return CSRGraph(indptr, cols, values)
+
+
+def spmm_peers(graph, num_nodes: int) -> dict:
+    """name -> propagate(values, x) for each available spmm peer (all differentiable):
+    torch.sparse.mm on CSR, index_select + index_add_, and torch_geometric when it imports."""
+    import warnings
+
+    from gcnprune_fast.ops.reference import sparse as reference
+
+    indptr, indices, _ = graph
+    rows = reference.row_ids(indptr)
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+    def sparse_mm(values, x):
+        a = torch.sparse_csr_tensor(indptr, indices, values, size=(num_nodes, x.size(0)))
+        return torch.sparse.mm(a, x)
+
+    def scatter(values, x):
+        messages = x.index_select(0, indices) * values.unsqueeze(1)
+        return torch.zeros(num_nodes, x.size(1), dtype=x.dtype,
+                           device=x.device).index_add_(0, rows, messages)
+
+    peers = {"torch.sparse.mm (CSR)": sparse_mm, "scatter (index_select+index_add_)": scatter}
+    try:
+        from torch_geometric.nn import MessagePassing
+
+        class Propagate(MessagePassing):
+            def __init__(self):
+                super().__init__(aggr="add")
+
+            def forward(self, x, edge_index, w):
+                return self.propagate(edge_index, x=x, w=w, size=(x.size(0), num_nodes))
+
+            def message(self, x_j, w):
+                return w.unsqueeze(1) * x_j
+
+        edge_index = torch.stack([indices, rows])  # source = column, target = row
+        module = Propagate()
+        peers["torch_geometric MessagePassing(add)"] = lambda values, x: module(x, edge_index, values)
+    except Exception:  # not installed, or broken against this torch (the GPU machine's 2.11)
+        pass
+    return peers
