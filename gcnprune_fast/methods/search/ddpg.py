@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gcnprune_fast.methods.search.policy_gradient import check_action_bounds
+
 __all__ = ["DDPGConfig", "DDPGAgent", "ReplayBuffer", "truncated_normal"]
 
 
@@ -51,9 +53,7 @@ class DDPGConfig:
     high: float = 1.0
 
     def __post_init__(self):
-        if not 0.0 <= self.low < self.high <= 1.0:
-            raise ValueError(f"action bounds must satisfy 0 <= low < high <= 1, got "
-                             f"low={self.low}, high={self.high}")
+        check_action_bounds(self.low, self.high)
         for name in ("hidden", "batch_size", "replay_episodes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

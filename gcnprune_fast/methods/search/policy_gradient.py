@@ -9,7 +9,15 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MovingBaseline", "normalized_advantages", "bernoulli_policy_update"]
+__all__ = ["MovingBaseline", "normalized_advantages", "bernoulli_policy_update",
+           "check_action_bounds"]
+
+
+def check_action_bounds(low: float, high: float) -> None:
+    """A continuous action (keep ratio) range must satisfy 0 <= low < high <= 1."""
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"action bounds must satisfy 0 <= low < high <= 1, got "
+                         f"low={low}, high={high}")
 
 
 class MovingBaseline:

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gcnprune_fast.methods.search.policy_gradient import MovingBaseline, normalized_advantages
+from gcnprune_fast.methods.search.policy_gradient import (MovingBaseline, check_action_bounds,
+                                                          normalized_advantages)
 
 __all__ = ["PPOConfig", "RatioPPOAgent"]
 
@@ -40,9 +41,7 @@ class PPOConfig:
     high: float = 1.0
 
     def __post_init__(self):
-        if not 0.0 <= self.low < self.high <= 1.0:
-            raise ValueError(f"action bounds must satisfy 0 <= low < high <= 1, got "
-                             f"low={self.low}, high={self.high}")
+        check_action_bounds(self.low, self.high)
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
 
