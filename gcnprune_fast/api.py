@@ -34,14 +34,15 @@ import torch
 import torch.nn as nn
 
 from gcnprune_fast import distributed
-from gcnprune_fast.data import check_labels, check_reiterable, split_batch
+from gcnprune_fast.data import (HOLDOUT_FRACTION, BatchSubset, check_labels, check_reiterable,
+                                split_batch, split_holdout)
 from gcnprune_fast.features import non_finite_activation_error
 from gcnprune_fast.methods import Budget, SearchContext, default_method, get_method
 from gcnprune_fast.methods.allocation import check_budget_ratios, check_budget_reachable
 from gcnprune_fast.report import prune_report_markdown, write_json
 from gcnprune_fast.utils import model_device
 
-__all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT"]
+__all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT", "ACCURACY_SETS"]
 
 logger = logging.getLogger("gcnprune_fast")
 
@@ -50,6 +51,13 @@ DEFAULT_FLOPS = 0.5
 
 FINETUNE_CHECKPOINT = "finetune.pt"
 """File name of the fine-tuning checkpoint in ``checkpoint_dir``."""
+
+HELD_OUT = "held-out"
+VAL_LOADER = "val_loader"
+SEARCH_SET = "search-set (loader too small to hold out)"
+ACCURACY_SETS = (HELD_OUT, VAL_LOADER, SEARCH_SET)
+"""The values of ``report["accuracy_set"]``: what ``acc_before`` / ``acc_pruned`` /
+``acc_finetuned`` were measured on (see :func:`prune`, ``val_loader``)."""
 
 
 @dataclass
@@ -61,9 +69,13 @@ class PruneResult:
         ``gcnprune_fast.load_pruned(original_model, plan, state_dict)``.
     report: dict with ``flops_before/after``, ``params_before/after``, ``flops_ratio``,
         ``params_ratio``, ``acc_before``, ``acc_pruned`` (after BN re-estimation), ``acc_finetuned``
-        (None when not fine-tuned), ``widths`` (per group name/before/after), ``method``,
-        ``allocation`` (the criteria's, else the method name), ``search_time_s``, ``episodes``,
-        ``reward_curve`` (search methods), ``seed``, ``flops_after_measured`` /
+        (None when not fine-tuned), ``accuracy_set`` (what the accuracies were measured on: one of
+        :data:`ACCURACY_SETS`, see :func:`prune`'s ``val_loader``) and ``held_out_images`` (the
+        held-out images evaluated; None unless ``accuracy_set`` is ``"held-out"``), ``widths``
+        (per group name/before/after), ``method``, ``allocation`` (the criteria's, else the
+        method name), ``search_time_s``, ``episodes``, ``reward_curve`` (search methods: the
+        reward of every sampled mask), ``greedy_curve`` (channel-gcn: the reward of the policy's
+        greedy mask before every update; both on the search's reward set), ``seed``, ``flops_after_measured`` /
         ``params_after_measured`` (counted on the pruned model), ``cost_model_mismatch`` (True when
         they differ from ``flops_after`` / ``params_after`` by more than 1%; None when the count
         failed) and ``cost_model_error`` (the relative difference), ``resumed``.
@@ -294,7 +306,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         model: a trained classifier ``[N, C, H, W] -> [N, classes]``; never modified.
         loader: yields ``(inputs, targets)``: features, the reward set, criteria data, and (when
             no ``train_loader``) BN re-estimation / fine-tuning data. Must be re-iterable (a
-            DataLoader, a TensorBatchLoader, a list of batches; not a generator).
+            DataLoader, a TensorBatchLoader, a list of batches; not a generator). Without a
+            ``val_loader`` part of it is held out for the accuracies (see ``val_loader``).
         method: a registered method name (``gcnprune_fast.methods.method_names()``; ``gcnprune
             methods`` lists them with their options); None = the registry's default method.
         flops / params: keep at most this fraction (in (0, 1]) of the original MACs / parameters;
@@ -309,8 +322,24 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             (``timer(run, spec) -> seconds``, tests). The report then gains predicted and
             measured latency before and after (``latency_*`` keys).
         example_inputs: tracing input (default: the first 2 samples of ``loader``).
-        val_loader: accuracy before/after (default: ``loader``).
-        train_loader: BN re-estimation and fine-tuning data (default: ``loader``).
+        val_loader: the data ``acc_before`` / ``acc_pruned`` / ``acc_finetuned`` are measured
+            on, also given to the method as selection data (``SearchContext.val_loader``, e.g.
+            channel-gcn's ``rerank_top``); ``report["accuracy_set"]`` is ``"val_loader"``.
+            Default (None): a held-out part of ``loader``, so that the accuracies are not
+            measured on the images the search chose its masks on. ``loader`` is split
+            deterministically for ``seed`` (``gcnprune_fast.data.split_holdout``): 1/8 of its
+            batches (at least one) -- a random set of samples for a TensorBatchLoader or a
+            DataLoader with the default samplers (in order and without augmentation), random
+            whole batches for lists and other loaders (which holds images out only if such a
+            loader yields the same batches on every pass). The features, the search, BN
+            re-estimation and fine-tuning (without a ``train_loader``) use the rest; the report
+            says ``accuracy_set="held-out"`` and ``held_out_images``. A loader of fewer than 2
+            batches cannot be split: then everything uses all of it as before, and
+            ``accuracy_set`` is ``"search-set (loader too small to hold out)"``. Methods that
+            select with the selection data (``rerank_top``, ``reward_source="val"``) see the
+            held-out part too, so their choice is then not independent of it.
+        train_loader: BN re-estimation and fine-tuning data (default: ``loader``, or its search
+            part when part of it is held out).
         finetune_epochs: fine-tuning epochs after surgery (0 = none; ``acc_finetuned`` is None).
         device: where to work (default: the model's device). The model copy is moved there.
         seed: seeds everything of this call (sampling, initialization, random criterion, loader
@@ -414,8 +443,26 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
     device = _check_device(model, device)
     distributed.log_world()
     progress = bool(progress and distributed.is_main())
-    val_loader = loader if val_loader is None else val_loader
-    train_loader = loader if train_loader is None else train_loader
+    # The accuracies are measured on val_loader, else on a held-out part of loader (split on the
+    # whole loader, before any sharding: every rank gets the same split).
+    user_loader, user_train_loader = loader, train_loader
+    split = None
+    if val_loader is not None:
+        accuracy_set = VAL_LOADER
+    else:
+        split = split_holdout(loader, seed=seed, fraction=HOLDOUT_FRACTION)
+        if split.held_out is None:
+            accuracy_set, val_loader = SEARCH_SET, loader
+            logger.info("loader has fewer than 2 batches: nothing can be held out, so the "
+                        "accuracies are measured on the search data (pass val_loader= for "
+                        "independent ones)")
+        else:
+            accuracy_set = HELD_OUT
+            loader, val_loader = split.search, split.held_out
+            logger.info("no val_loader: holding out %d of the loader's images (split by %s) to "
+                        "measure the accuracies on", split.held_out_images, split.by)
+    if train_loader is None or train_loader is user_loader:
+        train_loader = loader
 
     from gcnprune_fast import training
     from gcnprune_fast.space import PruningSpace, resolve_ignored_layers
@@ -430,7 +477,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "original_model": structure_fingerprint(model), "round_to": round_to,
         "min_channels": min_channels, "ignored_layers": None if ignored is None else sorted(ignored),
         "distill": bool(distill), "finetune_lr": finetune_lr, "bn_batches": bn_batches,
-        "finetune_epochs": finetune_epochs,
+        "finetune_epochs": finetune_epochs, "holdout": split is not None and split.by is not None,
         **({} if latency is None else {"latency_budget": latency, "latency_batch": latency_batch,
                                        "latency_device": str(latency_device or "cpu")})})
     resume_finetune = bool(resume and finetune_epochs > 0 and os.path.isfile(ft_path))
@@ -442,10 +489,12 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
                     method, seed, ft_path)
 
     def data(which):  # the loader drawing its shuffling from a fresh generator of this call
+        if isinstance(which, BatchSubset):
+            return which.map_loader(lambda inner: training.with_generator(inner, _generator(seed)))
         return training.with_generator(which, _generator(seed))
 
     with training.preserved_global_rng():
-        x0, y0 = _first_batch(data(loader), "loader")
+        x0, y0 = _first_batch(data(user_loader), "loader")
         if example_inputs is None:
             example_inputs = x0[:2]
         if not isinstance(example_inputs, torch.Tensor):
@@ -471,7 +520,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         check_budget_reachable(space, budget)
         num_classes = int(_check_finite_activations(space, example_inputs).shape[1])
         check_labels(y0, num_classes, "loader")
-        if finetune_epochs > 0 and train_loader is not loader:
+        if finetune_epochs > 0 and user_train_loader is not None \
+                and user_train_loader is not user_loader:
             check_labels(_first_batch(data(train_loader), "train_loader")[1], num_classes,
                          "train_loader")
 
@@ -534,6 +584,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "acc_before": acc_before,
         "acc_pruned": acc_pruned,
         "acc_finetuned": acc_finetuned,
+        "accuracy_set": accuracy_set,
+        "held_out_images": (split.images_in(eval_batches) if accuracy_set == HELD_OUT else None),
         "finetune_epochs": finetune_epochs,
         "distill": bool(distill),
         "resumed": bool(resume),
@@ -542,6 +594,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "search_time_s": float(search_time),
         "episodes": int(result.info.get("episodes", 0)),
         "reward_curve": list(result.info.get("reward_curve", [])),
+        "greedy_curve": list(result.info.get("greedy_curve", [])),
     }
     if latency_model is not None:
         from gcnprune_fast.latency import latency_report

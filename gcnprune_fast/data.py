@@ -14,13 +14,15 @@ batch tensors, which is far faster on a CPU than per-image PIL transforms.
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import io
 import math
 import os
 import struct
-from typing import Iterator, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -88,6 +90,186 @@ def iterate_inputs(loader, loader_name: str = "loader") -> Iterator[Tuple[torch.
         yield split_batch(batch, loader_name)
     if empty:
         raise ValueError(f"{loader_name} is empty: it yielded no batches")
+
+
+# ----------------------------------------------------------------------------------------------
+# Holding out part of the search data (prune() without a val_loader)
+# ----------------------------------------------------------------------------------------------
+HOLDOUT_FRACTION = 0.125
+"""Share of the loader's batches (at least one) that ``prune`` holds out from the search when no
+``val_loader`` is given, to measure accuracies on (:func:`split_holdout`)."""
+
+
+@dataclass
+class HoldoutSplit:
+    """The two parts of a loader split by :func:`split_holdout`.
+
+    search: the loader for everything but the accuracies (re-iterable, same kind of loader as
+        the input where possible). held_out: the held-out loader, or None when the loader has
+        fewer than 2 batches (then ``search`` is the loader itself). held_out_images: images in
+        ``held_out`` (0 when None). held_out_batch_sizes: size of each held-out batch in order,
+        when known (``images_in``). by: ``"samples"`` (a random set of samples: TensorBatchLoader,
+        DataLoader over a map-style dataset with the default samplers), ``"batches"`` (whole
+        batch positions: lists, other loaders) or None (nothing held out).
+    """
+
+    search: Any = field(repr=False)
+    held_out: Any = field(default=None, repr=False)
+    held_out_images: int = 0
+    held_out_batch_sizes: Optional[List[int]] = None
+    by: Optional[str] = None
+
+    def images_in(self, max_batches: Optional[int] = None) -> int:
+        """Held-out images in the first ``max_batches`` held-out batches (None: all)."""
+        if max_batches is None or self.held_out_batch_sizes is None:
+            return int(self.held_out_images)
+        return int(sum(self.held_out_batch_sizes[:max_batches]))
+
+
+class BatchSubset:
+    """Re-iterable view of ``loader`` yielding only the batches at ``positions`` (or, with
+    ``keep=False``, all the others). Each pass iterates ``loader`` in full. Used by
+    :func:`split_holdout` for loaders it cannot split by samples; a view of an already sharded
+    loader (``distributed.is_sharded``) counts as sharded too."""
+
+    def __init__(self, loader, positions: Sequence[int], num_batches: int, keep: bool = True):
+        self.loader, self.num_batches, self.keep = loader, int(num_batches), bool(keep)
+        self.positions = frozenset(int(p) for p in positions)
+        from gcnprune_fast.distributed import is_sharded
+
+        self._gcnprune_sharded = bool(is_sharded(loader))
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if (i in self.positions) == self.keep:
+                yield batch
+
+    def __len__(self) -> int:
+        inside = sum(1 for p in self.positions if p < self.num_batches)
+        return inside if self.keep else self.num_batches - inside
+
+    def map_loader(self, fn) -> "BatchSubset":
+        """The same view of ``fn(loader)`` (e.g. the loader with a seeded generator)."""
+        out = copy.copy(self)
+        out.loader = fn(self.loader)
+        return out
+
+
+def count_batches(loader) -> int:
+    """``len(loader)``, or the batches of one pass for a loader without a length."""
+    try:
+        return int(len(loader))
+    except TypeError:
+        return sum(1 for _ in loader)
+
+
+def _dataloader_kwargs(dl) -> dict:
+    kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
+              timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
+              multiprocessing_context=dl.multiprocessing_context, generator=dl.generator,
+              prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers,
+              pin_memory_device=dl.pin_memory_device)
+    if hasattr(dl, "in_order"):
+        kw["in_order"] = dl.in_order
+    return kw
+
+
+def _splittable_dataloader(loader) -> bool:
+    """A plain DataLoader over a map-style dataset, batched by a BatchSampler over the default
+    sequential or random (without replacement, all samples) sampler."""
+    from torch.utils.data import BatchSampler, IterableDataset, RandomSampler, SequentialSampler
+
+    if type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset):
+        return False
+    batches = loader.batch_sampler
+    if type(batches) is not BatchSampler or batches.sampler is not loader.sampler:
+        return False
+    sampler = loader.sampler
+    if type(sampler) is SequentialSampler:
+        return True
+    return (type(sampler) is RandomSampler and not sampler.replacement
+            and sampler._num_samples is None)
+
+
+def _full_batch_sizes(n: int, batch_size: int) -> List[int]:
+    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+
+
+def split_holdout(loader, seed: int = 0, fraction: float = HOLDOUT_FRACTION,
+                  loader_name: str = "loader") -> HoldoutSplit:
+    """Split ``loader`` deterministically (for ``seed``) into a search part and a held-out part
+    of ``max(1, round(fraction * batches))`` batches' worth of data; nothing is held out (``held_out``
+    None) when the loader has fewer than 2 batches.
+
+    - :class:`TensorBatchLoader`: a random set of that many *samples* (``batch_size`` per held-out
+      batch) is held out. The search part is a copy of the loader over the other samples (its
+      shuffling, augmentation and ``drop_last`` kept); the held-out part iterates its samples in
+      order, without augmentation and without dropping a last incomplete batch.
+    - ``torch.utils.data.DataLoader`` over a map-style dataset with the default samplers: the
+      same, with ``torch.utils.data.Subset`` s of the dataset (other settings copied).
+    - lists / tuples of batches: that many randomly chosen batches (lists again).
+    - any other loader (custom classes, DataLoaders with their own samplers or iterable datasets):
+      randomly chosen batch *positions* (:class:`BatchSubset` views), never the last batch (which
+      may be incomplete). This holds images out only if the loader yields the same batches on
+      every pass; a loader that shuffles by itself mixes the parts.
+
+    Splitting by samples keeps a shuffling loader's parts apart on every pass. The split is made
+    on the whole loader and draws from its own ``torch.Generator(seed)``, so under
+    torch.distributed every rank gets the same split (each part is then sharded like any loader).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    num_batches = count_batches(loader)
+    if num_batches < 2:
+        return HoldoutSplit(search=loader)
+    hold_batches = min(max(1, int(round(fraction * num_batches))), num_batches - 1)
+    gen = torch.Generator().manual_seed(int(seed))
+    if isinstance(loader, TensorBatchLoader) or _splittable_dataloader(loader):
+        tensor = isinstance(loader, TensorBatchLoader)
+        base = (loader.indices if tensor and loader.indices is not None
+                else torch.arange(len(loader.dataset) if not tensor else loader._num_samples()))
+        n, bs = int(base.numel()), int(loader.batch_size)
+        # the search part keeps at least one (full, under drop_last) batch
+        n_hold = min(hold_batches * bs, n - (bs if loader.drop_last else 1))
+        perm = base[torch.randperm(n, generator=gen)]
+        held, rest = perm[:n_hold].sort().values, perm[n_hold:].sort().values
+        sizes = _full_batch_sizes(n_hold, bs)
+        if tensor:
+            search = copy.copy(loader)
+            search.indices = rest
+            held_loader = TensorBatchLoader(loader.dataset, bs, shuffle=False, drop_last=False,
+                                            augment=False, generator=loader.generator,
+                                            indices=held)
+            return HoldoutSplit(search, held_loader, n_hold, sizes, "samples")
+        from torch.utils.data import RandomSampler, Subset
+
+        kw = _dataloader_kwargs(loader)
+        search_ds = Subset(loader.dataset, rest.tolist())
+        sampler = loader.sampler
+        if isinstance(sampler, RandomSampler):
+            sampler = RandomSampler(search_ds, generator=sampler.generator)
+        else:
+            sampler = None
+        search = DataLoader(search_ds, batch_size=bs, drop_last=loader.drop_last, sampler=sampler,
+                            **kw)
+        held_loader = DataLoader(Subset(loader.dataset, held.tolist()), batch_size=bs,
+                                 shuffle=False, drop_last=False, **kw)
+        return HoldoutSplit(search, held_loader, n_hold, sizes, "samples")
+    positions = sorted(int(p) for p in torch.randperm(num_batches - 1, generator=gen)[:hold_batches])
+    if isinstance(loader, (list, tuple)):
+        chosen = set(positions)
+        held = [b for i, b in enumerate(loader) if i in chosen]
+        search = [b for i, b in enumerate(loader) if i not in chosen]
+        sizes = [int(split_batch(b, loader_name)[1].shape[0]) for b in held]
+        return HoldoutSplit(search, held, sum(sizes), sizes, "batches")
+    held = BatchSubset(loader, positions, num_batches, keep=True)
+    search = BatchSubset(loader, positions, num_batches, keep=False)
+    bs = getattr(loader, "batch_size", None)
+    if isinstance(bs, int) and bs > 0:  # held-out batches are never the last one: all full
+        sizes = [bs] * len(positions)
+    else:  # unknown: count them (one pass)
+        sizes = [int(split_batch(b, loader_name)[1].shape[0]) for b in held]
+    return HoldoutSplit(search, held, sum(sizes), sizes, "batches")
 
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "synthetic")
@@ -215,29 +397,42 @@ class TensorBatchLoader:
         drop_last: skip the final incomplete batch.
         augment: override the dataset's ``augment`` flag (None keeps it).
         generator: optional ``torch.Generator``.
+        indices: iterate only these samples of the dataset (int64 [M]; None: all of them), e.g.
+            one part of a :func:`split_holdout`.
     """
 
     def __init__(self, dataset: TensorImageDataset, batch_size: int = 128, shuffle: bool = False,
                  drop_last: bool = False, augment: Optional[bool] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None,
+                 indices: Optional[torch.Tensor] = None):
         if not isinstance(dataset, TensorImageDataset):
             raise TypeError(f"dataset must be a TensorImageDataset, got {type(dataset).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if indices is not None:
+            indices = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+            if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(dataset)):
+                raise ValueError(f"indices must lie in [0, {len(dataset) - 1}]")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment
         self.generator = generator
+        self.indices = indices
+
+    def _num_samples(self) -> int:
+        return len(self.dataset) if self.indices is None else int(self.indices.numel())
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = self._num_samples()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        n = len(self.dataset)
+        n = self._num_samples()
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.indices is not None:
+            order = self.indices[order]
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             yield self.dataset.batch(idx, augment=self.augment, generator=self.generator)
@@ -611,4 +806,5 @@ __all__ = [
     "DATASET_NAMES", "TensorImageDataset", "TensorBatchLoader", "random_crop_flip", "make_loaders",
     "synthetic_dataset", "load_shared_cifar10", "read_jpeg_npz", "get_dataset", "default_cache_dir",
     "dataset_num_classes", "dataset_channels", "check_reiterable", "check_labels",
+    "HOLDOUT_FRACTION", "HoldoutSplit", "BatchSubset", "count_batches", "split_holdout",
 ]
