@@ -197,7 +197,8 @@ def cmd_demo(args) -> int:
     from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
     from gcnprune_fast.methods import get_method
     from gcnprune_fast.models import get_model
-    from gcnprune_fast.report import markdown_table, write_comparison_report, DEMO_COLUMNS, DEMO_HEADERS
+    from gcnprune_fast.report import (DEMO_COLUMNS, DEMO_HEADERS, greedy_first_last,
+                                      markdown_table, write_comparison_report)
     from gcnprune_fast.training import evaluate, train
 
     _set_threads(args.threads)
@@ -233,14 +234,17 @@ def cmd_demo(args) -> int:
                     finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                     seed=args.seed, progress=not args.no_progress, **opts)
         r = res.report
+        greedy_first, greedy_last = greedy_first_last(r)
         rows.append({"method": method, "acc_pruned": r["acc_pruned"], "acc_finetuned": r["acc_finetuned"],
                      "flops_kept": r["flops_ratio"], "params_kept": r["params_ratio"],
-                     "search_time_s": r["search_time_s"], "episodes": r.get("episodes", 0)})
+                     "search_time_s": r["search_time_s"], "episodes": r.get("episodes", 0),
+                     "greedy_first": greedy_first, "greedy_last": greedy_last})
         reports[method], results[method] = r, res
         res.save(os.path.join(args.out, method))
-        print(f"      accuracy after pruning {r['acc_pruned']:.4f}, after fine-tuning "
-              f"{r['acc_finetuned'] if r['acc_finetuned'] is None else round(r['acc_finetuned'], 4)}",
-              flush=True)
+        print(f"      test accuracy after pruning {r['acc_pruned']:.4f}, after fine-tuning "
+              f"{r['acc_finetuned'] if r['acc_finetuned'] is None else round(r['acc_finetuned'], 4)}"
+              + ("" if greedy_first is None else f"; greedy-mask reward {greedy_first:.4f} -> "
+                 f"{greedy_last:.4f} over the search"), flush=True)
 
     print("[4/4] report", flush=True)
     from gcnprune_fast.space import PruningSpace
@@ -248,13 +252,16 @@ def cmd_demo(args) -> int:
     space = PruningSpace(model, test_ds.images[:2])
     meta = {"model": "simple_cnn", "dataset": f"synthetic ({args.train_samples} train / "
             f"{args.test_samples} test, {args.image_size}px)", "flops_budget": args.flops,
-            "base_acc": base_acc, "train_epochs": args.epochs, "train_time_s": train_s,
+            "base_acc": base_acc, "accuracy_set": f"test split ({args.test_samples} images, "
+            f"passed as val_loader)", "train_epochs": args.epochs, "train_time_s": train_s,
             "finetune_epochs": args.finetune_epochs, "seed": args.seed,
             "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - t_start}
     files = write_comparison_report(args.out, rows, meta, reports, [g.size for g in space.groups],
                                     [g.name for g in space.groups], title="gcnprune demo")
     print()
-    print(f"simple_cnn on synthetic data: {base_acc:.4f} before pruning, budget {args.flops:.0%} FLOPs")
+    print(f"simple_cnn on synthetic data: test accuracy {base_acc:.4f} before pruning, budget "
+          f"{args.flops:.0%} FLOPs; accuracies below on the test split ({args.test_samples} images), "
+          f"greedy rewards on the search's reward set")
     print(markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS))
     if files.get("plots_skipped"):
         print(files["plots_skipped"])
@@ -335,6 +342,8 @@ def cmd_prune(args) -> int:
     from gcnprune_fast import prune
     from gcnprune_fast.data import make_loaders
     from gcnprune_fast.methods import get_method
+    from gcnprune_fast.report import (PLOTS_HINT, accuracy_set_short, greedy_points,
+                                      plot_reward_curve, plots_available)
 
     _set_threads(args.threads)
     spec = get_method(args.method)
@@ -376,8 +385,11 @@ def cmd_prune(args) -> int:
     if not distributed.is_main():  # rank 0 wrote the outputs and reports them
         return 0
     r = res.report
+    on = {"val_loader": "test split", None: None}.get(r.get("accuracy_set"),
+                                                       accuracy_set_short(r))
     print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
-          f"accuracy {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f}"
+          f"accuracy{'' if on is None else f' ({on})'} {r['acc_before']:.4f} -> pruned "
+          f"{r['acc_pruned']:.4f}"
           + (f" -> fine-tuned {r['acc_finetuned']:.4f}" if r["acc_finetuned"] is not None else ""))
     if r.get("latency_before_ms") is not None:
         print(f"latency {r['latency_before_ms']:.3f} ms -> predicted {r['latency_predicted_ms']:.3f} ms"
@@ -390,11 +402,10 @@ def cmd_prune(args) -> int:
               f"{r['params_after_measured']:,}; the budget may not hold for this architecture",
               file=sys.stderr)
     print(f"wrote {', '.join(sorted(paths))} to {args.out}")
-    from gcnprune_fast.report import PLOTS_HINT, plot_reward_curve, plots_available
-
     if r.get("reward_curve"):  # after saving: a missing optional package never costs the result
         if plots_available():
-            plot_reward_curve(os.path.join(args.out, "reward_curve.png"), r["reward_curve"])
+            plot_reward_curve(os.path.join(args.out, "reward_curve.png"), r["reward_curve"],
+                              greedy=greedy_points(r))
         else:
             print(PLOTS_HINT)
     return 0

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def _fmt(v, nd: int = 4) -> str:
@@ -132,20 +132,54 @@ def plot_widths(path: str, widths: Dict[str, Sequence[int]], base_widths: Sequen
     return _save_figure(plt, fig, path)
 
 
+def greedy_points(report: Dict[str, Any]) -> Optional[Tuple[List[float], List[float]]]:
+    """``(x, reward)`` of the greedy-mask rewards of a search report, or None without a
+    ``greedy_curve``: ``greedy_curve[u]`` (the policy's greedy mask before update u) is placed at
+    the episodes sampled before it, ``u * episodes / updates``, and ``final_greedy_reward`` (after
+    the last update), when present, at ``episodes``."""
+    curve = [float(v) for v in (report.get("greedy_curve") or [])]
+    if not curve:
+        return None
+    episodes = len(report.get("reward_curve") or []) or int(report.get("episodes") or 0)
+    updates = int(report.get("updates") or len(curve))
+    per_update = episodes / max(updates, 1)
+    xs = [u * per_update for u in range(len(curve))]
+    if report.get("final_greedy_reward") is not None and updates > 0 and episodes > 0:
+        xs.append(float(episodes))
+        curve.append(float(report["final_greedy_reward"]))
+    return xs, curve
+
+
+def greedy_first_last(report: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+    """The greedy-mask reward at the start of a search (the warm start) and at its end (after
+    the last update: ``final_greedy_reward``, else the last ``greedy_curve`` entry); (None, None)
+    for reports without a greedy curve."""
+    points = greedy_points(report)
+    if points is None:
+        return None, None
+    return points[1][0], points[1][-1]
+
+
 def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "search reward",
-                      smooth: int = 10) -> str:
-    """Line plot of the per-episode search reward with a moving average over ``smooth`` episodes."""
+                      smooth: int = 10,
+                      greedy: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> str:
+    """Line plot of the per-episode search reward with a moving average over ``smooth`` episodes;
+    with ``greedy = (x, reward)`` (:func:`greedy_points`) also the reward of the policy's greedy
+    mask per update (what the search has learned, without sampling noise)."""
     if len(rewards) == 0:
         raise ValueError("plot_reward_curve: rewards is empty")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     xs = list(range(1, len(rewards) + 1))
-    ax.plot(xs, rewards, lw=0.8, alpha=0.5, label="episode")
+    ax.plot(xs, rewards, lw=0.8, alpha=0.5, label="sampled mask (episode)")
     k = max(1, min(smooth, len(rewards)))
     avg = [sum(rewards[max(0, i - k + 1):i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(rewards))]
     ax.plot(xs, avg, lw=1.8, label=f"moving average ({k})")
     best = [max(rewards[:i + 1]) for i in range(len(rewards))]
     ax.plot(xs, best, lw=1.2, ls="--", label="best so far")
+    if greedy is not None and len(greedy[1]) > 0:
+        ax.plot(list(greedy[0]), list(greedy[1]), lw=1.6, marker="o", ms=3, color="black",
+                label="greedy mask (per update)")
     ax.set_xlabel("episode")
     ax.set_ylabel("reward")
     ax.set_title(title)
@@ -153,23 +187,59 @@ def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "search 
     return _save_figure(plt, fig, path)
 
 
+def accuracy_set_label(report: Dict[str, Any]) -> Optional[str]:
+    """What a prune report's accuracies were measured on, in words (None for reports written
+    before ``accuracy_set`` existed)."""
+    kind = report.get("accuracy_set")
+    if kind is None:
+        return None
+    if kind == "held-out":
+        n = report.get("held_out_images")
+        what = "images of the loader" if n is None else f"{n:,} images of the loader"
+        return (f"held-out: {what}, kept from the search (and from BN re-estimation and "
+                f"fine-tuning unless a train_loader holding them was given)")
+    if kind == "val_loader":
+        return "val_loader"
+    return f"{kind}: the accuracies are measured on the images the search chose its masks on"
+
+
+def accuracy_set_short(report: Dict[str, Any]) -> Optional[str]:
+    """A few words for a summary line: ``held-out, 512 images`` / ``val_loader`` /
+    ``search set, loader too small to hold out``; None for old reports."""
+    kind = report.get("accuracy_set")
+    if kind is None:
+        return None
+    if kind == "held-out":
+        n = report.get("held_out_images")
+        return "held-out" + ("" if n is None else f", {n:,} images")
+    return "val_loader" if kind == "val_loader" else "search set, loader too small to hold out"
+
+
 def prune_report_markdown(report: Dict[str, Any]) -> str:
     """A human-readable Markdown summary of a prune report."""
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
+    short = accuracy_set_short(report)
+    on = "" if short is None else f" ({short})"
     lines = [f"# Pruning report: {report.get('method')} ({report.get('allocation')})", "",
              "| metric | value |", "|---|---|",
              f"| FLOPs (MACs) | {report['flops_before']:,} -> {report['flops_after']:,} "
              f"({pct(report['flops_ratio'])} kept) |",
              f"| params | {report['params_before']:,} -> {report['params_after']:,} "
-             f"({pct(report['params_ratio'])} kept) |",
-             f"| accuracy before | {pct(report.get('acc_before'))} |",
-             f"| accuracy pruned (BN re-estimated) | {pct(report.get('acc_pruned'))} |",
-             f"| accuracy fine-tuned | {pct(report.get('acc_finetuned'))} |",
-             f"| search time | {report.get('search_time_s', 0.0):.1f} s |",
-             f"| episodes | {report.get('episodes', 0)} |",
-             f"| seed | {report.get('seed')} |"]
+             f"({pct(report['params_ratio'])} kept) |"]
+    if short is not None:
+        lines.append(f"| accuracies measured on | {accuracy_set_label(report)} |")
+    lines += [f"| accuracy before{on} | {pct(report.get('acc_before'))} |",
+              f"| accuracy pruned (BN re-estimated){on} | {pct(report.get('acc_pruned'))} |",
+              f"| accuracy fine-tuned{on} | {pct(report.get('acc_finetuned'))} |",
+              f"| search time | {report.get('search_time_s', 0.0):.1f} s |",
+              f"| episodes | {report.get('episodes', 0)} |",
+              f"| seed | {report.get('seed')} |"]
+    first, last = greedy_first_last(report)
+    if first is not None:
+        lines.append(f"| greedy-mask reward (search's reward set) | {first:.4f} at the start -> "
+                     f"{last:.4f} at the end |")
     if report.get("cost_model_mismatch") is not None:
         flag = " **cost model mismatch**" if report["cost_model_mismatch"] else ""
         lines.append(f"| counted on the pruned model | {report['flops_after_measured']:,} FLOPs, "
@@ -219,9 +289,9 @@ def _reward_curve(report: dict) -> Optional[List[float]]:
 
 
 DEMO_COLUMNS = ("method", "acc_pruned", "acc_finetuned", "flops_kept", "params_kept", "search_time_s",
-                "episodes")
+                "episodes", "greedy_first", "greedy_last")
 DEMO_HEADERS = ("method", "acc after pruning", "acc after fine-tuning", "FLOPs kept", "params kept",
-                "search s", "episodes")
+                "search s", "episodes", "greedy reward start", "greedy reward end")
 
 
 def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports: Dict[str, dict],
@@ -245,6 +315,7 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
     files = {}
     widths = {m: w for m, w in ((m, _group_widths(r)) for m, r in reports.items()) if w is not None}
     curves = {m: c for m, c in ((m, _reward_curve(r)) for m, r in reports.items()) if c}
+    greedy = {m: greedy_points(r) for m, r in reports.items()}
     files["json"] = write_json(os.path.join(out_dir, "results.json"),
                                {"meta": meta, "rows": rows, "reports": reports,
                                 "base_widths": list(base_widths),
@@ -257,12 +328,16 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
         for m, c in curves.items():
             name = "reward_curve.png" if len(curves) == 1 else f"reward_curve_{m}.png"
             plots[f"reward_plot_{m}"] = plot_reward_curve(os.path.join(out_dir, name), c,
-                                                          title=f"{m} search reward")
+                                                          title=f"{m} search reward",
+                                                          greedy=greedy.get(m))
     elif widths or curves:
         files["plots_skipped"] = PLOTS_HINT
     md = [f"# {title}", ""]
     md += [f"- **{k}**: {_fmt(v)}" for k, v in meta.items() if not isinstance(v, (dict, list))]
     md += ["", markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS), ""]
+    if any(r.get("greedy_first") is not None for r in rows):
+        md += ["greedy reward start / end: the reward (on the search's reward set) of the "
+               "policy's greedy mask at the warm start and after the last update.", ""]
     if widths:
         md += ["## Channels kept per group", "",
                markdown_table([{"group": (group_names[i] if group_names else f"g{i}"),
@@ -334,5 +409,6 @@ def write_quality_report(out_dir: str, rows: List[dict], meta: dict) -> str:
 
 
 __all__ = ["markdown_table", "write_json", "prune_report_markdown", "plot_widths", "plot_reward_curve",
-           "plots_available", "PLOTS_HINT",
+           "plots_available", "PLOTS_HINT", "accuracy_set_label", "accuracy_set_short",
+           "greedy_points", "greedy_first_last",
            "write_comparison_report", "summarize_by_method", "write_quality_report"]
