@@ -128,3 +128,68 @@ def test_device_string_and_copy(model):
                               progress=False, bn_batches=1)
     assert res.model is not model
     _unchanged(model, snap)
+
+
+# ----------------------------------------------------------------------------------------------
+# what the accuracies are measured on (issue 9)
+# ----------------------------------------------------------------------------------------------
+def test_accuracies_on_a_held_out_part_without_val_loader(model, monkeypatch):
+    from gcnprune_fast import api
+    from gcnprune_fast.data import split_holdout
+    from gcnprune_fast.training import evaluate
+
+    seen = {}
+    real_ctx = api.SearchContext
+
+    def spy(**kw):
+        seen.update(kw)
+        return real_ctx(**kw)
+
+    monkeypatch.setattr(api, "SearchContext", spy)
+    loader = _loader(n=128)  # 8 batches of 16: one is held out
+    r = gcnprune_fast.prune(model, loader, method="l1", flops=0.5, progress=False,
+                            bn_batches=2, finetune_epochs=1).report
+    assert r["accuracy_set"] == "held-out" and r["held_out_images"] == 16
+    split = split_holdout(loader, seed=0)
+    assert r["acc_before"] == evaluate(model, split.held_out)
+    # the search saw the other 7 batches only; methods select on the held-out one
+    assert seen["loader"] == split.search and len(seen["loader"]) == 7
+    assert seen["val_loader"] == split.held_out
+    held = {id(x) for x, _ in split.held_out}
+    assert not held & {id(x) for x, _ in seen["loader"]}
+    md = gcnprune_fast.api.prune_report_markdown(r)
+    assert "held-out: 16 images" in md and "accuracy before (held-out, 16 images)" in md
+
+
+def test_accuracy_set_val_loader_and_too_small_loader(model):
+    val = _loader(n=32)
+    r = gcnprune_fast.prune(model, _loader(n=64), method="l1", flops=0.5, val_loader=val,
+                            progress=False, bn_batches=1).report
+    assert r["accuracy_set"] == "val_loader" and r["held_out_images"] is None
+    one = _loader(n=16)  # one batch: nothing to hold out, the old behaviour, labelled
+    r = gcnprune_fast.prune(model, one, method="l1", flops=0.5, progress=False,
+                            bn_batches=1).report
+    assert r["accuracy_set"] == gcnprune_fast.api.SEARCH_SET
+    assert r["accuracy_set"] == "search-set (loader too small to hold out)"
+    assert r["held_out_images"] is None
+    assert "loader too small to hold out" in gcnprune_fast.api.prune_report_markdown(r)
+
+
+def test_held_out_images_count_what_eval_batches_evaluates(model):
+    from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
+
+    loader = TensorBatchLoader(synthetic_dataset(400, image_size=16), 16, shuffle=True)
+    r = gcnprune_fast.prune(model, loader, method="l1", flops=0.5, progress=False, bn_batches=1,
+                            eval_batches=2).report
+    assert r["accuracy_set"] == "held-out" and r["held_out_images"] == 32  # 2 of 3 batches
+    assert loader.indices is None and loader.generator is None  # the user's loader untouched
+
+
+def test_greedy_curve_in_the_report(model):
+    r = gcnprune_fast.prune(model, _loader(n=64), flops=0.6, progress=False, bn_batches=1,
+                            episodes=4, episodes_per_update=2, reward_samples=16,
+                            feature_samples=16).report
+    assert len(r["greedy_curve"]) == 2 and len(r["reward_curve"]) == 4
+    assert "greedy-mask reward" in gcnprune_fast.api.prune_report_markdown(r)
+    l1 = gcnprune_fast.prune(model, _loader(), method="l1", flops=0.6, progress=False).report
+    assert l1["greedy_curve"] == [] and "greedy-mask" not in gcnprune_fast.api.prune_report_markdown(l1)

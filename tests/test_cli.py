@@ -49,8 +49,16 @@ def test_demo_quick_writes_comparison(demo_dir, capsys):
     for r in res["rows"]:
         assert 0 < r["flops_kept"] <= 0.5 and 0 <= r["acc_pruned"] <= 1
         assert r["acc_finetuned"] is not None
+    gcn, l1 = res["rows"]
+    report = res["reports"]["channel-gcn"]
+    # the learning: greedy-mask reward at the warm start and after the last update
+    assert gcn["greedy_first"] == report["greedy_curve"][0]
+    assert gcn["greedy_last"] == report["final_greedy_reward"]
+    assert l1["greedy_first"] is None and l1["greedy_last"] is None
+    assert report["accuracy_set"] == "val_loader" and "test split" in res["meta"]["accuracy_set"]
     md = (demo_dir / "results.md").read_text()
     assert "| channel-gcn" in md and "| l1" in md
+    assert "greedy reward start" in md and "greedy reward end" in md
     assert (demo_dir / "widths.png").stat().st_size > 1000
     assert (demo_dir / "reward_curve.png").stat().st_size > 1000
     assert (demo_dir / "channel-gcn" / "plan.json").is_file()
@@ -76,6 +84,9 @@ def test_train_and_prune_on_synthetic(tmp_path, capsys):
                  "--no-progress", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "l1" and report["flops_ratio"] <= 0.5
+    assert report["accuracy_set"] == "val_loader"
+    assert "accuracy (test split)" in capsys.readouterr().out
+    assert "| accuracies measured on | val_loader |" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -302,3 +313,25 @@ def test_missing_matplotlib_never_costs_the_result(trained, tmp_path, capsys, mo
     assert (tmp_path / "cmp" / "results.json").is_file() and (tmp_path / "cmp" / "results.md").is_file()
     with pytest.raises(ImportError, match="pip install matplotlib"):
         plot_reward_curve(str(tmp_path / "r.png"), [1.0, 2.0])
+
+
+def test_reward_plot_draws_the_greedy_curve(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from gcnprune_fast import report as rep
+
+    r = {"reward_curve": [0.1, 0.2, 0.3, 0.2, 0.4, 0.5], "greedy_curve": [0.2, 0.3, 0.4],
+         "final_greedy_reward": 0.45, "updates": 3, "episodes": 6}
+    assert rep.greedy_points(r) == ([0.0, 2.0, 4.0, 6.0], [0.2, 0.3, 0.4, 0.45])
+    assert rep.greedy_first_last(r) == (0.2, 0.45)
+    assert rep.greedy_first_last({"reward_curve": [0.1]}) == (None, None)
+    drawn = []
+    real = rep.plot_reward_curve
+
+    def spy(path, rewards, title="", smooth=10, greedy=None):
+        drawn.append(greedy)
+        return real(path, rewards, title, smooth, greedy)
+
+    monkeypatch.setattr(rep, "plot_reward_curve", spy)
+    files = rep.write_comparison_report(str(tmp_path), [{"method": "channel-gcn"}], {},
+                                        {"channel-gcn": r}, [])
+    assert drawn == [rep.greedy_points(r)] and os.path.getsize(files["reward_plot_channel-gcn"]) > 1000

@@ -198,3 +198,97 @@ def test_cifar_pickle_layouts(tmp_path):
         assert ds.images.shape == (3, 3, 32, 32) and ds.labels.tolist() == [2, 0, 1]
         assert torch.equal(ds.images[1, 0].flatten(), torch.from_numpy(data[1, :1024]))  # R plane first
         assert not ds.augment and ds.num_classes == (10 if name == "cifar10" else 100)
+
+
+# ----------------------------------------------------------------------------------------------
+# split_holdout: the held-out part of prune()'s loader
+# ----------------------------------------------------------------------------------------------
+def _ids_dataset(n=100):
+    """Images whose first pixel is the sample's index: a batch tells which samples it holds."""
+    x = torch.zeros(n, 1, 4, 4)
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+    return TensorImageDataset(x, torch.arange(n) % 10, num_classes=10)
+
+
+def _ids(loader):
+    return [int(v) for x, _ in loader for v in x[:, 0, 0, 0]]
+
+
+def test_split_holdout_tensor_loader_holds_out_samples_on_every_pass():
+    ds = _ids_dataset(100)
+    ds.augment = True  # the held-out part is evaluated without augmentation
+    loader = TensorBatchLoader(ds, 16, shuffle=True, drop_last=True,
+                               generator=torch.Generator().manual_seed(1))
+    s = data.split_holdout(loader, seed=0)
+    assert s.by == "samples" and s.held_out_images == 16 and s.held_out_batch_sizes == [16]
+    assert isinstance(s.search, TensorBatchLoader) and s.search.shuffle and s.search.drop_last
+    assert loader.indices is None  # the user's loader is not modified
+    held = _ids(s.held_out)
+    assert held == sorted(held) and len(set(held)) == 16 and _ids(s.held_out) == held
+    ds.augment = False
+    for _ in range(3):  # a shuffling loader: disjoint on every pass, not just the first
+        search = _ids(s.search)
+        assert len(search) == 80 and not set(search) & set(held)
+    assert set(_ids(TensorBatchLoader(ds, 16, indices=s.search.indices))) | set(held) == set(range(100))
+    again = data.split_holdout(loader, seed=0)
+    assert torch.equal(again.held_out.indices, s.held_out.indices)
+    assert not torch.equal(data.split_holdout(loader, seed=1).held_out.indices, s.held_out.indices)
+    # a split of a split stays inside it
+    inner = data.split_holdout(s.search, seed=0)
+    assert set(inner.held_out.indices.tolist()) <= set(s.search.indices.tolist())
+    assert s.images_in(None) == 16 and s.images_in(1) == 16
+
+
+def test_split_holdout_dataloader_by_subsets():
+    from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
+
+    x = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1).expand(50, 1, 2, 2).contiguous()
+    dl = DataLoader(TensorDataset(x, torch.arange(50) % 10), batch_size=8, shuffle=True,
+                    generator=torch.Generator().manual_seed(0))
+    s = data.split_holdout(dl, seed=0)
+    assert s.by == "samples" and s.held_out_images == 8 and s.held_out_batch_sizes == [8]
+    assert isinstance(s.held_out.sampler, SequentialSampler)
+    held = _ids(s.held_out)
+    for _ in range(2):
+        search = _ids(s.search)
+        assert len(search) == 42 and not set(search) & set(held)
+        assert set(search) | set(held) == set(range(50))
+
+
+def test_split_holdout_lists_other_loaders_and_small_ones():
+    batches = [(torch.full((4, 1, 2, 2), float(i)), torch.zeros(4, dtype=torch.long))
+               for i in range(16)]
+    s = data.split_holdout(batches, seed=0)
+    assert s.by == "batches" and isinstance(s.search, list) and len(s.held_out) == 2
+    assert len(s.search) == 14 and s.held_out_images == 8
+    assert sorted(_ids(s.search) + _ids(s.held_out)) == sorted(_ids(batches))
+
+    class Custom:  # no len(), no batch_size: counted
+        def __iter__(self):
+            return iter(batches)
+
+    c = data.split_holdout(Custom(), seed=0)
+    assert isinstance(c.held_out, data.BatchSubset) and len(c.held_out) == 2
+    assert _ids(c.held_out) == _ids(s.held_out) and _ids(c.search) == _ids(s.search)
+    assert 15 not in c.held_out.positions  # never the last (possibly incomplete) batch
+    assert _ids(c.search) == _ids(c.search)  # re-iterable
+    one = data.split_holdout(batches[:1], seed=0)
+    assert one.held_out is None and one.search is not None and one.held_out_images == 0
+    two = data.split_holdout(batches[:2], seed=0)
+    assert len(two.held_out) == 1 and len(two.search) == 1 and two.held_out == [batches[0]]
+    with pytest.raises(ValueError, match="fraction"):
+        data.split_holdout(batches, fraction=1.0)
+
+
+def test_split_holdout_parts_shard_like_any_loader():
+    """Under torch.distributed the split is made before sharding: each rank gets the same split
+    (deterministic for the seed), then its strided share of each part."""
+    from gcnprune_fast import distributed
+    from gcnprune_fast.training import with_generator
+
+    loader = TensorBatchLoader(_ids_dataset(96), 8, shuffle=True)
+    a, b = data.split_holdout(loader, seed=3), data.split_holdout(loader, seed=3)
+    assert torch.equal(a.search.indices, b.search.indices)
+    shares = [_ids(distributed._StridedIterable(with_generator(a.search, torch.Generator().manual_seed(0)),
+                                                rank, 2, False)) for rank in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(a.search.indices.tolist())
