@@ -38,6 +38,7 @@ parts of :mod:`gcnprune_fast.methods.search`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ from gcnprune_fast.methods.registry import get_method, option, register_method
 from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseline, RewardSet,
                                           SearchCheckpoint, bernoulli_policy_update,
                                           channels_last_evaluation, normalized_advantages)
+from gcnprune_fast.methods.search.rerank import criterion_candidates, rerank
+
+logger = logging.getLogger("gcnprune_fast")
 
 __all__ = ["NAME", "ChannelGCNOptions", "build_channel_graph", "node_features", "search",
            "CHECKPOINT_NAME", "NODE_FEATURES"]
@@ -107,6 +111,14 @@ class ChannelGCNOptions:
                          choices=("rl", "random"))
     random_width_step: float = option(0.1, "search=random: largest per-group width change, as a "
                                       "fraction of the group", minimum=0.0)
+    # re-ranking (methods/search/rerank.py): choose by accuracy after a short fine-tune
+    rerank_top: int = option(0, "re-rank this many of the search's best distinct masks (plus the "
+                             "criteria's allocations when rerank_criteria) by selection accuracy "
+                             "after rerank_steps fine-tuning steps; 0 = off", minimum=0)
+    rerank_criteria: bool = option(True, "re-ranking also considers the plain criteria's "
+                                   "allocations (L1/L2, global and uniform)")
+    rerank_steps: int = option(100, "SGD steps of each candidate's short fine-tune", minimum=1)
+    rerank_lr: float = option(0.01, "learning rate of the short fine-tune", minimum=0.0)
 
 
 NODE_FEATURES = ("l1", "l2", "bn_gamma", "act_mean", "act_var", "act_abs_mean", "act_zero_frac",
@@ -252,8 +264,34 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
                          scorer=MaskScorer(space, rewards, opts.reward, device))
     with channels_last_evaluation(space, rewards, opts.channels_last):
         info = run.random_search() if opts.search == "random" else run.loop()
+    masks = [m.clone() for m in run.state["best_masks"]]
+    if opts.rerank_top > 0:
+        masks = _rerank(run, masks, info)
     info["search_time_s"] = time.perf_counter() - t_start
-    return MethodResult([m.clone() for m in run.state["best_masks"]], info)
+    return MethodResult(masks, info)
+
+
+def _rerank(run: "_ChannelSearch", best: List[torch.Tensor], info: Dict[str, Any]
+            ) -> List[torch.Tensor]:
+    """The search's best distinct masks (and the criteria's allocations) re-ranked by selection
+    accuracy after a short fine-tune (:func:`~gcnprune_fast.methods.search.rerank.rerank`)."""
+    ctx, opts = run.ctx, run.opts
+    if ctx.val_loader is None or ctx.val_loader is ctx.loader:
+        logger.warning("channel-gcn: rerank_top=%d needs selection data (val_loader) distinct "
+                       "from the search loader; keeping the search's best mask", opts.rerank_top)
+        info["rerank"] = None
+        return best
+    candidates = [(f"search-{i + 1}", masks) for i, (_, masks) in enumerate(run.state["top"])]
+    if opts.rerank_criteria:
+        candidates += criterion_candidates(run.space, ctx.budget)
+    t0 = time.perf_counter()
+    masks, rows = rerank(run.space, candidates, loader=ctx.loader, val_loader=ctx.val_loader,
+                         device=ctx.device, steps=opts.rerank_steps, lr=opts.rerank_lr,
+                         seed=ctx.seed, progress=ctx.progress)
+    info["rerank"] = rows
+    info["rerank_time_s"] = time.perf_counter() - t0
+    info["rerank_choice"] = next(r["name"] for r in rows if r["chosen"])
+    return masks
 
 
 @dataclass
@@ -276,7 +314,7 @@ class _ChannelSearch:
         # x is constant during the search: the first layer's aggregation A X is computed once.
         self.ax = None if self.opts.shared else ops.spmm(self.graph, self.x)
         self.state: Dict[str, Any] = dict(update=0, episodes=0, baseline=None, best_masks=None,
-                                          best_key=None, reward_curve=[], greedy_curve=[])
+                                          best_key=None, reward_curve=[], greedy_curve=[], top=[])
 
     def logits(self) -> torch.Tensor:
         return self.policy(self.graph, self.x, self.ax)
@@ -312,6 +350,12 @@ class _ChannelSearch:
         if self.state["best_key"] is None or key > tuple(self.state["best_key"]):
             self.state["best_key"] = list(key)
             self.state["best_masks"] = [m.clone() for m in masks]
+        if self.opts.rerank_top > 0:  # the best distinct masks, for re-ranking
+            top = self.state.setdefault("top", [])
+            if all(not all(torch.equal(a, b) for a, b in zip(masks, t[1])) for t in top):
+                top.append([list(key), [m.clone() for m in masks]])
+                top.sort(key=lambda t: tuple(t[0]), reverse=True)
+                del top[self.opts.rerank_top:]
 
     def random_search(self) -> Dict[str, Any]:
         """The matched-compute ablation of the RL search: the warm start's greedy mask, then
