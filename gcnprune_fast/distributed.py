@@ -22,7 +22,13 @@ Conventions (why a run on N processes gives the result of a run on one):
 - **Searches split the masks, not the decisions.** The masks of one update are scored round-robin
   across the ranks (:func:`map_split`) and the results all-gathered in order; every rank then
   applies the same update from the same values. Random draws come from generators seeded
-  identically on every rank.
+  identically on every rank. A search whose next candidates depend on the last reward (a DDPG
+  episode after the warm-up) scores its one candidate on rank 0 (``map_split`` of one item) and
+  every rank applies the same update from that value.
+- **Training a search model (PruningNet) is data-parallel**: each rank takes its shard of the
+  loader (``shard(even=True)``), draws the same sub-network from the same generator, and the
+  gradients are averaged over the ranks (:func:`average_gradients`) before every rank takes the
+  same optimizer step: one step on a global batch of N loader batches.
 - **Rank 0 writes** checkpoints and outputs (:func:`is_main`, atomic replace); every rank reads
   them on resume, so ``checkpoint_dir`` / ``--out`` must be on a filesystem all nodes see.
 """
@@ -40,7 +46,7 @@ import torch.distributed as dist
 __all__ = ["World", "world", "active", "is_distributed", "is_main", "backend_for", "comm_device",
            "init_from_env", "shutdown", "log_world", "all_reduce", "all_reduce_numbers",
            "all_reduce_checked", "all_gather_object", "broadcast_object", "all_gather_rows",
-           "barrier", "map_split",
+           "barrier", "map_split", "average_", "average_gradients", "inner_loader",
            "shard", "is_sharded", "global_batch_index", "broadcast_if_different",
            "atomic_save", "atomic_write_text", "under_torchrun", "failure_hint"]
 
@@ -302,6 +308,52 @@ def map_split(fn: Callable[[Any], Any], items: Sequence[Any], *,
         for i, v in part.items():
             out[i] = v
     return out
+
+
+def average_(tensors: Sequence[torch.Tensor]) -> None:
+    """Replace every floating-point tensor of ``tensors`` (in place) by its mean over the ranks:
+    one all-reduce per dtype of the flattened tensors, then a division by the world size. Integer
+    tensors are left alone. A no-op when not distributed."""
+    if not is_distributed():
+        return
+    size = dist.get_world_size()
+    by_dtype: dict = {}
+    for t in tensors:
+        if t.is_floating_point():
+            by_dtype.setdefault(t.dtype, []).append(t)
+    dev = comm_device()
+    for dtype in sorted(by_dtype, key=str):  # the same order on every rank
+        group = by_dtype[dtype]
+        flat = torch.cat([t.detach().reshape(-1).to(dev) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(size)
+        offset = 0
+        for t in group:
+            n = t.numel()
+            with torch.no_grad():
+                t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+
+
+def average_gradients(parameters: Iterable[torch.Tensor], *values: float) -> List[float]:
+    """Average the ``.grad`` of ``parameters`` over the ranks, in place (parameters without a
+    gradient are skipped: the set with one must be the same on every rank, as it is when every
+    rank runs the same sub-network), and return ``values`` (e.g. the loss) averaged the same way
+    (float64). Data-parallel training: N ranks with per-rank batches of B that each take a
+    mean-reduced loss get the gradient of one process on the N*B samples. Without a process group
+    the gradients are untouched and ``values`` come back as floats."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    extra = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    average_(grads + [extra])
+    return extra.tolist()
+
+
+def inner_loader(loader):
+    """The loader a :func:`shard` view iterates in full (on every rank), else ``loader`` itself:
+    where its own ``generator`` is (a rebuilt DataLoader keeps the generator)."""
+    return loader.loader if isinstance(loader, _StridedIterable) else loader
 
 
 def broadcast_if_different(*tensors: torch.Tensor) -> tuple:

@@ -2,6 +2,8 @@
 equals the single-process run -- features, BN statistics, evaluation, the searches' masks
 (channel-gcn, evolution) and a DDP fine-tune epoch (same global batch) -- and only rank 0 writes
 files. One 2-process job computes everything (module fixture); each test compares one part.
+A second job (``ratio_runs``) covers the ratio searches (amc, graph-pruning with DDPG and PPO)
+and PruningNet training (same global batch).
 
 Also: without a process group every helper is the identity (single-process paths unchanged), and
 (``test_torchrun_kill_and_resume``) ``torchrun --max-restarts 1 -m gcnprune_fast train --resume``
@@ -252,6 +254,148 @@ def test_only_rank0_writes(runs):
     assert os.path.isfile(out / "prune_dist" / "search" / "channel_gcn_search.pt")
 
 
+# ----------------------------------------------------------------------------------------------
+# the ratio searches (amc, graph-pruning with DDPG and PPO) and PruningNet training: a second
+# 2-process job, BatchNorm-free model (PruningNet training is data-parallel: 2 ranks with batches
+# of 8 equal one process with batches of 16 only without per-rank BN statistics)
+
+RATIO = dict(reward_samples=24, ddpg_hidden=16, batch_size=8, checkpoint_every=4)
+GRAPH = dict(RATIO, pruningnet_steps=4, feature_samples=24, hidden=8, generator_hidden=8)
+RATIO_RUNS = {
+    # DDPG: 3 warm-up episodes scored split, then 3 sequential ones scored on rank 0
+    "amc": dict(method="amc", episodes=6, warmup=3, **RATIO),
+    "gp_ddpg": dict(method="graph-pruning", episodes=6, warmup=3, **GRAPH),
+    # PPO: updates of 3 episodes scored split; the original weights sliced (MaskScorer)
+    "gp_ppo": dict(method="graph-pruning", episodes=6, agent="ppo", ppo_episodes_per_update=3,
+                   reward_weights="sliced", **GRAPH),
+}
+
+
+class _TinyNoBN(nn.Module):
+    """Two prunable conv groups (8 and 16 channels), no BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def _tiny():
+    torch.manual_seed(1)
+    return _TinyNoBN().eval()
+
+
+def _tiny_pnet(space, loader):
+    from gcnprune_fast.methods.search import pruningnet as pn
+    from gcnprune_fast.methods.search.layer_features import activation_summary, layer_embedding
+
+    feats = collect_features(space, loader, max_samples=24)
+    static = torch.cat([layer_embedding(space), activation_summary(feats)], dim=1)
+    return pn.PruningNet(space, static, pn.importance_scores(space, "filter_l1"), hidden=8,
+                         generator_hidden=8, seed=0)
+
+
+def _compute_ratio(out_dir, tag):
+    """The ratio searches through prune() and a PruningNet training, on this process. Per-rank
+    batches of 8 on WORLD ranks; one process: batches of 8 * WORLD (the same global batch)."""
+    from gcnprune_fast.methods.search import pruningnet as pn
+
+    torch.set_num_threads(1)
+    ds = _data(n=64)
+    bs = 8 if tag == "dist" else 8 * WORLD
+    res = {}
+    for name, kw in RATIO_RUNS.items():
+        kw = dict(kw)
+        method = kw.pop("method")
+        # a val_loader: nothing held out of the loader (a hold-out depends on the batch size)
+        r = prune(_tiny(), TensorBatchLoader(ds, bs, shuffle=True, augment=False, drop_last=True),
+                  method=method, val_loader=TensorBatchLoader(_data(n=16, seed=1), 8),
+                  flops=0.5, progress=False, seed=3, bn_batches=2,
+                  checkpoint_dir=os.path.join(out_dir, f"ratio_{tag}", name), **kw)
+        res[name] = {"masks": r.masks, "report": {k: r.report.get(k) for k in (
+            "reward_curve", "accuracy_curve", "best_reward", "final_greedy_reward", "episodes",
+            "masked_evaluations", "acc_pruned", "pruningnet_loss_curve")}}
+    # PruningNet training: 5 steps (with a checkpoint after 2), BN-free model
+    space = PruningSpace(_tiny(), torch.zeros(2, 3, 16, 16))
+    pnet = _tiny_pnet(space, TensorBatchLoader(ds, 8))
+    loader = TensorBatchLoader(ds, bs, shuffle=True, augment=False, drop_last=True,
+                               generator=torch.Generator().manual_seed(7))
+    facts = pn.train_pruningnet(pnet, loader, steps=5, lr=1e-2, lr_base=1e-3, seed=2,
+                                checkpoint_every=2)
+    res["pnet"] = {k: v.detach().clone() for k, v in pnet.state_dict().items()}
+    res["pnet_loss"] = facts["loss_curve"]
+    # with BatchNorm (simple_cnn): not the single-process values, but the ranks stay identical
+    bn_space = PruningSpace(_model(), torch.zeros(2, 3, 16, 16))
+    bn_pnet = _tiny_pnet(bn_space, TensorBatchLoader(ds, 8))
+    pn.train_pruningnet(bn_pnet, TensorBatchLoader(ds, 8, shuffle=True, augment=False), steps=3,
+                        seed=2)
+    res["bn_pnet"] = {k: v.detach().clone() for k, v in bn_pnet.state_dict().items()}
+    return res
+
+
+def _ratio_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.save(_compute_ratio(out_dir, "dist"), os.path.join(out_dir, f"ratio{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ratio_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ratio")
+    mp.spawn(_ratio_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+    ranks = [torch.load(out / f"ratio{r}.pt", weights_only=False) for r in range(WORLD)]
+    threads = torch.get_num_threads()
+    try:
+        single = _compute_ratio(str(out), "single")
+    finally:
+        torch.set_num_threads(threads)
+    return single, ranks, out
+
+
+@pytest.mark.parametrize("name", list(RATIO_RUNS))
+def test_ratio_search_masks_equal_single_process(ratio_runs, name):
+    single, ranks, out = ratio_runs
+    for r in ranks:
+        assert len(r[name]["masks"]) == len(single[name]["masks"])
+        assert all(torch.equal(a, b) for a, b in zip(r[name]["masks"], single[name]["masks"]))
+        rep, ref = dict(r[name]["report"]), dict(single[name]["report"])
+        # PruningNet losses: the mean over the ranks of per-rank means (float rounding)
+        loss, loss_ref = rep.pop("pruningnet_loss_curve"), ref.pop("pruningnet_loss_curve")
+        assert (loss is None) == (loss_ref is None)
+        if loss_ref is not None:
+            assert loss == pytest.approx(loss_ref, rel=1e-5)
+        assert rep == ref  # rewards, best, greedy, evaluations (summed over the ranks)
+    assert single[name]["report"]["episodes"] == RATIO_RUNS[name]["episodes"]
+    # rank 0 wrote the search checkpoint
+    ckpt = {"amc": "amc_search.pt"}.get(name, "graph_pruning_search.pt")
+    assert os.path.isfile(out / "ratio_dist" / name / ckpt)
+
+
+def test_pruningnet_training_matches_single_process_global_batch(ratio_runs):
+    single, ranks, _ = ratio_runs
+    assert single["pnet"].keys() == ranks[0]["pnet"].keys()
+    for k, v in single["pnet"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["pnet"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        assert torch.equal(ranks[0]["pnet"][k], ranks[1]["pnet"][k]), k
+    assert any(not torch.equal(v, single["pnet"][k]) for k, v in ranks[0]["pnet"].items()), \
+        "nothing to compare: the training changed nothing?"
+    for r in ranks:
+        assert r["pnet_loss"] == pytest.approx(single["pnet_loss"], rel=1e-5)
+    # with BatchNorm the ranks hold the same PruningNet (BN running statistics averaged)
+    for k, v in ranks[0]["bn_pnet"].items():
+        assert torch.equal(ranks[1]["bn_pnet"][k], v), k
+
+
 def test_single_process_helpers_are_identity():
     items = [3, 1, 2]
     assert distributed.map_split(lambda v: v * 2, items) == [6, 2, 4]
@@ -261,6 +405,12 @@ def test_single_process_helpers_are_identity():
     loader = [1, 2, 3]
     assert distributed.shard(loader) is loader
     assert distributed.init_from_env("cpu") == "cpu"  # no torchrun environment: nothing to join
+    p = nn.Parameter(torch.ones(2))
+    p.grad = torch.full((2,), 3.0)
+    assert distributed.average_gradients([p], 1.5) == [1.5] and torch.equal(p.grad, 3 * p)
+    distributed.average_([t])
+    assert torch.equal(t, torch.arange(3.0))
+    assert distributed.inner_loader(loader) is loader
 
 
 # ----------------------------------------------------------------------------------------------

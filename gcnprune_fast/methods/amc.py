@@ -17,6 +17,10 @@ states, one keep ratio per pruning group, L1 slicing, reward after BN re-estimat
 Defaults shorten AMC's schedule (100 warm-up + 800 episodes) to 100 + 300 for a CPU budget;
 ``episodes`` / ``warmup`` restore it. Checkpoint ``amc_search.pt`` every ``checkpoint_every``
 episodes; ``resume=True`` continues exactly.
+
+Under torch.distributed the warm-up episodes are scored split across the ranks and each later
+episode on rank 0 (its actions depend on the previous reward); every rank runs the same agent, so
+the result is the one of a single process (see :mod:`.search.ratio_search`).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any, Dict, List
 
 import torch
 
+from gcnprune_fast import distributed
 from gcnprune_fast.methods.allocation import masks_from_counts
 from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
@@ -79,6 +84,9 @@ def search(space, ctx: SearchContext) -> MethodResult:
     def score_fn(counts: List[int]):
         return scorer(masks_from_counts(scores, counts))
 
+    def remember(counts: List[int], result) -> None:
+        scorer.remember(masks_from_counts(scores, counts), result)
+
     def state_fn(t: int, counts: List[int], previous: float) -> torch.Tensor:
         dyn = dynamic_features(space, counts, order[:t], order[t:], previous)
         return torch.cat([embedding[order[t]], dyn])
@@ -91,14 +99,15 @@ def search(space, ctx: SearchContext) -> MethodResult:
         facts = run_ratio_search(env, agent, state_fn, score_fn, episodes=int(opts.episodes),
                                  checkpoint=checkpoint, resume=ctx.resume,
                                  checkpoint_every=int(opts.checkpoint_every),
-                                 progress=ctx.progress, desc=f"{NAME} search")
+                                 progress=ctx.progress, desc=f"{NAME} search",
+                                 remember=remember)
     counts = facts["best_counts"]
     info = {
         **search_facts(facts, space, order),
         "floors_feasible": env.floors_feasible,
         "reward": opts.reward,
         "reward_samples": len(rewards),
-        "masked_evaluations": scorer.evaluations,
+        "masked_evaluations": int(distributed.all_reduce_numbers([scorer.evaluations])[0]),
         "search_time_s": time.perf_counter() - t_start,
     }
     return MethodResult(masks_from_counts(scores, counts), info)

@@ -29,6 +29,12 @@ Checkpoints (``checkpoint_dir``): ``graph_pruning_pruningnet.pt`` (PruningNet tr
 ``pruningnet_checkpoint_every`` steps; a finished one is reused on resume) and
 ``graph_pruning_search.pt`` (every ``checkpoint_every`` episodes). ``resume=True`` after a kill in
 either phase gives the same result as an uninterrupted run.
+
+Under torch.distributed: PruningNet training is data-parallel (each rank its shard of the loader,
+gradients averaged: a step's global batch is N loader batches, see :func:`.search.pruningnet.
+train_pruningnet`); the search scores the episodes of a PPO update and the DDPG warm-up split
+across the ranks, a later DDPG episode on rank 0, and every rank applies the same update (see
+:mod:`.search.ratio_search`). Rank 0 writes the checkpoints and the weights file.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from typing import Any, Dict, List
 import torch
 import torch.nn as nn
 
+from gcnprune_fast import distributed
 from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
 from gcnprune_fast.methods.search import MaskScorer, SearchCheckpoint
@@ -118,12 +125,15 @@ def search(space, ctx: SearchContext) -> MethodResult:
     t_search = time.perf_counter()
     if opts.reward_weights == "pruningnet":
         score = PruningNetScorer(pnet, rewards, opts.reward)
-        score_fn = score
+        score_fn, remember = score, score.remember
     else:
         score = MaskScorer(space, rewards, opts.reward, device)
 
         def score_fn(counts):
             return score(pnet.masks(counts))
+
+        def remember(counts, result):
+            score.remember(pnet.masks(counts), result)
 
     order = decision_order(space)
     env = RatioEnvironment(space, ctx.budget, order, low=float(opts.action_low),
@@ -144,7 +154,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
     facts = run_ratio_search(env, agent, state_fn, score_fn, episodes=int(opts.episodes),
                              checkpoint=checkpoint, resume=ctx.resume,
                              checkpoint_every=int(opts.checkpoint_every), progress=ctx.progress,
-                             desc=f"{NAME} search")
+                             desc=f"{NAME} search", remember=remember)
     counts = facts["best_counts"]
     masks = pnet.masks(counts)
     info.update({
@@ -153,13 +163,15 @@ def search(space, ctx: SearchContext) -> MethodResult:
         "reward": opts.reward,
         "reward_weights": opts.reward_weights,
         "reward_samples": len(rewards),
-        "masked_evaluations": score.evaluations,
+        "masked_evaluations": int(distributed.all_reduce_numbers([score.evaluations])[0]),
         "search_loop_time_s": time.perf_counter() - t_search,
         "graph_edges": int(pnet.aggregator.indices.numel()),
     })
     if opts.final_weights == "pruningnet":
         path = os.path.join(ctx.checkpoint_dir, WEIGHTS_FILE)
-        torch.save({k: v.cpu() for k, v in pnet.full_state_dict(counts).items()}, path)
+        distributed.atomic_save({k: v.cpu() for k, v in pnet.full_state_dict(counts).items()},
+                                path)  # rank 0 writes
+        distributed.barrier()  # the file exists for every rank once search() returns
         info["pruningnet_weights_path"] = path
     info["search_time_s"] = time.perf_counter() - t_start
     return MethodResult(masks, info)

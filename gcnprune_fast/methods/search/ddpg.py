@@ -17,6 +17,14 @@ AMC's:
 Everything random draws from the agent's own ``torch.Generator`` and the whole agent (networks,
 optimizers, replay, generator, counters) is in :meth:`DDPGAgent.state_dict`, so a search resumed
 from a checkpoint continues exactly as an uninterrupted one.
+
+Under torch.distributed (see :mod:`gcnprune_fast.distributed`): the warm-up episodes do not depend
+on any reward (uniform actions; :meth:`DDPGAgent.independent_episodes` says how many are left), so
+the search plays them ahead and scores them split across the ranks. After the warm-up an
+episode's actions come from the actor updated with the previous episode's reward: inherently
+sequential. Each such episode is scored on rank 0 and its reward shared, and every rank holds the
+same agent (same seed, same generator draws, same rewards, same updates), so every rank takes the
+same decisions.
 """
 from __future__ import annotations
 
@@ -178,6 +186,12 @@ class DDPGAgent:
     @property
     def warming_up(self) -> bool:
         return self.episode < self.config.warmup
+
+    def independent_episodes(self) -> int:
+        """How many next episodes can be played before the agent needs the reward of any of them:
+        the warm-up episodes left (uniform actions; observing them draws nothing and updates
+        nothing), else 1."""
+        return self.config.warmup - self.episode if self.warming_up else 1
 
     @torch.no_grad()
     def act(self, state: torch.Tensor, explore: bool = True) -> float:

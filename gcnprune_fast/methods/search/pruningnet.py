@@ -27,6 +27,16 @@ Pieces:
   resume (resumed == uninterrupted), progress bar.
 - :class:`PruningNetScorer`: scores widths by the generated sub-network's accuracy on the reward
   set with BatchNorm statistics re-estimated on that set (``RewardSet.evaluate_with_bn``).
+
+Under torch.distributed (see :mod:`gcnprune_fast.distributed`) the training is data-parallel:
+rank r of N takes batches r, r+N, ... of the loader (``distributed.shard(even=True)``), every rank
+draws the same widths from the same seeded generator, and the gradients (and the loss) are
+averaged over the ranks before every rank takes the same Adam step. A step therefore trains on a
+global batch of N loader batches: with per-rank batch B it equals a single-process step on a batch
+of N*B (up to float rounding; exactly so for a BatchNorm-free model, since BatchNorm normalizes
+with each rank's own batch statistics). The running BN statistics of the PruningNet's buffers are
+averaged over the ranks at every checkpoint and at the end. Rank 0 writes the checkpoint;
+resuming needs the same number of processes (it is in the fingerprint).
 """
 from __future__ import annotations
 
@@ -42,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from gcnprune_fast import ops
+from gcnprune_fast import distributed, ops
 from gcnprune_fast.data import iterate_inputs
 from gcnprune_fast.features import collect_features
 from gcnprune_fast.methods.allocation import counts_from_ratios, masks_from_counts
@@ -313,7 +323,8 @@ class LoaderCycle:
 
     @property
     def _generator(self) -> Optional[torch.Generator]:
-        g = getattr(self.loader, "generator", None)
+        # a rank's shard (distributed.shard) iterates the whole loader: its generator draws
+        g = getattr(distributed.inner_loader(self.loader), "generator", None)
         return g if isinstance(g, torch.Generator) else None
 
     def _start_epoch(self) -> None:
@@ -378,6 +389,10 @@ def train_pruningnet(pnet: PruningNet, loader, *, steps: int, lr: float = 1e-3,
     at the end; with ``resume`` a finished training is reused and an interrupted one continues
     (same result as uninterrupted: sampler RNG, optimizer and data position are restored).
 
+    Under torch.distributed (a collective: every rank calls it) each rank trains on its shard of
+    ``loader`` and the gradients are averaged over the ranks (see the module docstring): N
+    processes with per-rank batch B give the parameters of one process with batch N*B.
+
     Returns:
         ``steps``, ``loss_curve`` (per step), ``train_time_s`` (summed over resumed runs),
         ``final_loss`` (mean of the last 10% of steps), ``resumed_from`` (step or None).
@@ -396,7 +411,11 @@ def train_pruningnet(pnet: PruningNet, loader, *, steps: int, lr: float = 1e-3,
         {"params": pnet.base_parameters(), "lr": float(lr_base), "initial_lr": float(lr_base)},
         {"params": [p for p in pnet.parameters() if id(p) not in base_ids], "lr": float(lr),
          "initial_lr": float(lr)}])
+    dist_world = distributed.world()
+    if dist_world.distributed:  # this rank's batches r, r+N, ...; the same count on every rank
+        loader = distributed.shard(loader, even=True)
     data = LoaderCycle(loader, seed)
+    pnet_buffers = [getattr(pnet, f"model_buffer_{i}") for i in range(len(pnet.buffer_names))]
     state: Dict[str, Any] = {"step": 0, "loss_curve": [], "train_time_s": 0.0, "done": False}
     resumed_from = None
     saved = checkpoint.load(resume) if checkpoint is not None else None
@@ -410,6 +429,7 @@ def train_pruningnet(pnet: PruningNet, loader, *, steps: int, lr: float = 1e-3,
         resumed_from = int(state["step"])
 
     def save() -> None:
+        distributed.average_(pnet_buffers)  # BN running statistics: the mean over the ranks
         if checkpoint is not None:
             state["data"] = data.position_state()
             checkpoint.save(pnet=pnet.state_dict(), optimizer=optimizer.state_dict(),
@@ -432,14 +452,22 @@ def train_pruningnet(pnet: PruningNet, loader, *, steps: int, lr: float = 1e-3,
                 group["lr"] = group["initial_lr"] * factor
             logits = pnet.subnet_forward(x, counts, batch_stats=True)
             loss = F.cross_entropy(logits.float(), y.long())
-            if not torch.isfinite(loss):
+            if not dist_world.distributed and not torch.isfinite(loss):
                 raise FloatingPointError(f"PruningNet loss is {float(loss)} at step {state['step']}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            value = float(loss.detach())
+            if dist_world.distributed:
+                # the mean gradient and loss over the ranks; checked after the all-reduce, so
+                # that every rank raises together
+                value = distributed.average_gradients(pnet.parameters(), value)[0]
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"PruningNet loss is {value} at step {state['step']} "
+                                             f"(mean over the ranks)")
             if grad_clip and grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(pnet.parameters(), float(grad_clip))
             optimizer.step()
-            state["loss_curve"].append(float(loss.detach()))
+            state["loss_curve"].append(value)
             state["step"] += 1
             if bar is not None:
                 bar.update(1)
@@ -493,6 +521,10 @@ class PruningNetScorer:
         self.evaluations += 1
         self.cache[key] = (reward, acc, loss)
         return self.cache[key]
+
+    def remember(self, counts: Sequence[int], result: Tuple[float, float, float]) -> None:
+        """Cache a score computed elsewhere (by another rank of a distributed search)."""
+        self.cache.setdefault(tuple(int(c) for c in counts), tuple(result))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,6 +590,9 @@ def _pnet_fingerprint(space, seed: int, opts: PruningNetOptions, steps: int,
     fp = {k: v for k, v in dataclasses.asdict(opts).items() if k in fields}
     fp.update(steps=int(steps), seed=int(seed), sizes=[int(g.size) for g in space.groups],
               round_to=int(space.round_to), grid=[round(float(v), 6) for v in grid])
+    w = distributed.world()
+    if w.distributed:  # a step's global batch and the data positions depend on it
+        fp["world_size"] = int(w.size)
     return fp
 
 

@@ -7,6 +7,12 @@ Every ``episodes_per_update`` episodes, the advantages are the episodes' final r
 moving-average baseline, scaled by their standard deviation (floored at 0.01), shared by all the
 steps of an episode; then ``epochs`` PPO-clip passes with an entropy bonus. The log-probability is
 that of the *executed* action (after the action wall), as for the policy gradient of channel-gcn.
+
+Under torch.distributed (see :mod:`gcnprune_fast.distributed`): the episodes of one update are
+sampled from the same policy and do not depend on each other's rewards
+(:meth:`RatioPPOAgent.independent_episodes`), so the search plays them all, scores them split
+across the ranks and every rank applies the same update (the Gaussian noise comes from the
+agent's generator, seeded identically on every rank).
 """
 from __future__ import annotations
 
@@ -82,6 +88,11 @@ class RatioPPOAgent:
     def _mean(self, s: torch.Tensor) -> torch.Tensor:
         c = self.config
         return c.low + (c.high - c.low) * self.policy(s)
+
+    def independent_episodes(self) -> int:
+        """How many next episodes can be played before the agent needs the reward of any of them:
+        the episodes left until the next update (the policy does not change before it)."""
+        return max(self.config.episodes_per_update - len(self.pending), 1)
 
     @torch.no_grad()
     def act(self, state: torch.Tensor, explore: bool = True) -> float:

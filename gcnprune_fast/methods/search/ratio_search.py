@@ -17,16 +17,34 @@ wide enough). A ratio maps to the nearest legal width.
 ``state_dict`` / ``load_state_dict`` (the DDPG of :mod:`.ddpg`, the PPO of :mod:`.ratio_ppo`), a
 state function and a scorer; best configuration, reward curve, checkpoints every few episodes
 (``SearchCheckpoint``; a resumed search equals an uninterrupted one) and a progress bar.
+
+Batches of episodes: an agent's ``independent_episodes()`` (optional; 1 without it) says how many
+next episodes it can play before it needs any of their rewards (PPO: the episodes left until its
+update; DDPG: the warm-up episodes left, else 1). The loop plays that many (never across a
+checkpoint), scores their distinct configurations together, then lets the agent observe them in
+order. That is exactly the episode-by-episode loop (the agent neither draws nor learns while
+observing them), so a single process gives the same result as before.
+
+Under torch.distributed (see :mod:`gcnprune_fast.distributed`) the configurations of one batch
+are scored split across the ranks (``distributed.map_split``: rank r scores r, r+N, ...) and the
+results all-gathered in order; every rank then observes the same rewards and applies the same
+update, with the agent's generator seeded identically on every rank. A batch of one (a DDPG
+episode after the warm-up, whose actions depend on the previous reward; the final noise-free
+episode) is scored on rank 0 and shared: inherently sequential, nothing to split. Each rank
+caches the others' scores (``remember``), and the scorer's evaluation count is summed over the
+ranks by the methods, so a search on N processes returns the configuration, rewards and counts of
+a single process.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from gcnprune_fast import distributed
 from gcnprune_fast.methods.allocation import Budget, action_wall
 from gcnprune_fast.methods.registry import option
 from gcnprune_fast.methods.search.ddpg import DDPGAgent, DDPGConfig
@@ -166,7 +184,9 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
                      score_fn: Callable[[List[int]], Tuple[float, float, float]], *,
                      episodes: int, checkpoint=None, resume: bool = False,
                      checkpoint_every: int = 10, progress: bool = False,
-                     desc: str = "search") -> Dict[str, Any]:
+                     desc: str = "search",
+                     remember: Optional[Callable[[List[int], Tuple[float, float, float]], None]]
+                     = None) -> Dict[str, Any]:
     """Run (or continue) an episodic search.
 
     Args:
@@ -180,6 +200,8 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
         checkpoint: a ``SearchCheckpoint`` (or None); saved every ``checkpoint_every`` episodes
             and at the end.
         resume: continue from the checkpoint.
+        remember: ``remember(counts, result)`` caches a score computed by another rank (under
+            torch.distributed; e.g. ``MaskScorer.remember`` of the counts' masks).
 
     Returns:
         facts: ``best_counts``, ``best_reward``, ``reward_curve`` (per episode), ``episodes``,
@@ -211,6 +233,23 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
             prev = executed
         return counts, torch.stack(states), torch.tensor(actions, dtype=torch.float32)
 
+    def score_all(configs: List[List[int]]) -> List[Tuple[float, float, float]]:
+        """Scores of ``configs`` in order. Distributed: the distinct ones split across the ranks
+        (see the module docstring), every rank caching the others' scores."""
+        if not distributed.is_distributed():
+            return [score_fn(c) for c in configs]
+        keys = list(dict.fromkeys(tuple(int(v) for v in c) for c in configs))
+        results = distributed.map_split(lambda k: tuple(score_fn(list(k))), keys)
+        if remember is not None:
+            for k, r in zip(keys, results):
+                remember(list(k), r)
+        by_key = dict(zip(keys, results))
+        return [by_key[tuple(int(v) for v in c)] for c in configs]
+
+    every = max(int(checkpoint_every), 1)
+    # a checkpoint holds the agent as it is after the episodes observed so far: batches end there
+    bounded = checkpoint is not None and getattr(checkpoint, "path", "") is not None
+    ahead = getattr(agent, "independent_episodes", None)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -218,25 +257,29 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
                    leave=False)
     try:
         while state["episode"] < episodes:
-            counts, states, actions = play(explore=True)
-            result = score_fn(counts)
-            next_states = torch.cat([states[1:], states[-1:]])
-            agent.observe_episode(states, actions, next_states, float(result[0]))
-            consider(counts, result)
-            state["reward_curve"].append(float(result[0]))
-            state["accuracy_curve"].append(float(result[1]))
-            state["episode"] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{result[0]:.4f}", best=f"{state['best_key'][0]:.4f}")
-            if checkpoint is not None and (state["episode"] % max(int(checkpoint_every), 1) == 0
-                                           or state["episode"] == episodes):
-                checkpoint.save(agent=agent.state_dict(), state=state)
+            n = min(int(ahead()) if ahead is not None else 1, episodes - state["episode"])
+            if bounded:
+                n = min(n, every - state["episode"] % every)
+            played = [play(explore=True) for _ in range(max(n, 1))]
+            results = score_all([p[0] for p in played])
+            for (counts, states, actions), result in zip(played, results):
+                next_states = torch.cat([states[1:], states[-1:]])
+                agent.observe_episode(states, actions, next_states, float(result[0]))
+                consider(counts, result)
+                state["reward_curve"].append(float(result[0]))
+                state["accuracy_curve"].append(float(result[1]))
+                state["episode"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{result[0]:.4f}", best=f"{state['best_key'][0]:.4f}")
+                if checkpoint is not None and (state["episode"] % every == 0
+                                               or state["episode"] == episodes):
+                    checkpoint.save(agent=agent.state_dict(), state=state)
     finally:
         if bar is not None:
             bar.close()
     greedy_counts, _, _ = play(explore=False)
-    greedy = score_fn(greedy_counts)
+    greedy = score_all([greedy_counts])[0]
     consider(greedy_counts, greedy)
     return {"best_counts": list(state["best_counts"]), "best_reward": float(state["best_key"][0]),
             "reward_curve": list(state["reward_curve"]),
