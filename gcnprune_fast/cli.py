@@ -260,8 +260,8 @@ def cmd_demo(args) -> int:
                                     [g.name for g in space.groups], title="gcnprune demo")
     print()
     print(f"simple_cnn on synthetic data: test accuracy {base_acc:.4f} before pruning, budget "
-          f"{args.flops:.0%} FLOPs; accuracies below on the test split ({args.test_samples} images), "
-          f"greedy rewards on the search's reward set")
+          f"{args.flops:.0%} FLOPs; accuracies below on the test split ({args.test_samples} "
+          f"images), greedy rewards on the search's reward set")
     print(markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS))
     if files.get("plots_skipped"):
         print(files["plots_skipped"])

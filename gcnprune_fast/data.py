@@ -198,8 +198,8 @@ def _full_batch_sizes(n: int, batch_size: int) -> List[int]:
 def split_holdout(loader, seed: int = 0, fraction: float = HOLDOUT_FRACTION,
                   loader_name: str = "loader") -> HoldoutSplit:
     """Split ``loader`` deterministically (for ``seed``) into a search part and a held-out part
-    of ``max(1, round(fraction * batches))`` batches' worth of data; nothing is held out (``held_out``
-    None) when the loader has fewer than 2 batches.
+    of ``max(1, round(fraction * batches))`` batches' worth of data; nothing is held out
+    (``held_out`` None) when the loader has fewer than 2 batches.
 
     - :class:`TensorBatchLoader`: a random set of that many *samples* (``batch_size`` per held-out
       batch) is held out. The search part is a copy of the loader over the other samples (its
@@ -255,7 +255,8 @@ def split_holdout(loader, seed: int = 0, fraction: float = HOLDOUT_FRACTION,
         held_loader = DataLoader(Subset(loader.dataset, held.tolist()), batch_size=bs,
                                  shuffle=False, drop_last=False, **kw)
         return HoldoutSplit(search, held_loader, n_hold, sizes, "samples")
-    positions = sorted(int(p) for p in torch.randperm(num_batches - 1, generator=gen)[:hold_batches])
+    positions = sorted(int(p) for p in
+                       torch.randperm(num_batches - 1, generator=gen)[:hold_batches])
     if isinstance(loader, (list, tuple)):
         chosen = set(positions)
         held = [b for i, b in enumerate(loader) if i in chosen]
