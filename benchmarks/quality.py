@@ -156,6 +156,7 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "search_time_s": float(r.get("search_time_s", time.perf_counter() - t0)),
                        "episodes": r.get("episodes"),
                        "greedy_curve": r.get("greedy_curve"),
+                       "rerank_choice": r.get("rerank_choice"), "rerank": r.get("rerank"),
                        "widths": [w["after"] for w in r["widths"]]}
 
 
