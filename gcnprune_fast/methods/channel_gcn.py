@@ -20,8 +20,9 @@ Pipeline (see ``docs/METHODS.md`` of the shared docs, Method A):
 Design choices not fixed by the spec (all options, see :class:`ChannelGCNOptions`):
 - warm start: the policy starts as a soft global-L1 ranking (pi > 0.5 exactly for the channels
   global L1 ranking keeps, sharpness ``warm_start_scale``), so exploration concentrates at the
-  decision boundary and the greedy mask of update 0 is the L1 baseline; the search can only
-  improve on it (on the reward set).
+  decision boundary and the greedy mask of update 0 keeps every channel the L1 baseline keeps
+  (the budget fill, in the order of the logits, may add a few more where rounding leaves room:
+  tests/test_search_learns.py); the search can only improve on it (on the reward set).
 - the log-probability in the policy gradient is that of the *projected* mask (the action the
   environment executed), as in AMC's action wall.
 - evaluated masks are cached by content, so repeated samples cost no forward pass.
