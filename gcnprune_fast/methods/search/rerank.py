@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from gcnprune_fast.methods.allocation import Budget, allocate, project_to_budget
+from gcnprune_fast.methods.criteria import l1_scores, l2_scores
 from gcnprune_fast.methods.search.reward import mask_key
 
 __all__ = ["criterion_candidates", "rerank", "CRITERION_CANDIDATES"]
@@ -29,10 +30,6 @@ logger = logging.getLogger("gcnprune_fast")
 
 # allocations of plain criteria that join the search's candidates (see criterion_candidates)
 CRITERION_CANDIDATES = ("l1-global-z", "l1-global-mean", "l2-global-mean", "l1-uniform")
-
-
-def _weight_scores(space, key: str) -> List[torch.Tensor]:
-    return [s[key].detach().to(torch.float64).cpu() for s in space.weight_stats()]
 
 
 def criterion_candidates(space, budget: Budget) -> List[Tuple[str, List[torch.Tensor]]]:
@@ -45,7 +42,7 @@ def criterion_candidates(space, budget: Budget) -> List[Tuple[str, List[torch.Te
       its strongest pruner after fine-tuning in issue 9's measurements);
     - ``l1-uniform``: the same fraction of every group, top L1 kept.
     """
-    l1, l2 = _weight_scores(space, "l1"), _weight_scores(space, "l2")
+    l1, l2 = l1_scores(space), l2_scores(space)
     out = [("l1-global-z", allocate(space, l1, budget, allocation="global"))]
     for name, scores in (("l1-global-mean", l1), ("l2-global-mean", l2)):
         normed = [s / s.mean().clamp_min(1e-12) for s in scores]
