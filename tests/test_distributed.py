@@ -165,30 +165,36 @@ def _rank_timer(run, spec):
     return 1e-9 * spec["macs"] * (1 + 3 * rank * wide) + 2e-6
 
 
-def _worker(rank, init_file, out_dir):
+def _worker(rank, init_file, out_dir, compute):
+    """One gloo rank: ``compute(out_dir, "dist")`` plus this rank's world, saved as rank{r}.pt."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        res = _compute(out_dir, "dist")
+        res = compute(out_dir, "dist")
         res["world"] = distributed.world()
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+def _distributed_and_single(out, compute):
+    """(single-process result, per-rank results, out): ``compute`` on WORLD spawned gloo ranks,
+    then on this process (its thread count restored)."""
+    mp.spawn(_worker, args=(str(out / "init"), str(out), compute), nprocs=WORLD, join=True)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     threads = torch.get_num_threads()
     try:
-        single = _compute(str(out), "single")
+        single = compute(str(out), "single")
     finally:
         torch.set_num_threads(threads)
     return single, ranks, out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return _distributed_and_single(tmp_path_factory.mktemp("dist"), _compute)
 
 
 def test_world_facts(runs):
@@ -337,28 +343,9 @@ def _compute_ratio(out_dir, tag):
     return res
 
 
-def _ratio_worker(rank, init_file, out_dir):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
-    try:
-        torch.save(_compute_ratio(out_dir, "dist"), os.path.join(out_dir, f"ratio{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
 def ratio_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ratio")
-    mp.spawn(_ratio_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
-    ranks = [torch.load(out / f"ratio{r}.pt", weights_only=False) for r in range(WORLD)]
-    threads = torch.get_num_threads()
-    try:
-        single = _compute_ratio(str(out), "single")
-    finally:
-        torch.set_num_threads(threads)
-    return single, ranks, out
+    return _distributed_and_single(tmp_path_factory.mktemp("ratio"), _compute_ratio)
 
 
 @pytest.mark.parametrize("name", list(RATIO_RUNS))
