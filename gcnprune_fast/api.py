@@ -39,7 +39,8 @@ from gcnprune_fast.data import (HOLDOUT_FRACTION, BatchSubset, check_labels, che
 from gcnprune_fast.features import non_finite_activation_error
 from gcnprune_fast.methods import Budget, SearchContext, default_method, get_method
 from gcnprune_fast.methods.allocation import check_budget_ratios, check_budget_reachable
-from gcnprune_fast.report import prune_report_markdown, write_json
+from gcnprune_fast.report import (ACCURACY_SETS, HELD_OUT, SEARCH_SET, VAL_LOADER,
+                                  prune_report_markdown, write_json)
 from gcnprune_fast.utils import model_device
 
 __all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT", "ACCURACY_SETS"]
@@ -51,13 +52,6 @@ DEFAULT_FLOPS = 0.5
 
 FINETUNE_CHECKPOINT = "finetune.pt"
 """File name of the fine-tuning checkpoint in ``checkpoint_dir``."""
-
-HELD_OUT = "held-out"
-VAL_LOADER = "val_loader"
-SEARCH_SET = "search-set (loader too small to hold out)"
-ACCURACY_SETS = (HELD_OUT, VAL_LOADER, SEARCH_SET)
-"""The values of ``report["accuracy_set"]``: what ``acc_before`` / ``acc_pruned`` /
-``acc_finetuned`` were measured on (see :func:`prune`, ``val_loader``)."""
 
 
 @dataclass

@@ -342,7 +342,7 @@ def cmd_prune(args) -> int:
     from gcnprune_fast import prune
     from gcnprune_fast.data import make_loaders
     from gcnprune_fast.methods import get_method
-    from gcnprune_fast.report import (PLOTS_HINT, accuracy_set_short, greedy_points,
+    from gcnprune_fast.report import (PLOTS_HINT, VAL_LOADER, accuracy_set_short, greedy_points,
                                       plot_reward_curve, plots_available)
 
     _set_threads(args.threads)
@@ -385,8 +385,8 @@ def cmd_prune(args) -> int:
     if not distributed.is_main():  # rank 0 wrote the outputs and reports them
         return 0
     r = res.report
-    on = {"val_loader": "test split", None: None}.get(r.get("accuracy_set"),
-                                                       accuracy_set_short(r))
+    on = {VAL_LOADER: "test split", None: None}.get(r.get("accuracy_set"),
+                                                     accuracy_set_short(r))
     print(f"{args.model} {args.method}: FLOPs {r['flops_ratio']:.3f} params {r['params_ratio']:.3f} kept; "
           f"accuracy{'' if on is None else f' ({on})'} {r['acc_before']:.4f} -> pruned "
           f"{r['acc_pruned']:.4f}"

@@ -11,6 +11,13 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+HELD_OUT = "held-out"
+VAL_LOADER = "val_loader"
+SEARCH_SET = "search-set (loader too small to hold out)"
+ACCURACY_SETS = (HELD_OUT, VAL_LOADER, SEARCH_SET)
+"""The values of a prune report's ``accuracy_set``: what ``acc_before`` / ``acc_pruned`` /
+``acc_finetuned`` were measured on (see ``gcnprune_fast.prune``, ``val_loader``)."""
+
 
 def _fmt(v, nd: int = 4) -> str:
     if v is None:
@@ -193,13 +200,13 @@ def accuracy_set_label(report: Dict[str, Any]) -> Optional[str]:
     kind = report.get("accuracy_set")
     if kind is None:
         return None
-    if kind == "held-out":
+    if kind == HELD_OUT:
         n = report.get("held_out_images")
         what = "images of the loader" if n is None else f"{n:,} images of the loader"
         return (f"held-out: {what}, kept from the search (and from BN re-estimation and "
                 f"fine-tuning unless a train_loader holding them was given)")
-    if kind == "val_loader":
-        return "val_loader"
+    if kind == VAL_LOADER:
+        return VAL_LOADER
     return f"{kind}: the accuracies are measured on the images the search chose its masks on"
 
 
@@ -209,10 +216,10 @@ def accuracy_set_short(report: Dict[str, Any]) -> Optional[str]:
     kind = report.get("accuracy_set")
     if kind is None:
         return None
-    if kind == "held-out":
+    if kind == HELD_OUT:
         n = report.get("held_out_images")
-        return "held-out" + ("" if n is None else f", {n:,} images")
-    return "val_loader" if kind == "val_loader" else "search set, loader too small to hold out"
+        return HELD_OUT + ("" if n is None else f", {n:,} images")
+    return VAL_LOADER if kind == VAL_LOADER else "search set, loader too small to hold out"
 
 
 def prune_report_markdown(report: Dict[str, Any]) -> str:
@@ -408,7 +415,7 @@ def write_quality_report(out_dir: str, rows: List[dict], meta: dict) -> str:
     return text
 
 
-__all__ = ["markdown_table", "write_json", "prune_report_markdown", "plot_widths", "plot_reward_curve",
+__all__ = ["ACCURACY_SETS", "HELD_OUT", "VAL_LOADER", "SEARCH_SET", "markdown_table", "write_json", "prune_report_markdown", "plot_widths", "plot_reward_curve",
            "plots_available", "PLOTS_HINT", "accuracy_set_label", "accuracy_set_short",
            "greedy_points", "greedy_first_last",
            "write_comparison_report", "summarize_by_method", "write_quality_report"]
