@@ -55,7 +55,8 @@ from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
 from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseline, RewardSet,
                                           SearchCheckpoint, bernoulli_policy_update,
-                                          channels_last_evaluation, normalized_advantages)
+                                          channels_last_evaluation, mask_key,
+                                          normalized_advantages)
 from gcnprune_fast.methods.search.rerank import criterion_candidates, rerank
 
 logger = logging.getLogger("gcnprune_fast")
@@ -353,7 +354,7 @@ class _ChannelSearch:
             self.state["best_masks"] = [m.clone() for m in masks]
         if self.opts.rerank_top > 0:  # the best distinct masks, for re-ranking
             top = self.state.setdefault("top", [])
-            if all(not all(torch.equal(a, b) for a, b in zip(masks, t[1])) for t in top):
+            if mask_key(masks) not in {mask_key(t[1]) for t in top}:
                 top.append([list(key), [m.clone() for m in masks]])
                 top.sort(key=lambda t: tuple(t[0]), reverse=True)
                 del top[self.opts.rerank_top:]
