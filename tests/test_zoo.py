@@ -253,3 +253,37 @@ def test_channel_shuffle_and_chunks():
     space = PruningSpace(model, x)
     assert any("split/chunk" in why for why in space.skipped_groups)
     _check_row(check_model("shufflenet_v2_x0_5", model, x, keep=0.7, jit=False))
+
+
+class _DeepAddsThenCat(torch.nn.Module):
+    """Swin's shape in miniature: a concat after a long chain of residual adds whose branches hold
+    no layer (``x + 0.01 * relu(x)``), so every add's channel count must be inferred from both inputs."""
+
+    def __init__(self, depth: int = 40):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.depth = depth
+        self.head = torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for _ in range(self.depth):
+            x = x + 0.01 * torch.relu(x)
+        return self.head(torch.cat([x, x * 0.5], dim=1))
+
+
+def test_channel_inference_through_deep_residual_chains():
+    """torch-pruning's recursive inference of a concat's input widths visits both inputs of every
+    add (2**depth steps; at depth 40 it gives up at its 500-step cap and fails, as on Swin-S/B):
+    the space infers each node's width once, and the concat maps the stem's channels twice."""
+    torch.manual_seed(0)
+    model = _DeepAddsThenCat().eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = PruningSpace(model, x)
+    assert [g.size for g in space.groups] == [8]
+    masks = space.full_masks()
+    masks[0][[1, 6]] = False
+    pruned = space.prune(masks)
+    assert pruned.stem.out_channels == 6 and pruned.head.in_channels == 12
+    with torch.no_grad(), space.masked(masks):
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)

@@ -20,6 +20,7 @@ from torch_pruning.dependency.dependency import Dependency as _TPDependency
 from torch_pruning.dependency import index_mapping as _tp_index_mapping
 from torch_pruning.dependency import shape_infer as _tp_shape_infer
 from torch_pruning.dependency.group import Group as _TPGroup
+from torch_pruning.dependency.node import Node as _TPNode
 from torch_pruning.pruner import function as _tp_function
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
@@ -130,6 +131,69 @@ class _DependencyGraph(tp.DependencyGraph):
         super().__init__()
         self._mappings_frozen = False
         self._widest = None  # the largest channel count of any layer (see _pair_closure)
+        self._out_channels_memo = None  # node -> inferred channels, while no layer changes shape
+
+    @contextlib.contextmanager
+    def _shapes_fixed(self):
+        """Inside, inferred channel counts are remembered (no layer changes shape meanwhile)."""
+        outer = self._out_channels_memo is None
+        if outer:
+            self._out_channels_memo = {}
+        try:
+            yield
+        finally:
+            if outer:
+                self._out_channels_memo = None
+
+    def get_out_channels(self, module_or_node):
+        """torch-pruning's count, and for a node without one (an add, an activation, a concat)
+        the count its recursive inference would find, computed once per node.
+
+        torch-pruning's ``infer_out_channels_recursively`` asks this method first and recurses
+        only when it answers None. Its recursion visits every input of every residual add, so its
+        work doubles per block (Swin-S/B exceed its 500-step cap and fail); this walk follows
+        the same rules (a concat sums its inputs, a split output has its split size, any other
+        node takes its last input's count) over each node once."""
+        ch = super().get_out_channels(module_or_node)
+        if ch is not None or not isinstance(module_or_node, _TPNode):
+            return ch
+        with self._shapes_fixed():
+            return self._inferred_out_channels(module_or_node)
+
+    def _inferred_out_channels(self, root) -> Optional[int]:
+        memo = self._out_channels_memo
+        concat, split = tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT
+        stack = [root]  # iterative post-order: graphs are deeper than Python's recursion limit
+        while stack:
+            node = stack[-1]
+            if node in memo:
+                stack.pop()
+                continue
+            known = super().get_out_channels(node)
+            if known is not None:
+                memo[stack.pop()] = known
+                continue
+            walked = [i for i in node.inputs
+                      if node.type == concat or not (i.type == split and i.module.split_sizes is not None)]
+            pending = [i for i in walked if i not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            ch = 0
+            for i in node.inputs:
+                if node.type == concat:
+                    if memo[i] is None:
+                        ch = None
+                        break
+                    ch += memo[i]
+                elif i.type == split and i.module.split_sizes is not None:
+                    ch = next((size for out, size in zip(i.outputs, i.module.split_sizes)
+                               if out == node), ch)
+                else:
+                    ch = memo[i]
+            memo[node] = None if ch == 0 else ch
+        return memo[root]
 
     @contextlib.contextmanager
     def frozen_mappings(self):
@@ -151,14 +215,19 @@ class _DependencyGraph(tp.DependencyGraph):
         assert torch.is_grad_enabled(), "tracing needs autograd"
         self.module2node = self._trace(model, example_inputs, forward_fn, output_transform=None)
         self._build_dependency(self.module2node)
-        _tp_shape_infer.init_shape_information(self)
-        self.update_index_mapping()
+        with self._shapes_fixed():
+            _tp_shape_infer.init_shape_information(self)
+            self.update_index_mapping()
         return self
 
     def update_index_mapping(self):
         """torch-pruning's index-mapping update, except that a channel shuffle
         (view [N, g*c, ...] -> [N, g, c, ...], transpose(1, 2), view back) maps channels through
         its permutation instead of failing as a reshape."""
+        with self._shapes_fixed():
+            self._update_index_mapping()
+
+    def _update_index_mapping(self):
         shuffles = _channel_shuffles(self.module2node.values())
         skip = {id(n) for first, last, _ in shuffles for n in (first, last)}
         t = tp.ops.OPTYPE
