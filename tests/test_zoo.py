@@ -147,17 +147,41 @@ def _release_heap():
         pass
 
 
-def sweep(names, run, cap_gb: float, title: str) -> dict:
+def _capped_run(run, name: str, cap_gb: float, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    with _memory_cap(cap_gb):
+        return run(name)
+
+
+def _run_in_fresh_process(run, name: str, cap_gb: float) -> dict:
+    """``run(name)`` in a spawned process of its own: every model starts from a clean heap, as it
+    would for a user (in one long process, heap growth fails late models under the cap)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        future = pool.submit(_capped_run, run, name, cap_gb, torch.get_num_threads())
+        try:
+            return future.result()
+        except cf.process.BrokenProcessPool as e:  # killed (OOM) or crashed in native code
+            raise ChildProcessError(f"{name}: the sweep's process died ({e})") from None
+
+
+def sweep(names, run, cap_gb: float, title: str, fresh_process: bool = True) -> dict:
     """Run ``run(name) -> row`` for every name and print a table. A row's status is "pass",
     "refused" (our clear RuntimeError/ValueError, or MemoryError under the heap cap), "WRONG" (an
     AssertionError: a wrong result, never a skip) or "CRASH" (any other exception: an error
-    without our message). Returns {status: [names]}."""
+    without our message, or a process that died). With ``fresh_process`` (the default; env
+    GCNPRUNE_ZOO_SAME_PROCESS=1 turns it off) each model runs in a spawned process of its own.
+    Returns {status: [names]}."""
+    fresh_process = fresh_process and not os.environ.get("GCNPRUNE_ZOO_SAME_PROCESS")
     rows, by_status = [], {"pass": [], "refused": [], "WRONG": [], "CRASH": []}
     for name in names:
         t0 = time.time()
         try:
-            with _memory_cap(cap_gb):
-                row = run(name)
+            if fresh_process:
+                row = _run_in_fresh_process(run, name, cap_gb)
+            else:
+                row = _capped_run(run, name, cap_gb, torch.get_num_threads())
             _check_row(row)
             row["status"], detail = "pass", ""
         except AssertionError as e:
