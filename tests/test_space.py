@@ -831,3 +831,18 @@ def test_groups_through_fixed_size_splits_are_skipped():
     with torch.no_grad(), space.masked(masks):
         torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)
     assert space.cost(masks) == tuple(tp.utils.count_ops_and_params(pruned, x))
+
+
+def test_memory_error_is_not_called_an_unsupported_op():
+    """A MemoryError inside torch-pruning (e.g. under a heap cap) is reported as memory, not as
+    an op torch-pruning does not support."""
+    from gcnprune_fast.space._dependency import _describe_failure
+    try:
+        raise MemoryError()
+    except MemoryError as e:
+        text = _describe_failure(e)
+    assert text.startswith("out of memory") and "unsupported op" not in text
+    try:
+        raise IndexError("index 3 is out of bounds")
+    except IndexError as e:
+        assert _describe_failure(e) == "IndexError: index 3 is out of bounds"

@@ -218,9 +218,9 @@ def assert_sweep(by_status, min_pass: int):
 
 
 # Passes of the full torchvision sweep (of 78 models without _TOO_LARGE); raise it when coverage
-# grows. Measured: 69 when every model runs in a fresh process, 60 in one long sweep process whose
-# heap hit the 5 GB cap before the VGGs, vit_l and wide_resnet101_2 (they pass alone).
-ZOO_MIN_PASS = 60
+# grows. Measured: 73 in 30 min on one thread. Refused: maxvit_t and vit_b_16/32 (reshapes with
+# widths written in the code), vit_l_16/32 (tracing needs more than the 5 GB heap cap).
+ZOO_MIN_PASS = 73
 
 
 @pytest.mark.slow

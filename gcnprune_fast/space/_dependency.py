@@ -578,6 +578,8 @@ def _describe_failure(exc: BaseException, module_names: Optional[Dict[object, st
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
     where = _failing_location(exc, module_names or {})
     at = f" at {where}" if where else ""
+    if isinstance(exc, MemoryError):  # not the op's fault: the process's memory (or its cap) ran out
+        return f"out of memory{at} (MemoryError{': ' + str(exc) if str(exc) else ''})"
     if not frames:
         return f"{type(exc).__name__}{at}: {exc}"
     inner = frames[-1].name
