@@ -163,6 +163,10 @@ class _DependencyGraph(tp.DependencyGraph):
     def _inferred_out_channels(self, root) -> Optional[int]:
         memo = self._out_channels_memo
         concat, split = tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT
+
+        def sized_split(n) -> bool:  # a split whose output sizes are known: no walk above it
+            return n.type == split and n.module.split_sizes is not None
+
         stack = [root]  # iterative post-order: graphs are deeper than Python's recursion limit
         while stack:
             node = stack[-1]
@@ -173,8 +177,7 @@ class _DependencyGraph(tp.DependencyGraph):
             if known is not None:
                 memo[stack.pop()] = known
                 continue
-            walked = [i for i in node.inputs
-                      if node.type == concat or not (i.type == split and i.module.split_sizes is not None)]
+            walked = [i for i in node.inputs if node.type == concat or not sized_split(i)]
             pending = [i for i in walked if i not in memo]
             if pending:
                 stack.extend(pending)
@@ -187,7 +190,7 @@ class _DependencyGraph(tp.DependencyGraph):
                         ch = None
                         break
                     ch += memo[i]
-                elif i.type == split and i.module.split_sizes is not None:
+                elif sized_split(i):
                     ch = next((size for out, size in zip(i.outputs, i.module.split_sizes)
                                if out == node), ch)
                 else:
