@@ -15,16 +15,19 @@ Columns: predicted and measured ms, the prediction error, the measured speed-up 
 ratio. Original and pruned runs alternate over ``--rounds`` (best of each), so background load
 does not favour either. Targets: |error| <= 10 %, speed-up >= 1.9x at latency=0.5.
 
-Part 2 (``--accuracy``): on CIFAR-10 (``../shared/data/cifar10``) a model is trained briefly,
-pruned once with ``latency=L`` and once with the FLOPs ratio whose pruned model measures the same
-latency (bisection on the measured latency), both fine-tuned the same way; the table gives the
-accuracy of both at (about) equal measured latency. Target: the latency-budgeted model >= 0.5
-point more accurate.
+Part 2 (``--accuracy``): on the quality protocol's data (``benchmarks/quality.py``: CIFAR-10
+search split for BN and fine-tuning, test set for the numbers) and a trained model
+(``--checkpoint``, default the committed ResNet-20), filter-L1 with global allocation is pruned
+once with ``latency=L`` (``--round-to``) and once per ``--flops-round-to`` with the FLOPs ratio
+whose pruned model measures the same latency (bisection on the measured latency); all timings
+first, then the same BN re-estimation and fine-tune for each over ``--seeds``; accuracy mean and
+95% interval, and the paired difference to the latency-budgeted model. Target: the
+latency-budgeted model >= 0.5 point more accurate.
 
 Usage:
     python benchmarks/bench_latency_budget.py                       # all models, 1/2 threads, batch 1/8
     python benchmarks/bench_latency_budget.py --models resnet56 --threads 1 --batches 1
-    python benchmarks/bench_latency_budget.py --accuracy --model resnet20 --train-epochs 3
+    python benchmarks/bench_latency_budget.py --accuracy --threads 1 --batches 1 --finetune-threads 2
     python benchmarks/bench_latency_budget.py --device cuda --threads 1 --batches 1 64  # on a GPU
 
 Timings on a loaded, shared machine are noisy: with one thread the default clock is the CPU time
@@ -127,56 +130,113 @@ def print_rows(rows: List[Dict]) -> None:
 
 
 def accuracy_at_equal_latency(args) -> List[Dict]:
-    from gcnprune_fast import training
-    from gcnprune_fast.data import load_shared_cifar10
-    from torch.utils.data import DataLoader, Subset
+    """Part 2 on the quality protocol's data and trained model (``benchmarks/quality.py``):
+    filter-L1 scores with global allocation under (a) ``latency=L`` at ``--round-to`` and (b) for
+    each of ``--flops-round-to`` the FLOPs ratio whose pruned model *measures* the same latency
+    (bisection). All timings happen first, on an otherwise idle machine; then every candidate
+    gets the same BN re-estimation and fine-tune per seed (only the fine-tune's order and
+    augmentation differ between seeds: the masks are deterministic). Rows are appended to
+    ``--out``.jsonl and skipped on ``--resume``."""
+    import argparse as _argparse
 
-    torch.manual_seed(0)
-    train_ds, test_ds = load_shared_cifar10(args.data_dir)
-    gen = torch.Generator().manual_seed(0)
-    tr = Subset(train_ds, torch.randperm(len(train_ds), generator=gen)[:args.train_samples].tolist())
-    te = Subset(test_ds, list(range(args.test_samples)))
-    train_loader = DataLoader(tr, batch_size=128, shuffle=True, generator=gen)
-    test_loader = DataLoader(te, batch_size=256)
-    model = get_model(args.model).eval()
-    training.train(model, train_loader, args.train_epochs, lr=0.1, progress=False)
-    model.eval()
-    acc0 = training.evaluate(model, test_loader)
-    space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=args.round_to)
-    lm = build_latency_model(space, batch=args.batches[0], threads=args.threads[0],
-                             cache_dir=args.cache_dir, progress=False)
-    scores = [s["l1"] for s in space.weight_stats()]
-    example = torch.zeros(args.batches[0], 3, 32, 32)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import finetune_and_evaluate, load_data, load_model, mean_ci  # noqa: E402
 
-    def measured(masks):
-        t, _ = min(time_model(space.prune(masks), example, timer=lm.timer,
-                              threads=args.threads[0]) for _ in range(args.rounds))
-        return t
+    from gcnprune_fast.data import TensorBatchLoader
+    from gcnprune_fast.training import evaluate, recalibrate_bn
 
-    lat_masks = allocate(space, scores, Budget.from_ratios(space, latency=args.latency,
-                                                           latency_model=lm))
-    target = measured(lat_masks)
-    lo, hi = 0.02, 1.0  # FLOPs ratio whose pruned model measures the same latency
-    for _ in range(args.bisect_steps):
-        mid = 0.5 * (lo + hi)
-        if measured(allocate(space, scores, Budget.from_ratios(space, flops=mid))) > target:
-            hi = mid
-        else:
-            lo = mid
-    flop_masks = allocate(space, scores, Budget.from_ratios(space, flops=lo))
+    threads, batch = args.threads[0], args.batches[0]
+    ns = _argparse.Namespace(synthetic=0, image_size=32, data_root=args.data_dir,
+                             selection_images=5000, search_images=45000,
+                             test_samples=args.test_samples, checkpoint=args.checkpoint,
+                             model=args.model)
+    search_ds, _, test_ds, num_classes, channels = load_data(ns)
+    model = load_model(ns, num_classes, channels)
+    test_loader = TensorBatchLoader(test_ds, 256)
+    example = torch.zeros(batch, 3, 32, 32)
+    torch.set_num_threads(threads)
+
+    def measured(net) -> float:  # best of --rounds, the runner's way (fresh process)
+        return min(time_model(net, example, timer=lm.timer, threads=threads)[0]
+                   for _ in range(args.rounds))
+
+    lat_space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=args.round_to)
+    lm = build_latency_model(lat_space, batch=batch, threads=threads, cache_dir=args.cache_dir,
+                             progress=False)
+    cands = {}  # name -> (space, masks)
+    scores = [s["l1"] for s in lat_space.weight_stats()]
+    cands[f"latency={args.latency} r{args.round_to}"] = (
+        lat_space, allocate(lat_space, scores, Budget.from_ratios(lat_space, latency=args.latency,
+                                                                  latency_model=lm)))
+    target = measured(lat_space.prune(next(iter(cands.values()))[1]))
+    for rt in args.flops_round_to:
+        space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=rt)
+        sc = [s["l1"] for s in space.weight_stats()]
+        lo, hi = 0.05, 1.0  # the largest FLOPs ratio whose pruned model is not slower
+        for _ in range(args.bisect_steps):
+            mid = 0.5 * (lo + hi)
+            slower = measured(space.prune(allocate(space, sc, Budget.from_ratios(space, flops=mid)))) > target
+            lo, hi = (lo, mid) if slower else (mid, hi)
+        cands[f"flops={lo:.3f} r{rt}"] = (space, allocate(space, sc, Budget.from_ratios(space, flops=lo)))
+    # final timings: original and candidates alternating, best of --rounds each
+    best = {k: float("inf") for k in ["original", *cands]}
+    compacts = {k: sp.prune(m) for k, (sp, m) in cands.items()}
+    for _ in range(args.rounds):
+        for k in best:
+            best[k] = min(best[k], time_model(model if k == "original" else compacts[k], example,
+                                              timer=lm.timer, threads=threads)[0])
+    facts = {k: dict(measured_ms=best[k] * 1e3, speedup=best["original"] / best[k],
+                     flops_ratio=sp.cost(m)[0] / sp.base_flops) for k, (sp, m) in cands.items()}
+    base_acc = evaluate(model, test_loader)
+    print(f"{args.model}: test {base_acc:.4f}, original {best['original'] * 1e3:.3f} ms "
+          f"({threads} thread(s), batch {batch})", flush=True)
+    for k, f in facts.items():
+        print(f"  {k:<22} {f['measured_ms']:.3f} ms  {f['speedup']:.2f}x  flops {f['flops_ratio']:.3f}",
+              flush=True)
+
+    torch.set_num_threads(args.finetune_threads or threads)
+    out = Path(args.out or ROOT / "runs" / "latency" / "accuracy.json")
+    partial = out.with_suffix(".jsonl")
     rows = []
-    for name, masks in ((f"latency={args.latency}", lat_masks), (f"flops={lo:.3f}", flop_masks)):
-        compact = space.prune(masks)
-        training.recalibrate_bn(compact, train_loader, num_batches=10)
-        training.train(compact, train_loader, args.finetune_epochs, lr=0.01, progress=False)
-        compact.eval()
-        f, _ = space.cost(masks)
-        rows.append(dict(variant=name, acc_before=acc0, acc=training.evaluate(compact, test_loader),
-                         measured_ms=measured(masks) * 1e3, flops_ratio=f / space.base_flops,
-                         original_ms=lm.base_latency * 1e3))
-    for r in rows:
-        print(f"{r['variant']:<16} acc {r['acc']:.4f} (original {r['acc_before']:.4f})  "
-              f"{r['measured_ms']:.3f} ms (original {r['original_ms']:.3f})  flops {r['flops_ratio']:.3f}")
+    if args.resume and partial.is_file():
+        rows = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
+    elif partial.is_file():
+        partial.unlink()
+    done = {(r["variant"], r["seed"]) for r in rows}
+    for seed in args.seeds:
+        for k, (sp, m) in cands.items():
+            if (k, seed) in done:
+                continue
+            compact = sp.prune(m)
+            recalibrate_bn(compact, TensorBatchLoader(search_ds, 128, shuffle=True,
+                                                      generator=torch.Generator().manual_seed(seed)),
+                           num_batches=20)
+            accs = finetune_and_evaluate(compact, search_ds, test_loader, args.finetune_epochs,
+                                         0.01, seed)
+            row = dict(variant=k, seed=seed, **facts[k], **accs)
+            rows.append(row)
+            with open(partial, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"seed {seed} {k:<22} " + " ".join(f"{a} {v:.4f}" for a, v in accs.items()),
+                  flush=True)
+    lat_name = next(iter(cands))
+    print(f"\n{'variant':<22}{'ms':>8}{'speedup':>9}{'flops':>7}  " +
+          "  ".join(f"{'acc ft' + str(e):>15}{'paired diff':>15}" for e in args.finetune_epochs))
+    for k in cands:
+        line = f"{k:<22}{facts[k]['measured_ms']:>8.3f}{facts[k]['speedup']:>8.2f}x{facts[k]['flops_ratio']:>7.3f}  "
+        for e in args.finetune_epochs:
+            key = f"acc_ft{e}"
+            mine = {r["seed"]: r[key] * 100 for r in rows if r["variant"] == k}
+            lat = {r["seed"]: r[key] * 100 for r in rows if r["variant"] == lat_name}
+            m, h = mean_ci(list(mine.values()))
+            line += f"{m:>8.2f} ± {h:<5.2f}"
+            if k == lat_name:
+                line += f"{'':>15}"
+            else:
+                d, dh = mean_ci([lat[s] - mine[s] for s in mine if s in lat])
+                line += f"{d:>+8.2f} ± {dh:<5.2f}"
+        print(line)
+    print("(paired diff: the latency-budgeted model minus this one, same seed, 95% t-interval)")
     return rows
 
 
@@ -185,7 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["resnet56", "vgg16_bn", "mobilenet_v2"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--round-to", type=int, default=8,
+                   help="channel multiples (default 8, prune()'s default with a latency budget)")
     p.add_argument("--grid-points", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency", type=float, default=0.5)
@@ -195,17 +256,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--accuracy", action="store_true", help="part 2 instead of part 1")
     p.add_argument("--model", default="resnet20")
+    p.add_argument("--checkpoint", default=str(ROOT / "benchmarks" / "models" / "resnet20_cifar10.pt"))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--flops-round-to", nargs="+", type=int, default=[1, 8],
+                   help="round_to of the FLOPs-budget models compared with (part 2)")
+    p.add_argument("--finetune-threads", type=int, default=None,
+                   help="threads for fine-tuning (part 2; default: the timing threads)")
+    p.add_argument("--resume", action="store_true", help="part 2: keep finished rows of --out")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
-    p.add_argument("--train-samples", type=int, default=10000)
-    p.add_argument("--test-samples", type=int, default=2000)
-    p.add_argument("--train-epochs", type=int, default=3)
-    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--test-samples", type=int, default=None)
+    p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1])
     p.add_argument("--bisect-steps", type=int, default=6)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     rows: List[Dict] = []
     if args.accuracy:
-        torch.set_num_threads(args.threads[0])
         rows = accuracy_at_equal_latency(args)
     else:
         for name in args.models:
@@ -217,6 +282,7 @@ def main(argv=None) -> int:
                     print_rows(r)
                     rows += r
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0
 

@@ -48,6 +48,11 @@ __all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT", "ACCURACY_SETS"]
 logger = logging.getLogger("gcnprune_fast")
 
 DEFAULT_FLOPS = 0.5
+# With a latency budget channel counts default to multiples of 8: the latency table then measures
+# every width a search can choose (nothing is interpolated), and CPU/GPU kernels run such widths
+# at full speed while odd ones (e.g. 17) can be slower than 24 (issue 12: at round_to=1 ResNet-56
+# was predicted 15% too fast at batch 8; at 8, within 1%).
+LATENCY_ROUND_TO = 8
 """The budget of ``prune(model, loader)`` called without flops/params/latency."""
 
 FINETUNE_CHECKPOINT = "finetune.pt"
@@ -289,7 +294,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
           params: Optional[float] = None, example_inputs: Optional[torch.Tensor] = None,
           val_loader=None, train_loader=None, finetune_epochs: int = 0, device=None, seed: int = 0,
           checkpoint_dir: Optional[str] = None, progress: bool = True, resume: bool = False,
-          round_to: int = 1, min_channels: int = 1,
+          round_to: Optional[int] = None, min_channels: int = 1,
           ignored_layers=None, distill: bool = False, finetune_lr: float = 0.01,
           bn_batches: int = 20, eval_batches: Optional[int] = None, accumulate_steps: int = 1,
           amp: Optional[str] = None, sync_bn: bool = False, latency: Optional[float] = None,
@@ -354,7 +359,10 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             resume (no checkpoint in ``checkpoint_dir``, or a non-resumable method without a
             fine-tune checkpoint) raises ValueError before any work. Checkpoints are loaded with
             ``weights_only=True``.
-        round_to / min_channels / ignored_layers: passed to the PruningSpace.
+        round_to: kept channel counts are multiples of this (or the whole group). None (default):
+            1, or ``LATENCY_ROUND_TO`` (8) with a latency budget; the report's ``round_to``
+            says which was used.
+        min_channels / ignored_layers: passed to the PruningSpace.
         distill: fine-tune with knowledge distillation from the original model.
         finetune_lr: initial learning rate of fine-tuning (cosine schedule).
         bn_batches: batches for BN re-estimation after surgery.
@@ -410,6 +418,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         logger.info("no budget given: keeping at most flops=%s of the original MACs (the default; "
                     "pass flops=, params= or latency= to choose)", DEFAULT_FLOPS)
     check_budget_ratios(flops, params, latency)
+    if round_to is None:
+        round_to = 1 if latency is None else LATENCY_ROUND_TO
     if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
         raise ValueError(f"latency_batch must be a positive int, got {latency_batch!r}")
     for kind, value in (("flops", flops), ("params", params), ("latency", latency)):
@@ -569,6 +579,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "flops_budget": flops,
         "budget_defaulted": budget_defaulted,
         "params_budget": params,
+        "round_to": round_to,
         "flops_before": int(space.base_flops),
         "flops_after": int(flops_after),
         "params_before": int(space.base_params),

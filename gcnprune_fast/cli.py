@@ -378,7 +378,8 @@ def cmd_prune(args) -> int:
                 checkpoint_dir=ckpt_dir, resume=args.resume, progress=not args.no_progress,
                 accumulate_steps=args.accumulate_steps, amp=args.amp, sync_bn=args.sync_bn,
                 latency=args.latency, latency_device=args.latency_device,
-                latency_batch=args.latency_batch, latency_threads=args.latency_threads, **opts)
+                latency_batch=args.latency_batch, latency_threads=args.latency_threads,
+                round_to=args.round_to, **opts)
     paths = res.save(args.out, export_formats=tuple(args.export or ()))
     from gcnprune_fast import distributed
 
@@ -655,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size the latency is measured at (default 1)")
     p.add_argument("--latency-threads", type=_positive_int, default=None,
                    help="intra-op threads the latency is measured with (default: torch's)")
+    p.add_argument("--round-to", type=_positive_int, default=None,
+                   help="kept channel counts are multiples of this (default 1, or 8 with "
+                   "--latency)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="shortcut for --option allocation=... (criteria methods: global ranking "
                    "or the same ratio per group)")

@@ -80,6 +80,7 @@ def test_prune_reproducible(model):
 def test_no_budget_means_the_documented_default(model):
     r = gcnprune_fast.prune(model, _loader(), method="l1", progress=False).report
     assert r["budget_defaulted"] and r["flops_budget"] == gcnprune_fast.api.DEFAULT_FLOPS
+    assert r["round_to"] == 1  # channel multiples of 8 are the default for latency budgets only
     assert r["flops_ratio"] <= gcnprune_fast.api.DEFAULT_FLOPS + 1e-9
     explicit = gcnprune_fast.prune(model, _loader(), method="l1", flops=0.7, progress=False).report
     assert not explicit["budget_defaulted"] and explicit["flops_ratio"] > r["flops_ratio"]

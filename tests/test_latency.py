@@ -304,6 +304,10 @@ def test_prune_with_latency_budget(tmp_path):
                               latency_threads=1, progress=False, bn_batches=1)
     r = res.report
     assert r["latency_budget"] == 0.5 and r["flops_ratio"] <= 0.8 + 1e-9
+    # with a latency budget widths default to multiples of 8: the table measures every one
+    assert r["round_to"] == gcnprune_fast.api.LATENCY_ROUND_TO == 8
+    assert all(w["after"] % 8 == 0 or w["after"] == w["before"] for w in r["widths"])
+    assert any(w["after"] < w["before"] for w in r["widths"])
     assert r["latency_predicted_ms"] <= 0.5 * r["latency_before_ms"] * (1 + 1e-9)
     assert r["latency_timed_by"] == "torch"  # an injected timer never runs the C++ runner
     assert {"latency_after_ms", "latency_speedup_measured", "latency_prediction_error",
@@ -336,7 +340,8 @@ def test_cli_latency_flags(tmp_path, monkeypatch, capsys):
     assert main(["prune", "--model", "simple_cnn", "--checkpoint", str(ckpt), "--dataset",
                  "synthetic", "--image-size", "8", "--batch-size", "256", "--method", "l1",
                  "--latency", "0.6", "--latency-batch", "2", "--latency-threads", "1",
-                 "--no-progress", "--out", str(out)]) == 0
+                 "--round-to", "4", "--no-progress", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["latency_budget"] == 0.6 and report["latency_table"]["batch"] == 2
+    assert report["round_to"] == 4
     assert "latency" in capsys.readouterr().out
