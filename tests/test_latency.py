@@ -148,7 +148,12 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     space = PruningSpace(TwoConv().eval(), torch.randn(2, 3, 8, 8))
     t1 = CountingTimer()
     a = build_latency_model(space, timer=t1, cache_dir=tmp_path, progress=False, threads=1)
-    assert len(t1.calls) == a.measured_points > 0
+    layer_calls = [c for c in t1.calls if c["what"] == "layer"]
+    model_macs = [c["macs"] for c in t1.calls if c["what"] == "model"]
+    # the unpruned and the half-width network timed in alternation, 5 rounds (best of each)
+    assert len(layer_calls) + 2 == a.measured_points and len(layer_calls) > 0
+    assert len(model_macs) == 10 and model_macs[0::2] == [model_macs[0]] * 5
+    assert model_macs[1::2] == [model_macs[1]] * 5 and model_macs[1] < model_macs[0]
     files = list(tmp_path.glob("latency-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["meta"]["torch"] == torch.__version__
     t2 = CountingTimer()
@@ -178,6 +183,30 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     build_latency_model(space, timer=t5, cache_dir=tmp_path, progress=False, threads=1)
     assert len(t5.calls) == len(t1.calls)
     assert len(list(tmp_path.glob("latency-*.json"))) == 2
+
+
+def test_calibration_best_of_alternating_rounds(toy):
+    """A slow spell while the calibration networks are timed (here the first three end-to-end
+    timings run 3x slower) changes neither the base latency nor the fitted scale."""
+    calls = []
+
+    def spell_timer(run, spec):
+        t = fake_timer(run, spec)
+        if spec["what"] == "model":
+            calls.append(spec["macs"])
+            return 3 * t if len(calls) <= 3 else t
+        return t
+
+    steady = build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False, threads=1)
+    spell = build_latency_model(toy, timer=spell_timer, cache_dir=None, progress=False, threads=1)
+    assert spell.base_latency == steady.base_latency and spell.scale == steady.scale
+    calls.clear()  # the same spell, one round only
+    one_round = build_latency_model(toy, timer=spell_timer, cache_dir=None, progress=False,
+                                    threads=1, calibration_rounds=1)
+    assert one_round.base_latency == 3 * steady.base_latency  # what the alternation protects from
+    with pytest.raises(ValueError, match="calibration_rounds"):
+        build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False,
+                            calibration_rounds=0)
 
 
 def test_cache_keyed_by_threads_and_batch(tmp_path, toy):
