@@ -50,9 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gcnprune_fast.latency import build_latency_model  # noqa: E402
-from gcnprune_fast.latency.measure import time_model  # noqa: E402
+from gcnprune_fast.latency.measure import time_models_alternating  # noqa: E402
 from gcnprune_fast.methods import Budget  # noqa: E402
-from gcnprune_fast.methods.allocation import allocate, counts_from_ratios, masks_from_counts  # noqa: E402
+from gcnprune_fast.methods.allocation import (allocate, counts_from_ratios, masks_from_counts,  # noqa: E402
+                                              min_cost_ratios)
 from gcnprune_fast.models import get_model  # noqa: E402
 from gcnprune_fast.space import PruningSpace  # noqa: E402
 
@@ -82,13 +83,10 @@ def predict_vs_measure(model_name: str, threads: int, batch: int, round_to: int,
     example = torch.zeros(batch, 3, 32, 32, device=device)
     compacts = {k: space.prune(m).to(device) for k, m in variants.items()}
     model = model.to(device)
-    best = {k: float("inf") for k in ["original", *variants]}
-    how = {}
-    for _ in range(rounds):  # alternate original and pruned
-        for k in best:
-            net = model if k == "original" else compacts[k]
-            t, how[k] = time_model(net, example, timer=lm.timer, threads=threads)
-            best[k] = min(best[k], t)
+    timed = time_models_alternating({"original": model, **compacts}, example, timer=lm.timer,
+                                    threads=threads, rounds=rounds, runner_rounds=3)
+    best = {k: t for k, (t, _) in timed.items()}
+    how = {k: h for k, (_, h) in timed.items()}
     rows = []
     base_pred = float(lm.latency_from_counts(torch.tensor([g.size for g in space.groups])))
     rows.append(dict(model=model_name, threads=threads, batch=batch, variant="original",
@@ -156,9 +154,13 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
     example = torch.zeros(batch, 3, 32, 32)
     torch.set_num_threads(threads)
 
-    def measured(net) -> float:  # best of --rounds, the runner's way (fresh process)
-        return min(time_model(net, example, timer=lm.timer, threads=threads)[0]
-                   for _ in range(args.rounds))
+    def timed(nets: Dict) -> Dict[str, float]:  # best of --rounds each, in alternation
+        return {k: t for k, (t, _) in time_models_alternating(
+            nets, example, timer=lm.timer, threads=threads, rounds=args.rounds,
+            runner_rounds=3).items()}
+
+    def measured(net) -> float:
+        return timed({"net": net})["net"]
 
     lat_space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=args.round_to)
     lm = build_latency_model(lat_space, batch=batch, threads=threads, cache_dir=args.cache_dir,
@@ -172,19 +174,15 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
     for rt in args.flops_round_to:
         space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=rt)
         sc = [s["l1"] for s in space.weight_stats()]
-        lo, hi = 0.05, 1.0  # the largest FLOPs ratio whose pruned model is not slower
+        # the largest FLOPs ratio whose pruned model is not slower (lo: the smallest reachable)
+        lo, hi = min_cost_ratios(space)[0], 1.0
         for _ in range(args.bisect_steps):
             mid = 0.5 * (lo + hi)
             slower = measured(space.prune(allocate(space, sc, Budget.from_ratios(space, flops=mid)))) > target
             lo, hi = (lo, mid) if slower else (mid, hi)
         cands[f"flops={lo:.3f} r{rt}"] = (space, allocate(space, sc, Budget.from_ratios(space, flops=lo)))
     # final timings: original and candidates alternating, best of --rounds each
-    best = {k: float("inf") for k in ["original", *cands]}
-    compacts = {k: sp.prune(m) for k, (sp, m) in cands.items()}
-    for _ in range(args.rounds):
-        for k in best:
-            best[k] = min(best[k], time_model(model if k == "original" else compacts[k], example,
-                                              timer=lm.timer, threads=threads)[0])
+    best = timed({"original": model, **{k: sp.prune(m) for k, (sp, m) in cands.items()}})
     facts = {k: dict(measured_ms=best[k] * 1e3, speedup=best["original"] / best[k],
                      flops_ratio=sp.cost(m)[0] / sp.base_flops) for k, (sp, m) in cands.items()}
     base_acc = evaluate(model, test_loader)

@@ -48,13 +48,13 @@ __all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT", "ACCURACY_SETS"]
 logger = logging.getLogger("gcnprune_fast")
 
 DEFAULT_FLOPS = 0.5
+"""The budget of ``prune(model, loader)`` called without flops/params/latency."""
 # With a latency budget channel counts default to multiples of 8: the latency table then measures
 # every width a search can choose (nothing is interpolated), and CPU/GPU kernels run such widths
 # at full speed while odd ones (e.g. 17) can be slower than 24 (issue 12: at round_to=1 the
 # latency=0.5 ResNet-56 was predicted 15-22% too fast at batch 8; at 8, within 6% on every
 # thread/batch setting measured).
 LATENCY_ROUND_TO = 8
-"""The budget of ``prune(model, loader)`` called without flops/params/latency."""
 
 FINETUNE_CHECKPOINT = "finetune.pt"
 """File name of the fine-tuning checkpoint in ``checkpoint_dir``."""

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["Timer", "TimerFn", "device_name", "resolve_threads", "threads_context", "time_model",
+           "time_models_alternating",
            "runner_path", "CLOCKS"]
 
 TimerFn = Callable[[Callable[[], Any], Dict[str, Any]], float]
@@ -199,3 +200,22 @@ def time_model(model: nn.Module, example: torch.Tensor, *, timer: TimerFn, threa
         with torch.inference_mode():
             seconds = timer(lambda: scripted(example), spec)
     return float(seconds), "torch"
+
+
+def time_models_alternating(models: Dict[str, nn.Module], example: torch.Tensor, *,
+                            timer: TimerFn, threads: int, rounds: int, runtime: str = "auto",
+                            macs: Optional[Dict[str, float]] = None, runner_rounds: int = 1
+                            ) -> Dict[str, Tuple[float, str]]:
+    """``{name: (seconds, timed_by)}``: every model timed by :func:`time_model` (``runner_rounds``
+    runs of the runner per call) once per round, the models in turn, for ``rounds`` rounds; the
+    best of each. Alternating means a slow spell of a shared machine hits every model alike."""
+    best: Dict[str, Tuple[float, str]] = {}
+    for _ in range(rounds):
+        for name, net in models.items():
+            t, how = time_model(net, example, timer=timer, threads=threads, runtime=runtime,
+                                macs=None if macs is None else macs.get(name),
+                                rounds=runner_rounds)
+            if name not in best or t < best[name][0]:
+                best[name] = (t, how)
+    return best
+

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gcnprune_fast.latency.measure import (Timer, TimerFn, device_name, resolve_threads,
-                                           threads_context, time_model)
+                                           threads_context, time_models_alternating)
 
 __all__ = ["LayerSpec", "LatencyCache", "LatencyModel", "build_latency_model", "layer_specs",
            "default_cache_dir"]
@@ -447,7 +447,7 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
     # The unpruned network (and, for "two-point", the half-width one) timed end to end in
     # alternation, best of ``calibration_rounds`` each: both points see the same machine state,
     # so a slow spell of a shared machine cannot skew the fitted scale.
-    to_time = {}  # cache key -> (model, macs)
+    to_time = {}  # cache key -> (a function building the network, its MACs)
     if model_key not in cache.models:
         to_time[model_key] = (working_model, float(space.base_flops) * batch)
     half = _half_counts(space) if calibration == "two-point" else None
@@ -457,18 +457,15 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
         to_time[half_key] = (lambda: space.prune(half_masks).to(device).eval(),
                              float(space.cost(half_masks)[0]) * batch)
     if to_time:
-        nets = {k: make() for k, (make, _) in to_time.items()}
-        best, how = {k: float("inf") for k in nets}, {}
-        for _ in range(calibration_rounds):
-            for k, net in nets.items():
-                t, how[k] = time_model(net, example, timer=timer, threads=threads,
-                                       runtime=runtime, macs=to_time[k][1], rounds=1)
-                best[k] = min(best[k], t)
-        measured += len(nets)
-        for k, t in best.items():
+        best = time_models_alternating({k: make() for k, (make, _) in to_time.items()}, example,
+                                       timer=timer, threads=threads, rounds=calibration_rounds,
+                                       runtime=runtime,
+                                       macs={k: macs for k, (_, macs) in to_time.items()})
+        measured += len(best)
+        for k, (t, _) in best.items():
             cache.models[k] = float(t)
-        if model_key in how:
-            cache.models[timed_by_key] = 1.0 if how[model_key] == "gcnprune_run" else 0.0
+        if model_key in best:
+            cache.models[timed_by_key] = 1.0 if best[model_key][1] == "gcnprune_run" else 0.0
         cache.save()
     base = cache.models[model_key]
     timed_by = "gcnprune_run" if cache.models.get(timed_by_key) == 1.0 else "torch"
