@@ -146,6 +146,13 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
     if args.episodes and spec.has_option("episodes") and "episodes" not in opts:
         opts["episodes"] = str(args.episodes)
     search, selection = loaders
+    if args.checkpoint_root and spec.supports_resume:
+        # per method, budget and seed, not per option set: variants that differ only in options
+        # read after the search (e.g. graph-pruning's final selection) reuse its checkpoint, and
+        # the fingerprint refuses one written by other work
+        ckpt = os.path.join(args.checkpoint_root, f"{method}-f{flops}-s{seed}")
+        opts.update(checkpoint_dir=ckpt, resume=os.path.isdir(ckpt) and any(
+            f.endswith(".pt") for f in os.listdir(ckpt)))
     t0 = time.perf_counter()
     res = prune(model, search, method=method, flops=flops, val_loader=selection,
                 train_loader=search, eval_batches=2, seed=seed, progress=not args.no_progress,
@@ -157,6 +164,7 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "episodes": r.get("episodes"),
                        "greedy_curve": r.get("greedy_curve"),
                        "rerank_choice": r.get("rerank_choice"), "rerank": r.get("rerank"),
+                       "final_selection": r.get("final_selection"),
                        "widths": [w["after"] for w in r["widths"]]}
 
 
@@ -350,6 +358,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 40 fine-tune steps per epoch, 4 bisection steps")
     p.add_argument("--resume", action="store_true", help="keep the finished runs in --out")
+    p.add_argument("--checkpoint-root", default=None,
+                   help="search checkpoints under DIR/<method>-f<budget>-s<seed> (resumed; "
+                   "variants of one method that share the search reuse it)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))

@@ -278,6 +278,58 @@ def test_graph_pruning_pruningnet_weights(space, tmp_path):
     assert not torch.equal(compact.get_parameter(name), res.model.get_parameter(name))
 
 
+def test_graph_pruning_final_selection(space):
+    """The search's best distinct configurations are grown to the budget and re-scored with the
+    sliced weights on the selection data; the chosen one is what the masks keep."""
+    budget = Budget.from_ratios(space, 0.5)
+    opts = dict(TINY["graph-pruning"], episodes=8, final_candidates=4, selection_samples=16)
+    ctx = SearchContext(space=space, budget=budget, loader=random_batches(n=32, seed=1),
+                        val_loader=random_batches(n=16, seed=2), device=torch.device("cpu"),
+                        options=opts)
+    res = run_method("graph-pruning", ctx)
+    rows = res.info["final_selection"]
+    assert 1 <= len(rows) <= 4 and sum(r["chosen"] for r in rows) == 1
+    # candidates are distinct, best search reward first
+    assert len({tuple(r["counts"]) for r in rows}) == len(rows)
+    assert [r["search_reward"] for r in rows] == sorted((r["search_reward"] for r in rows),
+                                                        reverse=True)
+    chosen = next(r for r in rows if r["chosen"])
+    assert [int(m.sum()) for m in res.masks] == chosen["grown_counts"]
+    assert chosen["selection_acc"] == max(r["selection_acc"] for r in rows)
+    for r in rows:  # grown: never narrower, still within the budget
+        assert all(g >= c for g, c in zip(r["grown_counts"], r["counts"]))
+        f, p = space.cost_from_counts(torch.tensor(r["grown_counts"]))
+        assert bool(budget.feasible(f, p))
+        f0, _ = space.cost_from_counts(torch.tensor(r["counts"]))
+        assert float(f) >= float(f0)
+    # fill_budget=False scores the configurations as found
+    plain = run_method("graph-pruning", SearchContext(
+        space=space, budget=budget, loader=random_batches(n=32, seed=1),
+        val_loader=random_batches(n=16, seed=2), device=torch.device("cpu"),
+        options=dict(opts, fill_budget=False)))
+    assert all(r["grown_counts"] == r["counts"] for r in plain.info["final_selection"])
+    assert plain.info["reward_curve"] == res.info["reward_curve"]  # same search
+    # final_candidates=0: the search's best, unchanged
+    off = run_method("graph-pruning", SearchContext(
+        space=space, budget=budget, loader=random_batches(n=32, seed=1),
+        device=torch.device("cpu"), options=dict(opts, final_candidates=0)))
+    assert off.info["final_selection"] is None
+    assert off.info["best_reward"] == res.info["best_reward"]
+
+
+def test_graph_pruning_checkpoint_serves_other_final_selections(space, tmp_path):
+    """Options read only after the search are not in the search's fingerprint: a finished search
+    is reused (no new episode scored) by a run that selects differently."""
+    first = _run(space, "graph-pruning", tmp_path, final_candidates=3)
+    again = _run(space, "graph-pruning", tmp_path, resume=True, final_candidates=0,
+                 fill_budget=False)
+    assert again.info["reward_curve"] == first.info["reward_curve"]
+    assert again.info["masked_evaluations"] <= 1  # the final noise-free episode at most
+    with pytest.raises(ValueError, match="different work"):
+        _run(space, "graph-pruning", tmp_path, resume=True, episodes=TINY["graph-pruning"]["episodes"],
+             action_low=0.3)
+
+
 # ----------------------------------------------------------------------------- resume
 class _Killed(Exception):
     pass
@@ -381,6 +433,7 @@ def test_resume_refuses_a_foreign_checkpoint(space, tmp_path):
     ("graph-pruning", {"pruningnet_steps": -1}, ValueError, "pruningnet_steps must be >= 0"),
     ("graph-pruning", {"action_low": 1.0}, ValueError, "action_low must be < 1"),
     ("graph-pruning", {"final_weights": "pruningnet"}, ValueError, "checkpoint_dir"),
+    ("graph-pruning", {"final_candidates": -1}, ValueError, "final_candidates must be >= 0"),
     ("graph-pruning", {"epochs": 3}, TypeError, "unknown option"),
     ("amc", {"warmup": -1}, ValueError, "warmup must be >= 0"),
     ("amc", {"reward": "top5"}, ValueError, "reward must be one of"),

@@ -12,7 +12,8 @@ import gcnprune_fast
 from gcnprune_fast.cli import build_parser, main
 from gcnprune_fast.methods import Budget, get_method, method_names, register_method
 from gcnprune_fast.methods.allocation import (action_wall, counts_from_ratios, fit_ratios_to_budget,
-                                              masks_from_counts, uniform_counts)
+                                              grow_counts_to_budget, masks_from_counts,
+                                              uniform_counts)
 from gcnprune_fast.methods.registry import option, unregister_method
 from helpers import random_batches, simple_cnn_space
 
@@ -174,3 +175,28 @@ def test_allocation_from_ratios():
     masks = masks_from_counts(scores, fitted)
     for m, c, g in zip(masks, fitted, space.groups):
         assert int(m.sum()) == c and bool(m[g.size - c:].all())  # the highest scores are kept
+
+
+def test_grow_counts_to_budget():
+    """Under-used budgets are filled by scaling every keep ratio by one factor: feasible, never
+    narrower, wider than the input, and the scaled-up shape stays the proposal's."""
+    space = simple_cnn_space()
+    budget = Budget.from_ratios(space, flops=0.5)
+    small = counts_from_ratios(space, [0.25] * space.num_groups)
+    grown = grow_counts_to_budget(space, small, budget)
+    cost = lambda c: [float(v) for v in space.cost_from_counts(torch.tensor(c))]
+    f, p = space.cost_from_counts(torch.tensor([grown]))
+    assert bool(budget.feasible(f[0], p[0]))
+    assert all(g >= s for g, s in zip(grown, small))
+    assert cost(grown)[0] > cost(small)[0] * 1.5
+    # tight: one more common step of the scale breaks the budget (some group can still grow)
+    assert any(c < g.size for c, g in zip(grown, space.groups))
+    # counts that nearly fill the budget grow by little; an infeasible input comes back unchanged
+    full = uniform_counts(space, budget)
+    again = grow_counts_to_budget(space, full, budget)
+    assert all(a >= c for a, c in zip(again, full))
+    assert cost(again)[0] <= 0.5 * float(space.base_flops) * (1 + 1e-9)
+    sizes = [g.size for g in space.groups]
+    assert grow_counts_to_budget(space, sizes, budget) == sizes
+    with pytest.raises(ValueError, match="counts has 1 entries"):
+        grow_counts_to_budget(space, [4], budget)

@@ -186,7 +186,7 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
                      checkpoint_every: int = 10, progress: bool = False,
                      desc: str = "search",
                      remember: Optional[Callable[[List[int], Tuple[float, float, float]], None]]
-                     = None) -> Dict[str, Any]:
+                     = None, keep_top: int = 1) -> Dict[str, Any]:
     """Run (or continue) an episodic search.
 
     Args:
@@ -202,14 +202,16 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
         resume: continue from the checkpoint.
         remember: ``remember(counts, result)`` caches a score computed by another rank (under
             torch.distributed; e.g. ``MaskScorer.remember`` of the counts' masks).
+        keep_top: how many of the best distinct configurations to return (``top``).
 
     Returns:
         facts: ``best_counts``, ``best_reward``, ``reward_curve`` (per episode), ``episodes``,
         ``greedy_counts`` / ``greedy_reward`` (the agent's noise-free episode at the end),
-        ``search_loop_s``.
+        ``top``: the ``keep_top`` best distinct configurations as ``(counts, reward)``, best
+        first (the final noise-free episode included), ``search_loop_s``.
     """
     state: Dict[str, Any] = {"episode": 0, "best_key": None, "best_counts": None,
-                             "reward_curve": [], "accuracy_curve": []}
+                             "reward_curve": [], "accuracy_curve": [], "top": []}
     saved = checkpoint.load(resume) if checkpoint is not None else None
     if saved is not None:
         agent.load_state_dict(saved["agent"])
@@ -220,6 +222,14 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
         key = [float(result[0]), -float(result[2])]
         if state["best_key"] is None or key > list(state["best_key"]):
             state["best_key"], state["best_counts"] = key, list(counts)
+        # the best distinct configurations, best first (ties keep the earlier one first)
+        top = state.setdefault("top", [])
+        if any(list(c) == list(counts) for _, c in top):
+            return
+        pos = next((i for i, (k, _) in enumerate(top) if key > list(k)), len(top))
+        if pos < max(int(keep_top), 1):
+            top.insert(pos, [key, list(counts)])
+            del top[max(int(keep_top), 1):]
 
     def play(explore: bool):
         counts = list(env.sizes)
@@ -285,6 +295,7 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
             "reward_curve": list(state["reward_curve"]),
             "accuracy_curve": list(state["accuracy_curve"]), "episodes": int(state["episode"]),
             "greedy_counts": greedy_counts, "greedy_reward": float(greedy[0]),
+            "top": [(list(c), float(k[0])) for k, c in state["top"]],
             "search_loop_s": time.perf_counter() - t0}
 
 
