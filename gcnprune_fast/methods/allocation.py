@@ -32,7 +32,7 @@ import torch
 __all__ = ["Budget", "ALLOCATIONS", "check_budget_ratio", "check_budget_ratios", "standardize",
            "project_to_budget", "allocate", "min_cost_ratios", "min_latency_ratio",
            "check_budget_reachable", "uniform_counts", "counts_from_ratios", "fit_ratios_to_budget",
-           "grow_counts_to_budget", "action_wall", "masks_from_counts"]
+           "scale_ratios_to_budget", "grow_counts_to_budget", "action_wall", "masks_from_counts"]
 
 ALLOCATIONS = ("global", "uniform")
 
@@ -360,34 +360,50 @@ def fit_ratios_to_budget(space, ratios, budget: Budget, round_to: Optional[int] 
     return counts_from_ratios(space, ratios * lo, round_to)
 
 
+def scale_ratios_to_budget(space, ratios, budget: Budget, *, low: float = 0.0,
+                           round_to: Optional[int] = None, iterations: int = 40) -> List[int]:
+    """Widths for ``ratios`` scaled by the largest common factor s >= ``low`` (ratios capped at 1)
+    that meets the budget, up when the proposal is under it, down when over (bisection on s): the
+    proposal's shape is kept, its size put on the budget surface. When even s = ``low`` is over
+    the budget: :func:`fit_ratios_to_budget` (which raises if nothing meets it)."""
+    ratios = torch.as_tensor(ratios, dtype=torch.float64).reshape(-1).clamp(1e-6, 1.0)
+
+    def widths(scale: float) -> List[int]:
+        return counts_from_ratios(space, (ratios * scale).clamp(max=1.0), round_to)
+
+    def ok(scale: float) -> bool:
+        return bool(_counts_feasible(space, budget, [widths(scale)])[0])
+
+    lo, hi = float(low), max(float(1.0 / ratios.min()), float(low))
+    if ok(hi):
+        return widths(hi)
+    if not ok(lo):
+        return fit_ratios_to_budget(space, ratios, budget, round_to)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return widths(lo)
+
+
 def grow_counts_to_budget(space, counts: Sequence[int], budget: Budget,
                           round_to: Optional[int] = None, iterations: int = 40) -> List[int]:
     """``counts`` grown to use the budget they leave unused: every keep ratio scaled by the
-    largest common factor s >= 1 that stays feasible (bisection on s; ratios capped at 1), never
-    below ``counts``. The proposal's shape is kept, its size is raised to the budget (the
-    counterpart of :func:`fit_ratios_to_budget`). Infeasible ``counts`` are returned unchanged."""
+    largest common factor s >= 1 that stays feasible (:func:`scale_ratios_to_budget`), never
+    below ``counts``. Infeasible ``counts`` are returned unchanged."""
     counts = [int(c) for c in counts]
     if len(counts) != space.num_groups:
         raise ValueError(f"counts has {len(counts)} entries, the space has {space.num_groups} groups")
     if not bool(_counts_feasible(space, budget, [counts])[0]):
         return counts
-    sizes = _sizes(space)
-    ratios = torch.tensor([c / s for c, s in zip(counts, sizes)], dtype=torch.float64)
-
-    def at(scale: float) -> List[int]:
-        grown = counts_from_ratios(space, (ratios * scale).clamp(max=1.0), round_to)
-        return [max(a, b) for a, b in zip(grown, counts)]
-
-    lo, hi = 1.0, float(max(s / max(c, 1) for c, s in zip(counts, sizes)))
-    if bool(_counts_feasible(space, budget, [at(hi)])[0]):
-        return at(hi)
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if bool(_counts_feasible(space, budget, [at(mid)])[0]):
-            lo = mid
-        else:
-            hi = mid
-    return at(lo)
+    ratios = [c / s for c, s in zip(counts, _sizes(space))]
+    grown = scale_ratios_to_budget(space, ratios, budget, low=1.0, round_to=round_to,
+                                   iterations=iterations)
+    out = [max(a, b) for a, b in zip(grown, counts)]
+    # the floor of a rounded-down ratio can sit one step below counts: the max then may overshoot
+    return out if bool(_counts_feasible(space, budget, [out])[0]) else counts
 
 
 def uniform_counts(space, budget: Budget, round_to: Optional[int] = None) -> List[int]:

@@ -27,8 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from gcnprune_fast import distributed
-from gcnprune_fast.methods.allocation import (counts_from_ratios, fit_ratios_to_budget,
-                                              masks_from_counts)
+from gcnprune_fast.methods.allocation import masks_from_counts, scale_ratios_to_budget
 from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
 from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, SearchCheckpoint,
@@ -87,30 +86,11 @@ class _Evolution:
         self.sizes = torch.tensor([g.size for g in space.groups], dtype=torch.float64)
 
     def project(self, ratios: torch.Tensor, iterations: int = 30) -> Tuple[int, ...]:
-        """Legal widths for ``ratios`` scaled by the largest common factor s (ratios capped at 1)
-        that meets the budget: up when the proposal is under it, down when over (bisection)."""
-        ratios = ratios.to(torch.float64).clamp(1e-6, 1.0)
-
-        def widths(scale: float) -> List[int]:
-            return counts_from_ratios(self.space, (ratios * scale).clamp(max=1.0))
-
-        def ok(counts: List[int]) -> bool:
-            return bool(self.budget.feasible_counts(self.space,
-                                                    torch.tensor(counts, dtype=torch.long)))
-
-        hi = float(1.0 / ratios.min())
-        if ok(widths(hi)):
-            return tuple(widths(hi))
-        lo = 0.0
-        if not ok(widths(lo)):
-            return tuple(int(c) for c in fit_ratios_to_budget(self.space, ratios, self.budget))
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            if ok(widths(mid)):
-                lo = mid
-            else:
-                hi = mid
-        return tuple(widths(lo))
+        """Legal widths for ``ratios`` scaled onto the budget surface, up when the proposal is
+        under it, down when over (:func:`~gcnprune_fast.methods.allocation.
+        scale_ratios_to_budget`)."""
+        return tuple(scale_ratios_to_budget(self.space, ratios, self.budget,
+                                            iterations=iterations))
 
     def ratios(self, counts) -> torch.Tensor:
         return torch.tensor(counts, dtype=torch.float64) / self.sizes
