@@ -317,6 +317,27 @@ def test_graph_pruning_final_selection(space):
     assert off.info["best_reward"] == res.info["best_reward"]
 
 
+def test_graph_pruning_rerank(space):
+    """rerank_top > 0: the final candidates and the criteria's allocations are re-ranked by
+    selection accuracy after a short fine-tune; the winner is the result."""
+    opts = dict(TINY["graph-pruning"], episodes=6, final_candidates=3, selection_samples=16,
+                rerank_top=2, rerank_steps=2)
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
+                        loader=random_batches(n=32, seed=1), val_loader=random_batches(n=16, seed=2),
+                        device=torch.device("cpu"), options=opts)
+    res = run_method("graph-pruning", ctx)
+    rows = res.info["rerank"]
+    names = [r["name"] for r in rows]
+    assert names[0] == "search-1" and any(n.startswith("l1-") for n in names)
+    assert len([n for n in names if n.startswith("search-")]) <= 2
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["selection_acc"] == max(r["selection_acc"] for r in rows)
+    assert res.info["rerank_choice"] == chosen["name"]
+    f, _ = space.cost(res.masks)
+    assert f <= 0.5 * space.base_flops * (1 + 1e-9)
+    assert abs(float(f) / space.base_flops - chosen["kept_flops"]) < 1e-9
+
+
 def test_graph_pruning_checkpoint_serves_other_final_selections(space, tmp_path):
     """Options read only after the search are not in the search's fingerprint: a finished search
     is reused (no new episode scored) by a run that selects differently."""
@@ -434,6 +455,8 @@ def test_resume_refuses_a_foreign_checkpoint(space, tmp_path):
     ("graph-pruning", {"action_low": 1.0}, ValueError, "action_low must be < 1"),
     ("graph-pruning", {"final_weights": "pruningnet"}, ValueError, "checkpoint_dir"),
     ("graph-pruning", {"final_candidates": -1}, ValueError, "final_candidates must be >= 0"),
+    ("graph-pruning", {"final_weights": "pruningnet", "rerank_top": 2, "checkpoint_dir": "x"},
+     ValueError, "do not combine"),
     ("graph-pruning", {"epochs": 3}, TypeError, "unknown option"),
     ("amc", {"warmup": -1}, ValueError, "warmup must be >= 0"),
     ("amc", {"reward": "top5"}, ValueError, "reward must be one of"),

@@ -57,7 +57,7 @@ from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseli
                                           SearchCheckpoint, bernoulli_policy_update,
                                           channels_last_evaluation, mask_key,
                                           normalized_advantages)
-from gcnprune_fast.methods.search.rerank import criterion_candidates, rerank
+from gcnprune_fast.methods.search.rerank import RerankOptions, rerank_search_candidates
 
 logger = logging.getLogger("gcnprune_fast")
 
@@ -69,8 +69,10 @@ CHECKPOINT_NAME = "channel_gcn_search.pt"
 
 
 @dataclass
-class ChannelGCNOptions:
-    """Options of channel-gcn (``prune(..., episodes=100)`` or ``--option episodes=100``)."""
+class ChannelGCNOptions(RerankOptions):
+    """Options of channel-gcn (``prune(..., episodes=100)`` or ``--option episodes=100``); the
+    re-ranking options (choose by accuracy after a short fine-tune) come from
+    :class:`~gcnprune_fast.methods.search.rerank.RerankOptions`."""
 
     episodes: int = option(300, "total sampled masks", minimum=1)
     episodes_per_update: int = option(10, "masks per policy update", minimum=1)
@@ -113,14 +115,6 @@ class ChannelGCNOptions:
                          choices=("rl", "random"))
     random_width_step: float = option(0.1, "search=random: largest per-group width change, as a "
                                       "fraction of the group", minimum=0.0)
-    # re-ranking (methods/search/rerank.py): choose by accuracy after a short fine-tune
-    rerank_top: int = option(0, "re-rank this many of the search's best distinct masks (plus the "
-                             "criteria's allocations when rerank_criteria) by selection accuracy "
-                             "after rerank_steps fine-tuning steps; 0 = off", minimum=0)
-    rerank_criteria: bool = option(True, "re-ranking also considers the plain criteria's "
-                                   "allocations (L1/L2, global and uniform)")
-    rerank_steps: int = option(100, "SGD steps of each candidate's short fine-tune", minimum=1)
-    rerank_lr: float = option(0.01, "learning rate of the short fine-tune", minimum=0.0)
 
 
 NODE_FEATURES = ("l1", "l2", "bn_gamma", "act_mean", "act_var", "act_abs_mean", "act_zero_frac",
@@ -276,24 +270,11 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
 def _rerank(run: "_ChannelSearch", best: List[torch.Tensor], info: Dict[str, Any]
             ) -> List[torch.Tensor]:
     """The search's best distinct masks (and the criteria's allocations) re-ranked by selection
-    accuracy after a short fine-tune (:func:`~gcnprune_fast.methods.search.rerank.rerank`)."""
-    ctx, opts = run.ctx, run.opts
-    if ctx.val_loader is None or ctx.val_loader is ctx.loader:
-        logger.warning("channel-gcn: rerank_top=%d needs selection data (val_loader) distinct "
-                       "from the search loader; keeping the search's best mask", opts.rerank_top)
-        info["rerank"] = None
-        return best
-    candidates = [(f"search-{i + 1}", masks) for i, (_, masks) in enumerate(run.state["top"])]
-    if opts.rerank_criteria:
-        candidates += criterion_candidates(run.space, ctx.budget)
-    t0 = time.perf_counter()
-    masks, rows = rerank(run.space, candidates, loader=ctx.loader, val_loader=ctx.val_loader,
-                         device=ctx.device, steps=opts.rerank_steps, lr=opts.rerank_lr,
-                         seed=ctx.seed, progress=ctx.progress)
-    info["rerank"] = rows
-    info["rerank_time_s"] = time.perf_counter() - t0
-    info["rerank_choice"] = next(r["name"] for r in rows if r["chosen"])
-    return masks
+    accuracy after a short fine-tune (:func:`~gcnprune_fast.methods.search.rerank.
+    rerank_search_candidates`)."""
+    # the best distinct masks, best first (``best`` heads the list: see _ChannelSearch.consider)
+    found = [masks for _, masks in run.state.get("top", [])] or [best]
+    return rerank_search_candidates(NAME, run.space, run.ctx, run.opts, found, info)
 
 
 @dataclass

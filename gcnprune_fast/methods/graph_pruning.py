@@ -27,7 +27,9 @@ Pipeline:
    configurations by the PruningNet's weights, the deployed network has the sliced originals, and
    an under-used budget is accuracy given away (on the trained ResNet-20 one seed's best
    configuration kept 0.36 of the FLOPs at a 0.5 budget). ``final_candidates=0``: the search's
-   best as scored during the search, unchanged;
+   best as scored during the search, unchanged. With ``rerank_top`` > 0 the best of them (by that
+   score) and the plain criteria's allocations are re-ranked by selection accuracy after a short
+   fine-tune (:mod:`.search.rerank`, as channel-gcn);
 7. result: masks keeping the most important original channels (default); BN re-estimation and
    fine-tuning follow in ``prune()``. With ``final_weights="pruningnet"`` the generated weights of
    that configuration are also written to ``checkpoint_dir/graph_pruning_weights.pt`` (a full-size
@@ -67,6 +69,7 @@ from gcnprune_fast.methods.search.ratio_ppo import PPOConfig, RatioPPOAgent
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
                                                        make_ddpg, reward_set, run_ratio_search,
                                                        search_facts)
+from gcnprune_fast.methods.search.rerank import RerankOptions, rerank_search_candidates
 from gcnprune_fast.methods.search.reward import RewardSet
 
 __all__ = ["NAME", "GraphPruningOptions", "search", "load_pruningnet_weights",
@@ -79,8 +82,9 @@ WEIGHTS_FILE = "graph_pruning_weights.pt"
 
 
 @dataclass
-class GraphPruningOptions(RatioSearchOptions, PruningNetOptions):
-    """Options of graph-pruning (``prune(..., episodes=200)`` or ``--option episodes=200``)."""
+class GraphPruningOptions(RatioSearchOptions, PruningNetOptions, RerankOptions):
+    """Options of graph-pruning (``prune(..., episodes=200)`` or ``--option episodes=200``); the
+    re-ranking options come from :class:`~gcnprune_fast.methods.search.rerank.RerankOptions`."""
 
     agent: str = option("ddpg", "search agent: DDPG as in AMC, or PPO-clip", choices=("ddpg", "ppo"))
     ppo_episodes_per_update: int = option(10, "PPO: episodes per update", minimum=1)
@@ -104,7 +108,8 @@ class GraphPruningOptions(RatioSearchOptions, PruningNetOptions):
 
 
 # options read only after the search: a search checkpoint serves runs that differ in them
-FINAL_SELECTION_OPTIONS = ("final_candidates", "fill_budget", "selection_samples", "final_weights")
+FINAL_SELECTION_OPTIONS = ("final_candidates", "fill_budget", "selection_samples", "final_weights",
+                           *(f.name for f in dataclasses.fields(RerankOptions)))
 
 
 def _search_fingerprint(space, ctx: SearchContext, opts: GraphPruningOptions) -> Dict[str, Any]:
@@ -136,6 +141,10 @@ def search(space, ctx: SearchContext) -> MethodResult:
     if opts.final_weights == "pruningnet" and ctx.checkpoint_dir is None:
         raise ValueError(f"method {NAME!r}: final_weights='pruningnet' writes the generated weights "
                          f"to checkpoint_dir; give checkpoint_dir")
+    if opts.final_weights == "pruningnet" and opts.rerank_top > 0:
+        raise ValueError(f"method {NAME!r}: final_weights='pruningnet' and rerank_top > 0 do not "
+                         f"combine (re-ranking may choose a criterion's mask, which has no "
+                         f"PruningNet weights); set one of them off")
     t_start = time.perf_counter()
     seed, device = int(ctx.seed), ctx.device
     # The reward set is drawn before PruningNet training reads the loader: a run resumed after the
@@ -179,12 +188,19 @@ def search(space, ctx: SearchContext) -> MethodResult:
                              checkpoint=checkpoint, resume=ctx.resume,
                              checkpoint_every=int(opts.checkpoint_every), progress=ctx.progress,
                              desc=f"{NAME} search", remember=remember,
-                             keep_top=max(int(opts.final_candidates), 1))
+                             keep_top=max(int(opts.final_candidates), int(opts.rerank_top), 1))
     counts, selection_rows = facts["best_counts"], None
+    ranked = [c for c, _ in facts["top"]]  # best first
     if opts.final_candidates > 0:
         counts, selection_rows = _final_selection(space, ctx, opts, pnet, facts["top"])
-        facts["best_counts"] = counts  # the report's ratios are those of the chosen configuration
+        by_score = sorted(selection_rows, key=lambda r: (-r["selection_acc"], r["selection_loss"]))
+        ranked = [r["grown_counts"] for r in by_score]
     masks = pnet.masks(counts)
+    if opts.rerank_top > 0:
+        masks = rerank_search_candidates(NAME, space, ctx, opts, [pnet.masks(c) for c in ranked],
+                                         info)
+        counts = [int(m.sum()) for m in masks]
+    facts["best_counts"] = counts  # the report's ratios are those of the chosen configuration
     info.update({
         **search_facts(facts, space, order),
         "final_selection": selection_rows,

@@ -16,20 +16,36 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from gcnprune_fast.methods.allocation import Budget, allocate, project_to_budget
 from gcnprune_fast.methods.criteria import l1_scores, l2_scores
+from gcnprune_fast.methods.registry import option
 from gcnprune_fast.methods.search.reward import mask_key
 
-__all__ = ["criterion_candidates", "rerank", "CRITERION_CANDIDATES"]
+__all__ = ["criterion_candidates", "rerank", "rerank_search_candidates", "RerankOptions",
+           "CRITERION_CANDIDATES"]
 
 logger = logging.getLogger("gcnprune_fast")
 
 # allocations of plain criteria that join the search's candidates (see criterion_candidates)
 CRITERION_CANDIDATES = ("l1-global-z", "l1-global-mean", "l2-global-mean", "l1-uniform")
+
+
+@dataclass
+class RerankOptions:
+    """Re-ranking options (a base class of the options of the methods that offer it)."""
+
+    rerank_top: int = option(0, "re-rank this many of the search's best distinct masks (plus the "
+                             "criteria's allocations when rerank_criteria) by selection accuracy "
+                             "after rerank_steps fine-tuning steps; 0 = off", minimum=0)
+    rerank_criteria: bool = option(True, "re-ranking also considers the plain criteria's "
+                                   "allocations (L1/L2, global and uniform)")
+    rerank_steps: int = option(100, "SGD steps of each candidate's short fine-tune", minimum=1)
+    rerank_lr: float = option(0.01, "learning rate of the short fine-tune", minimum=0.0)
 
 
 def criterion_candidates(space, budget: Budget) -> List[Tuple[str, List[torch.Tensor]]]:
@@ -111,3 +127,29 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
     best = max(range(len(rows)), key=lambda i: (rows[i]["selection_acc"], -i))
     rows[best]["chosen"] = True
     return [m.clone() for m in masks_of[best]], rows
+
+
+def rerank_search_candidates(method: str, space, ctx, opts: RerankOptions,
+                             found: Sequence[List[torch.Tensor]], info: Dict[str, Any]
+                             ) -> List[torch.Tensor]:
+    """A search's result re-ranked (``opts.rerank_top`` > 0): ``found`` (its best distinct masks,
+    best first; the first ``rerank_top`` are used) plus the criteria's allocations when
+    ``opts.rerank_criteria``, chosen by :func:`rerank`. Writes ``rerank`` (rows),
+    ``rerank_time_s`` and ``rerank_choice`` into ``info``. Without selection data distinct from
+    the search loader it warns and returns ``found[0]``."""
+    if ctx.val_loader is None or ctx.val_loader is ctx.loader:
+        logger.warning("%s: rerank_top=%d needs selection data (val_loader) distinct from the "
+                       "search loader; keeping the search's best mask", method, opts.rerank_top)
+        info["rerank"] = None
+        return found[0]
+    candidates = [(f"search-{i + 1}", masks) for i, masks in enumerate(found[:opts.rerank_top])]
+    if opts.rerank_criteria:
+        candidates += criterion_candidates(space, ctx.budget)
+    t0 = time.perf_counter()
+    masks, rows = rerank(space, candidates, loader=ctx.loader, val_loader=ctx.val_loader,
+                         device=ctx.device, steps=opts.rerank_steps, lr=opts.rerank_lr,
+                         seed=ctx.seed, progress=ctx.progress)
+    info["rerank"] = rows
+    info["rerank_time_s"] = time.perf_counter() - t0
+    info["rerank_choice"] = next(r["name"] for r in rows if r["chosen"])
+    return masks
