@@ -165,6 +165,11 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "greedy_curve": r.get("greedy_curve"),
                        "rerank_choice": r.get("rerank_choice"), "rerank": r.get("rerank"),
                        "final_selection": r.get("final_selection"),
+                       # where a search's time goes (graph-pruning: PruningNet training, then
+                       # the episodes; re-ranking's short fine-tunes)
+                       "pruningnet_train_time_s": r.get("pruningnet_train_time_s"),
+                       "search_loop_time_s": r.get("search_loop_time_s"),
+                       "rerank_time_s": r.get("rerank_time_s"),
                        "widths": [w["after"] for w in r["widths"]]}
 
 
