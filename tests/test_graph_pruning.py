@@ -346,6 +346,11 @@ def test_graph_pruning_checkpoint_serves_other_final_selections(space, tmp_path)
                  fill_budget=False)
     assert again.info["reward_curve"] == first.info["reward_curve"]
     assert again.info["masked_evaluations"] <= 1  # the final noise-free episode at most
+    # a checkpoint written with fewer final candidates serves more, as an uninterrupted run would
+    more = _run(space, "graph-pruning", tmp_path, resume=True, final_candidates=6)
+    ref = _run(space, "graph-pruning", None, final_candidates=6)
+    assert more.info["final_selection"] == ref.info["final_selection"]
+    assert len(ref.info["final_selection"]) > 3
     with pytest.raises(ValueError, match="different work"):
         _run(space, "graph-pruning", tmp_path, resume=True, episodes=TINY["graph-pruning"]["episodes"],
              action_low=0.3)

@@ -211,7 +211,7 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
         first (the final noise-free episode included), ``search_loop_s``.
     """
     state: Dict[str, Any] = {"episode": 0, "best_key": None, "best_counts": None,
-                             "reward_curve": [], "accuracy_curve": [], "top": []}
+                             "reward_curve": [], "accuracy_curve": [], "scored": []}
     saved = checkpoint.load(resume) if checkpoint is not None else None
     if saved is not None:
         agent.load_state_dict(saved["agent"])
@@ -222,14 +222,11 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
         key = [float(result[0]), -float(result[2])]
         if state["best_key"] is None or key > list(state["best_key"]):
             state["best_key"], state["best_counts"] = key, list(counts)
-        # the best distinct configurations, best first (ties keep the earlier one first)
-        top = state.setdefault("top", [])
-        if any(list(c) == list(counts) for _, c in top):
-            return
-        pos = next((i for i, (k, _) in enumerate(top) if key > list(k)), len(top))
-        if pos < max(int(keep_top), 1):
-            top.insert(pos, [key, list(counts)])
-            del top[max(int(keep_top), 1):]
+        # every distinct configuration scored, in order: ``top`` is derived from it at the end,
+        # so a checkpoint serves any keep_top (an option outside the search's fingerprint)
+        scored = state.setdefault("scored", [])
+        if not any(list(c) == list(counts) for _, c in scored):
+            scored.append([key, list(counts)])
 
     def play(explore: bool):
         counts = list(env.sizes)
@@ -295,7 +292,9 @@ def run_ratio_search(env: RatioEnvironment, agent, state_fn: Callable[..., torch
             "reward_curve": list(state["reward_curve"]),
             "accuracy_curve": list(state["accuracy_curve"]), "episodes": int(state["episode"]),
             "greedy_counts": greedy_counts, "greedy_reward": float(greedy[0]),
-            "top": [(list(c), float(k[0])) for k, c in state["top"]],
+            # best first; ties keep the earlier configuration first (a stable sort)
+            "top": [(list(c), float(k[0])) for k, c in sorted(
+                state["scored"], key=lambda kc: tuple(kc[0]), reverse=True)[:max(int(keep_top), 1)]],
             "search_loop_s": time.perf_counter() - t0}
 
 
