@@ -240,10 +240,12 @@ def run_tp(name: str, model, loaders, flops: float, seed: int, args):
 
 
 def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], lr: float,
-                          seed: int, batch_size: int = 128, max_steps: Optional[int] = None
-                          ) -> Dict[str, float]:
+                          seed: int, batch_size: int = 128, max_steps: Optional[int] = None,
+                          amp: Optional[str] = None) -> Dict[str, float]:
     """Test accuracy after 0 (as given) and after each count in ``epochs`` of one fine-tune loop:
-    SGD momentum 0.9, weight decay 5e-4, constant ``lr``, crop + flip, seeded order."""
+    SGD momentum 0.9, weight decay 5e-4, constant ``lr``, crop + flip, seeded order.
+    ``amp="bf16"``: forward and loss under CPU bf16 autocast (about 1.9x faster on CPUs with
+    AMX); evaluation stays in full precision."""
     from gcnprune_fast.data import TensorBatchLoader
     from gcnprune_fast.training import evaluate
 
@@ -263,7 +265,9 @@ def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], 
             if max_steps is not None and step >= max_steps:
                 break
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
     return out
 
@@ -356,6 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--flops", nargs="+", type=float, default=[0.5])
     p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1, 5])
     p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--finetune-amp", choices=["none", "bf16"], default="none",
+                   help="bf16: fine-tune under CPU bf16 autocast (evaluation in fp32)")
     p.add_argument("--episodes", type=int, default=None, help="episodes of the search methods")
     p.add_argument("--search-images", type=int, default=45000)
     p.add_argument("--selection-images", type=int, default=5000)
@@ -408,10 +414,17 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     partial = os.path.join(args.out, "quality.jsonl")
     rows = []
+    amp = None if args.finetune_amp == "none" else args.finetune_amp
+    finetune_key = {"epochs": list(args.finetune_epochs), "lr": args.finetune_lr, "amp": amp,
+                    "quick": bool(args.quick)}
     if args.resume and os.path.isfile(partial):
         with open(partial) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         print(f"resuming: {len(rows)} finished runs read from {partial}")
+        for r in rows:  # rows fine-tuned otherwise must not be mixed into this table
+            if "finetune" in r and r["finetune"] != finetune_key:
+                p.error(f"--resume: {partial} holds runs fine-tuned with {r['finetune']}, this "
+                        f"run asks for {finetune_key}; use another --out")
     elif os.path.isfile(partial):
         os.remove(partial)
     done = {(r["candidate"], r["flops_budget"], r["seed"]) for r in rows}
@@ -428,8 +441,9 @@ def main(argv=None) -> int:
                     compact, facts = run_variant(cand, model, (search, selection), flops, seed, args)
                 t1 = time.perf_counter()
                 accs = finetune_and_evaluate(compact, search_ds, test_loader, args.finetune_epochs,
-                                             args.finetune_lr, seed, max_steps=max_steps)
+                                             args.finetune_lr, seed, max_steps=max_steps, amp=amp)
                 row = {"candidate": cand, "flops_budget": flops, "seed": seed, **facts, **accs,
+                       "finetune": finetune_key,
                        "finetune_time_s": time.perf_counter() - t1}
                 rows.append(row)
                 with open(partial, "a") as f:
@@ -444,7 +458,7 @@ def main(argv=None) -> int:
             "selection_images": len(selection_ds), "seeds": args.seeds, "baselines": baselines,
             "finetune": {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "batch": 128,
                          "momentum": 0.9, "weight_decay": 5e-4, "augment": "crop+flip",
-                         "max_steps_per_epoch": max_steps},
+                         "max_steps_per_epoch": max_steps, "amp": amp},
             "threads": torch.get_num_threads()}
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": rows}, f, indent=1, default=str)

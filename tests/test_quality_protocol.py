@@ -38,3 +38,33 @@ def test_summary_pairs_by_seed_against_the_best_baseline():
     assert h == pytest.approx(4.303 * 0.01 / math.sqrt(3))
     assert "diff_ft1" not in summary["base2"]  # the best itself
     assert "| ours | 3 |" in quality.markdown(list(summary.values()), [1], {"model": "m", "dataset": "d"})
+
+
+def test_finetune_under_bf16_autocast_trains_in_place():
+    import torch
+    from gcnprune_fast.data import TensorBatchLoader, TensorImageDataset
+    from gcnprune_fast.models import get_model
+
+    torch.manual_seed(0)
+    ds = TensorImageDataset(torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,)), mean=None,
+                            std=None, num_classes=10)
+    model = get_model("simple_cnn")
+    before = [p.detach().clone() for p in model.parameters()]
+    accs = quality.finetune_and_evaluate(model, ds, TensorBatchLoader(ds, 32), [0, 1],
+                                         0.05, seed=0, batch_size=32, amp="bf16")
+    assert set(accs) == {"acc_ft0", "acc_ft1"}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_resume_refuses_rows_fine_tuned_otherwise(tmp_path, capsys):
+    args = ["--synthetic", "64", "--image-size", "16", "--model", "simple_cnn", "--variants", "l1",
+            "--tp-pruners", "--seeds", "0", "--finetune-epochs", "0", "1", "--quick",
+            "--search-images", "48", "--selection-images", "16", "--no-progress",
+            "--out", str(tmp_path)]
+    assert quality.main(args) == 0
+    assert quality.main(args + ["--resume"]) == 0  # same fine-tune: the finished row is kept
+    for other in (["--finetune-amp", "bf16"], ["--finetune-lr", "0.02"]):
+        with pytest.raises(SystemExit):
+            quality.main(args + ["--resume"] + other)
+        assert "holds runs fine-tuned with" in capsys.readouterr().err
