@@ -200,6 +200,11 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
         rows = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
     elif partial.is_file():
         partial.unlink()
+    amp = None if args.finetune_amp == "none" else args.finetune_amp
+    for r in rows:  # rows fine-tuned otherwise must not be mixed into this table
+        if r.get("finetune_amp") != amp:
+            raise SystemExit(f"--resume: {partial} holds rows fine-tuned with amp="
+                             f"{r.get('finetune_amp')!r}, this run asks for {amp!r}; use another --out")
     done = {(r["variant"], r["seed"]) for r in rows}
     for seed in args.seeds:
         for k, (sp, m) in cands.items():
@@ -210,8 +215,8 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
                                                       generator=torch.Generator().manual_seed(seed)),
                            num_batches=20)
             accs = finetune_and_evaluate(compact, search_ds, test_loader, args.finetune_epochs,
-                                         0.01, seed)
-            row = dict(variant=k, seed=seed, **facts[k], **accs)
+                                         0.01, seed, amp=amp)
+            row = dict(variant=k, seed=seed, **facts[k], **accs, finetune_amp=amp)
             rows.append(row)
             with open(partial, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -264,6 +269,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
     p.add_argument("--test-samples", type=int, default=None)
     p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--finetune-amp", choices=["none", "bf16"], default="none",
+                   help="part 2: fine-tune under CPU bf16 autocast (evaluation in fp32)")
     p.add_argument("--bisect-steps", type=int, default=6)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
