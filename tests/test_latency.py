@@ -374,3 +374,35 @@ def test_cli_latency_flags(tmp_path, monkeypatch, capsys):
     assert report["latency_budget"] == 0.6 and report["latency_table"]["batch"] == 2
     assert report["round_to"] == 4
     assert "latency" in capsys.readouterr().out
+
+
+def test_noisy_calibration_is_warned_reported_and_cached(toy, tmp_path, caplog):
+    """Calibration timings that disagree (three of four rounds 40% slower, as on a host with
+    noisy neighbours) give a warning naming the spread; it is reported in the summary, kept
+    in the cache (a cached build warns again) and survives state(); a steady timer stays quiet."""
+    import logging
+
+    from gcnprune_fast.latency.measure import timing_spread
+
+    assert timing_spread([1.0]) == 0.0 and timing_spread([1.0, 1.4, 1.4]) == pytest.approx(0.4)
+    calls = []
+
+    def noisy_timer(run, spec):
+        t = fake_timer(run, spec)
+        if spec["what"] == "model":
+            calls.append(1)
+            return t * (1.4 if len(calls) <= 6 else 1.0)  # 2 networks per round
+        return t
+
+    with caplog.at_level(logging.WARNING, logger="gcnprune_fast"):
+        steady = build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False, threads=1)
+    assert steady.summary()["calibration_spread"] == 0.0
+    assert "calibration timings varied" not in caplog.text
+    for _ in range(2):  # measured, then read from the cache
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gcnprune_fast"):
+            lm = build_latency_model(toy, timer=noisy_timer, cache_dir=tmp_path, progress=False,
+                                     threads=1, calibration_rounds=4)
+        assert "calibration timings varied by 40%" in caplog.text and str(tmp_path) in caplog.text
+        assert lm.summary()["calibration_spread"] == pytest.approx(0.4)
+    assert type(lm).from_state(lm.state(), timer=fake_timer).calibration_spread == pytest.approx(0.4)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["Timer", "TimerFn", "device_name", "resolve_threads", "threads_context", "time_model",
-           "time_models_alternating",
+           "time_models_alternating", "timing_spread",
            "runner_path", "CLOCKS"]
 
 TimerFn = Callable[[Callable[[], Any], Dict[str, Any]], float]
@@ -204,18 +204,33 @@ def time_model(model: nn.Module, example: torch.Tensor, *, timer: TimerFn, threa
 
 def time_models_alternating(models: Dict[str, nn.Module], example: torch.Tensor, *,
                             timer: TimerFn, threads: int, rounds: int, runtime: str = "auto",
-                            macs: Optional[Dict[str, float]] = None, runner_rounds: int = 1
+                            macs: Optional[Dict[str, float]] = None, runner_rounds: int = 1,
+                            samples: Optional[Dict[str, list]] = None
                             ) -> Dict[str, Tuple[float, str]]:
     """``{name: (seconds, timed_by)}``: every model timed by :func:`time_model` (``runner_rounds``
     runs of the runner per call) once per round, the models in turn, for ``rounds`` rounds; the
-    best of each. Alternating means a slow spell of a shared machine hits every model alike."""
+    best of each. Alternating means a slow spell of a shared machine hits every model alike.
+    ``samples``: if given, every round's time of model ``name`` is appended to
+    ``samples[name]`` (see :func:`timing_spread`)."""
     best: Dict[str, Tuple[float, str]] = {}
     for _ in range(rounds):
         for name, net in models.items():
             t, how = time_model(net, example, timer=timer, threads=threads, runtime=runtime,
                                 macs=None if macs is None else macs.get(name),
                                 rounds=runner_rounds)
+            if samples is not None:
+                samples.setdefault(name, []).append(float(t))
             if name not in best or t < best[name][0]:
                 best[name] = (t, how)
     return best
 
+
+
+def timing_spread(times) -> float:
+    """How much repeated timings of one thing disagree: median / best - 1 (0 for one timing).
+    On an idle machine a few percent; a busy or noisy one (other tenants of the host) gives tens
+    of percent, and the best-of timings it yields are not to be trusted."""
+    times = [float(t) for t in times]
+    if not times or min(times) <= 0:
+        return 0.0
+    return statistics.median(times) / min(times) - 1.0

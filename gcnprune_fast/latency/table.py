@@ -46,7 +46,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gcnprune_fast.latency.measure import (Timer, TimerFn, device_name, resolve_threads,
-                                           threads_context, time_models_alternating)
+                                           threads_context, time_models_alternating,
+                                           timing_spread)
 
 __all__ = ["LayerSpec", "LatencyCache", "LatencyModel", "build_latency_model", "layer_specs",
            "default_cache_dir"]
@@ -54,6 +55,9 @@ __all__ = ["LayerSpec", "LatencyCache", "LatencyModel", "build_latency_model", "
 logger = logging.getLogger("gcnprune_fast")
 
 CACHE_FORMAT = "gcnprune_fast.latency/1"
+# Calibration rounds whose median is this much above their best: the machine was too noisy for
+# the fitted model to be trusted (warned, and reported as ``calibration_spread``).
+UNSTABLE_SPREAD = 0.15
 _MIXING = ("conv", "depthwise", "linear")
 
 
@@ -284,6 +288,8 @@ class LatencyModel:
                         torch.from_numpy(np.asarray(l.table, dtype=np.float64))) for l in layers]
         full = torch.tensor(list(sizes), dtype=torch.float64)
         self.remainder, self.scale = 0.0, 1.0
+        # median / best - 1 of the end-to-end calibration timings (None: not measured here)
+        self.calibration_spread: Optional[float] = None
         l_full = float(self.layer_latencies(full).sum())
         if calibration is not None:
             counts, t = calibration
@@ -321,6 +327,7 @@ class LatencyModel:
                 "meta": dict(self.meta), "timed_by": self.timed_by, "scale": self.scale,
                 "remainder": self.remainder, "example_shape": list(self.example_shape),
                 "runtime": self.runtime, "device": str(self.device),
+                "calibration_spread": self.calibration_spread,
                 "layers": [{"name": l.name, "kind": l.kind, "shape": l.shape,
                             "a_in": l.a_in.tolist(), "c_in": l.c_in, "a_out": l.a_out.tolist(),
                             "c_out": l.c_out, "xs": list(l.xs), "ys": list(l.ys),
@@ -338,6 +345,7 @@ class LatencyModel:
         lm.scale, lm.remainder = float(state["scale"]), float(state["remainder"])
         lm.example_shape, lm.runtime = list(state["example_shape"]), state["runtime"]
         lm.device = torch.device(state["device"])
+        lm.calibration_spread = state.get("calibration_spread")
         lm.timer = timer if timer is not None else Timer(
             lm.device, clock=state["meta"]["clock"] if state["meta"]["clock"] in
             ("cpu", "wall", "cuda") else "auto", threads=state["meta"]["threads"])
@@ -346,7 +354,8 @@ class LatencyModel:
     def summary(self) -> Dict[str, Any]:
         return {**self.meta, "layers": len(self.layers), "base_latency_s": self.base_latency,
                 "remainder_s": self.remainder, "scale": self.scale, "timed_by": self.timed_by,
-                "measured_points": self.measured_points, "cached_points": self.cached_points}
+                "measured_points": self.measured_points, "cached_points": self.cached_points,
+                "calibration_spread": self.calibration_spread}
 
 
 def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optional[int] = None,
@@ -457,13 +466,16 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
         to_time[half_key] = (lambda: space.prune(half_masks).to(device).eval(),
                              float(space.cost(half_masks)[0]) * batch)
     if to_time:
+        samples: Dict[str, List[float]] = {}
         best = time_models_alternating({k: make() for k, (make, _) in to_time.items()}, example,
                                        timer=timer, threads=threads, rounds=calibration_rounds,
                                        runtime=runtime,
-                                       macs={k: macs for k, (_, macs) in to_time.items()})
+                                       macs={k: macs for k, (_, macs) in to_time.items()},
+                                       samples=samples)
         measured += len(best)
         for k, (t, _) in best.items():
             cache.models[k] = float(t)
+            cache.models[k + "#spread"] = timing_spread(samples.get(k, []))
         if model_key in best:
             cache.models[timed_by_key] = 1.0 if best[model_key][1] == "gcnprune_run" else 0.0
         cache.save()
@@ -476,6 +488,16 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
                                                           for a in s.xs for b in s.ys}) - len(todo)
     lm.example_shape = list(example.shape)
     lm.runtime, lm.device = runtime, device
+    spreads = [cache.models[k + "#spread"] for k in (model_key, half_key)
+               if k is not None and k + "#spread" in cache.models]
+    lm.calibration_spread = max(spreads) if spreads else None
+    if lm.calibration_spread is not None and lm.calibration_spread > UNSTABLE_SPREAD:
+        logger.warning(
+            "latency model: the end-to-end calibration timings varied by %.0f%% (median over best "
+            "of %d rounds): the machine was busy or noisy, so a latency budget may miss its target "
+            "(measured speed-ups below the predicted ones). Re-measure on an idle machine%s.",
+            100 * lm.calibration_spread, calibration_rounds,
+            "" if cache.path is None else f" (delete {cache.path} or use another latency_cache_dir)")
     lm.timer = timer
     if lm.remainder < 0:
         logger.info("latency model: the tabled layers sum to more than the end-to-end time "
