@@ -77,3 +77,25 @@ def test_channel_gcn_rerank_returns_a_scored_candidate(space):
                                device=ctx.device, options=opts)
     plain = channel_gcn.search(space, ctx_no_val)
     assert plain.info["rerank"] is None
+
+
+def test_rerank_amp_reaches_the_short_fine_tunes(space, monkeypatch):
+    seen = []
+    real_train = training.train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("amp"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", spy)
+    opts = {"episodes": 4, "episodes_per_update": 2, "reward_samples": 16, "feature_samples": 16,
+            "rerank_top": 1, "rerank_steps": 2, "rerank_amp": "bf16"}
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
+                        loader=random_batches(n=48), val_loader=random_batches(n=32, seed=5),
+                        device=torch.device("cpu"), options=opts)
+    result = channel_gcn.search(space, ctx)
+    assert seen and set(seen) == {"bf16"} and len(seen) == len(result.info["rerank"])
+    bad = SearchContext(space=space, budget=ctx.budget, loader=ctx.loader, val_loader=ctx.val_loader,
+                        device=ctx.device, options={**opts, "rerank_amp": "fp8"})
+    with pytest.raises(ValueError, match="rerank_amp"):
+        channel_gcn.search(space, bad)

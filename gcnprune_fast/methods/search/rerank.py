@@ -46,6 +46,9 @@ class RerankOptions:
                                    "allocations (L1/L2, global and uniform)")
     rerank_steps: int = option(100, "SGD steps of each candidate's short fine-tune", minimum=1)
     rerank_lr: float = option(0.01, "learning rate of the short fine-tune", minimum=0.0)
+    rerank_amp: str = option("none", "mixed precision of the short fine-tunes: bf16 (autocast; "
+                             "about 1.9x faster on CPUs with AMX, the bulk of a re-ranking's time "
+                             "on ResNet-56) or none", choices=("none", "bf16"))
 
 
 def criterion_candidates(space, budget: Budget) -> List[Tuple[str, List[torch.Tensor]]]:
@@ -69,6 +72,7 @@ def criterion_candidates(space, budget: Budget) -> List[Tuple[str, List[torch.Te
 
 def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loader, val_loader,
            device, steps: int, lr: float = 0.01, bn_batches: int = 10, seed: int = 0,
+           amp: Optional[str] = None,
            eval_batches: Optional[int] = None, progress: bool = False
            ) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
     """Pick the candidate with the best selection accuracy after a short fine-tune.
@@ -81,6 +85,7 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
         val_loader: the selection data the candidates are scored on (must not be ``loader``).
         steps: SGD steps per candidate (cosine schedule from ``lr``, batch = the loader's).
         seed: seeds each candidate's fine-tune identically (same batches for everyone).
+        amp: ``"bf16"``: the fine-tunes under bf16 autocast (``training.train``); None: float32.
 
     Returns:
         (winning masks, one row per distinct candidate: ``name``, ``selection_acc``,
@@ -109,7 +114,7 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
         compact = space.prune(masks).to(device)
         training.recalibrate_bn(compact, loader, num_batches=bn_batches, device=device)
         training.train(compact, loader, 1, lr=lr, device=device, progress=False, seed=seed,
-                       max_steps_per_epoch=steps)
+                       max_steps_per_epoch=steps, amp=amp)
         acc = training.evaluate(compact, val_loader, device=device, max_batches=eval_batches)
         flops, _ = space.cost(masks)
         rows.append({"name": name, "selection_acc": float(acc),
@@ -148,7 +153,8 @@ def rerank_search_candidates(method: str, space, ctx, opts: RerankOptions,
     t0 = time.perf_counter()
     masks, rows = rerank(space, candidates, loader=ctx.loader, val_loader=ctx.val_loader,
                          device=ctx.device, steps=opts.rerank_steps, lr=opts.rerank_lr,
-                         seed=ctx.seed, progress=ctx.progress)
+                         seed=ctx.seed, progress=ctx.progress,
+                         amp=None if opts.rerank_amp == "none" else opts.rerank_amp)
     info["rerank"] = rows
     info["rerank_time_s"] = time.perf_counter() - t0
     info["rerank_choice"] = next(r["name"] for r in rows if r["chosen"])
