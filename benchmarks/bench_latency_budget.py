@@ -139,7 +139,8 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
     import argparse as _argparse
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality import finetune_and_evaluate, load_data, load_model, mean_ci  # noqa: E402
+    from quality import (finetune_amp, finetune_and_evaluate, load_data, load_model,  # noqa: E402
+                         mean_ci, refuse_mixed_finetunes)
 
     from gcnprune_fast.data import TensorBatchLoader
     from gcnprune_fast.training import evaluate, recalibrate_bn
@@ -203,11 +204,10 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
         rows = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
     elif partial.is_file():
         partial.unlink()
-    amp = None if args.finetune_amp == "none" else args.finetune_amp
-    for r in rows:  # rows fine-tuned otherwise must not be mixed into this table
-        if r.get("finetune_amp") != amp:
-            raise SystemExit(f"--resume: {partial} holds rows fine-tuned with amp="
-                             f"{r.get('finetune_amp')!r}, this run asks for {amp!r}; use another --out")
+    amp = finetune_amp(args)
+    lr = 0.01
+    finetune_key = {"epochs": list(args.finetune_epochs), "lr": lr, "amp": amp}
+    refuse_mixed_finetunes(rows, finetune_key, partial, sys.exit)
     done = {(r["variant"], r["seed"]) for r in rows}
     for seed in args.seeds:
         for k, (sp, m) in cands.items():
@@ -218,8 +218,8 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
                                                       generator=torch.Generator().manual_seed(seed)),
                            num_batches=20)
             accs = finetune_and_evaluate(compact, search_ds, test_loader, args.finetune_epochs,
-                                         0.01, seed, amp=amp)
-            row = dict(variant=k, seed=seed, **facts[k], **accs, finetune_amp=amp)
+                                         lr, seed, amp=amp)
+            row = dict(variant=k, seed=seed, **facts[k], **accs, finetune=finetune_key)
             rows.append(row)
             with open(partial, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

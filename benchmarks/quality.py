@@ -239,6 +239,23 @@ def run_tp(name: str, model, loaders, flops: float, seed: int, args):
 # the same fine-tune for everyone
 
 
+def finetune_amp(args) -> Optional[str]:
+    """``--finetune-amp`` as ``finetune_and_evaluate`` takes it (None for full precision)."""
+    return None if args.finetune_amp == "none" else args.finetune_amp
+
+
+def refuse_mixed_finetunes(rows: Sequence[dict], key: dict, path, fail) -> None:
+    """``fail(message)`` when a resumed row was fine-tuned with settings other than ``key``.
+    Rows written before the settings were recorded carry none; they were all fine-tuned in full
+    precision, so they only match a ``key`` without amp."""
+    for r in rows:
+        recorded = r.get("finetune")
+        if recorded != key and (recorded is not None or key.get("amp") is not None):
+            fail(f"--resume: {path} holds runs fine-tuned with "
+                 f"{recorded if recorded is not None else 'unrecorded settings (full precision)'}"
+                 f", this run asks for {key}; use another --out")
+
+
 def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], lr: float,
                           seed: int, batch_size: int = 128, max_steps: Optional[int] = None,
                           amp: Optional[str] = None) -> Dict[str, float]:
@@ -414,17 +431,14 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     partial = os.path.join(args.out, "quality.jsonl")
     rows = []
-    amp = None if args.finetune_amp == "none" else args.finetune_amp
+    amp = finetune_amp(args)
     finetune_key = {"epochs": list(args.finetune_epochs), "lr": args.finetune_lr, "amp": amp,
                     "quick": bool(args.quick)}
     if args.resume and os.path.isfile(partial):
         with open(partial) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         print(f"resuming: {len(rows)} finished runs read from {partial}")
-        for r in rows:  # rows fine-tuned otherwise must not be mixed into this table
-            if "finetune" in r and r["finetune"] != finetune_key:
-                p.error(f"--resume: {partial} holds runs fine-tuned with {r['finetune']}, this "
-                        f"run asks for {finetune_key}; use another --out")
+        refuse_mixed_finetunes(rows, finetune_key, partial, p.error)
     elif os.path.isfile(partial):
         os.remove(partial)
     done = {(r["candidate"], r["flops_budget"], r["seed"]) for r in rows}

@@ -68,3 +68,16 @@ def test_resume_refuses_rows_fine_tuned_otherwise(tmp_path, capsys):
         with pytest.raises(SystemExit):
             quality.main(args + ["--resume"] + other)
         assert "holds runs fine-tuned with" in capsys.readouterr().err
+
+
+def test_refuse_mixed_finetunes_treats_unrecorded_rows_as_full_precision():
+    messages = []
+    fp32 = {"epochs": [0, 1], "lr": 0.01, "amp": None}
+    bf16 = {**fp32, "amp": "bf16"}
+    legacy, recorded = {"candidate": "a"}, {"candidate": "b", "finetune": fp32}
+    quality.refuse_mixed_finetunes([legacy, recorded], fp32, "x.jsonl", messages.append)
+    assert messages == []
+    quality.refuse_mixed_finetunes([legacy], bf16, "x.jsonl", messages.append)
+    quality.refuse_mixed_finetunes([recorded], bf16, "x.jsonl", messages.append)
+    assert len(messages) == 2 and all("x.jsonl" in m for m in messages)
+    assert "unrecorded settings (full precision)" in messages[0]

@@ -225,7 +225,6 @@ def time_models_alternating(models: Dict[str, nn.Module], example: torch.Tensor,
     return best
 
 
-
 def timing_spread(times) -> float:
     """How much repeated timings of one thing disagree: median / best - 1 (0 for one timing).
     On an idle machine a few percent; a busy or noisy one (other tenants of the host) gives tens
