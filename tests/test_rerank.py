@@ -50,6 +50,47 @@ def test_rerank_scores_each_distinct_candidate_once_and_picks_the_best(space):
     assert training.evaluate(compact, val) == pytest.approx(chosen[0]["selection_acc"])
 
 
+def test_rerank_screening_gives_survivors_their_full_scores(space):
+    loader, val = random_batches(n=32, seed=1), random_batches(n=32, seed=2)
+    cands = criterion_candidates(space, Budget.from_ratios(space, 0.4))
+    _, full = rerank(space, cands, loader=loader, val_loader=val, device="cpu", steps=3, seed=0)
+    masks, rows = rerank(space, cands, loader=loader, val_loader=val, device="cpu", steps=3,
+                         seed=0, screen_steps=1, screen_keep=2)
+    assert len(rows) == len(full) > 2 and all(r["screen_acc"] is not None for r in rows)
+    finalists = [r for r in rows if r["selection_acc"] is not None]
+    assert len(finalists) == 2
+    # the finalists are the screen's best two (ties to the earlier candidate) ...
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["screen_acc"], i))
+    assert {rows[i]["name"] for i in order[:2]} == {r["name"] for r in finalists}
+    # ... and their full fine-tune starts again from the pruned weights: the same score as
+    # without screening, so the winner is the full re-ranking's among them
+    by_name = {r["name"]: r for r in full}
+    for r in finalists:
+        assert r["selection_acc"] == pytest.approx(by_name[r["name"]]["selection_acc"])
+    chosen = [r for r in rows if r["chosen"]]
+    assert chosen == [max(finalists, key=lambda r: r["selection_acc"])]
+    assert all(torch.equal(a, b) for a, b in zip(masks, dict(cands)[chosen[0]["name"]]))
+    # no more candidates than survivors: nothing to screen
+    _, few = rerank(space, cands[:2], loader=loader, val_loader=val, device="cpu", steps=3,
+                    seed=0, screen_steps=1, screen_keep=2)
+    assert all(r["screen_acc"] is None and r["selection_acc"] is not None for r in few)
+    with pytest.raises(ValueError, match="screen_steps"):
+        rerank(space, cands, loader=loader, val_loader=val, device="cpu", steps=3, screen_steps=3)
+
+
+def test_rerank_screen_options_are_checked_before_the_search(space, monkeypatch):
+    def no_features(*args, **kwargs):
+        raise AssertionError("the search started")
+
+    monkeypatch.setattr(channel_gcn, "collect_features", no_features)
+    opts = {"rerank_top": 2, "rerank_steps": 10, "rerank_screen_steps": 10}
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
+                        loader=random_batches(n=16), val_loader=random_batches(n=16, seed=5),
+                        device=torch.device("cpu"), options=opts)
+    with pytest.raises(ValueError, match="rerank_screen_steps"):
+        channel_gcn.search(space, ctx)
+
+
 def test_rerank_refuses_without_selection_data(space):
     loader = random_batches(n=16)
     cands = criterion_candidates(space, Budget.from_ratios(space, 0.5))
@@ -99,3 +140,17 @@ def test_rerank_amp_reaches_the_short_fine_tunes(space, monkeypatch):
                         device=ctx.device, options={**opts, "rerank_amp": "fp8"})
     with pytest.raises(ValueError, match="rerank_amp"):
         channel_gcn.search(space, bad)
+
+
+def test_channel_gcn_checkpoint_serves_other_rerank_settings(space):
+    from gcnprune_fast.methods.channel_gcn import _fingerprint
+    from gcnprune_fast.methods.registry import get_method
+
+    budget = Budget.from_ratios(space, 0.5)
+    resolve = get_method("channel-gcn").resolve_options
+    base = _fingerprint(space, budget, 0, resolve({"rerank_top": 4}))
+    after = {"rerank_steps": 50, "rerank_amp": "bf16", "rerank_screen_steps": 10,
+             "rerank_screen_keep": 3, "rerank_lr": 0.02, "rerank_criteria": False}
+    assert _fingerprint(space, budget, 0, resolve({"rerank_top": 4, **after})) == base
+    # rerank_top is not: the search keeps that many best masks in its state
+    assert _fingerprint(space, budget, 0, resolve({"rerank_top": 2})) != base

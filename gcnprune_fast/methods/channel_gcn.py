@@ -57,7 +57,8 @@ from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseli
                                           SearchCheckpoint, bernoulli_policy_update,
                                           channels_last_evaluation, mask_key,
                                           normalized_advantages)
-from gcnprune_fast.methods.search.rerank import RerankOptions, rerank_search_candidates
+from gcnprune_fast.methods.search.rerank import (RERANK_AFTER_SEARCH_OPTIONS, RerankOptions,
+                                                  check_rerank_options, rerank_search_candidates)
 
 logger = logging.getLogger("gcnprune_fast")
 
@@ -195,8 +196,11 @@ def _split(flat: torch.Tensor, offsets: torch.Tensor) -> List[torch.Tensor]:
 
 
 def _fingerprint(space, budget: Budget, seed: int, opts: ChannelGCNOptions) -> Dict[str, Any]:
-    """What the checkpoint must match to be resumed (``episodes`` may grow on resume)."""
-    fp = {k: v for k, v in dataclasses.asdict(opts).items() if k != "episodes"}
+    """What the checkpoint must match to be resumed (``episodes`` may grow on resume; the
+    re-ranking options other than ``rerank_top``, which sets how many best masks the search
+    keeps, are read after the search, so a finished search serves runs that differ in them)."""
+    fp = {k: v for k, v in dataclasses.asdict(opts).items()
+          if k != "episodes" and k not in RERANK_AFTER_SEARCH_OPTIONS}
     fp.update(seed=int(seed), sizes=[int(g.size) for g in space.groups],
               budget_flops=budget.flops, budget_params=budget.params, **budget.fingerprint_extra(), round_to=int(space.round_to))
     return fp
@@ -234,6 +238,7 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
     loader shuffling).
     """
     opts = get_method(NAME).resolve_options(ctx.options)
+    check_rerank_options(NAME, opts)
     t_start = time.perf_counter()
     budget, device = ctx.budget, ctx.device
     if features is None:

@@ -69,7 +69,8 @@ from gcnprune_fast.methods.search.ratio_ppo import PPOConfig, RatioPPOAgent
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
                                                        make_ddpg, reward_set, run_ratio_search,
                                                        search_facts)
-from gcnprune_fast.methods.search.rerank import RerankOptions, rerank_search_candidates
+from gcnprune_fast.methods.search.rerank import (RerankOptions, check_rerank_options,
+                                                  rerank_search_candidates)
 from gcnprune_fast.methods.search.reward import RewardSet
 
 __all__ = ["NAME", "GraphPruningOptions", "search", "load_pruningnet_weights",
@@ -136,6 +137,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
     """Run graph-pruning on ``space`` with ``ctx`` (options: :class:`GraphPruningOptions` or a
     dict of overrides) and return its masks and report facts."""
     opts = get_method(NAME).resolve_options(ctx.options)
+    check_rerank_options(NAME, opts)
     if not opts.action_low < 1.0:
         raise ValueError(f"method {NAME!r} option action_low must be < 1, got {opts.action_low!r}")
     if opts.final_weights == "pruningnet" and ctx.checkpoint_dir is None:
