@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gcnprune_fast import training
-from gcnprune_fast.methods import Budget, SearchContext, allocate, channel_gcn
+from gcnprune_fast.methods import Budget, SearchContext, allocate, channel_gcn, graph_pruning
+from gcnprune_fast.methods.registry import get_method
 from gcnprune_fast.methods.criteria import l1_scores
 from gcnprune_fast.methods.search.rerank import CRITERION_CANDIDATES, criterion_candidates, rerank
 from helpers import random_batches, simple_cnn_space
@@ -143,14 +144,20 @@ def test_rerank_amp_reaches_the_short_fine_tunes(space, monkeypatch):
 
 
 def test_channel_gcn_checkpoint_serves_other_rerank_settings(space):
-    from gcnprune_fast.methods.channel_gcn import _fingerprint
-    from gcnprune_fast.methods.registry import get_method
-
     budget = Budget.from_ratios(space, 0.5)
     resolve = get_method("channel-gcn").resolve_options
-    base = _fingerprint(space, budget, 0, resolve({"rerank_top": 4}))
+    base = channel_gcn._fingerprint(space, budget, 0, resolve({"rerank_top": 4}))
     after = {"rerank_steps": 50, "rerank_amp": "bf16", "rerank_screen_steps": 10,
              "rerank_screen_keep": 3, "rerank_lr": 0.02, "rerank_criteria": False}
-    assert _fingerprint(space, budget, 0, resolve({"rerank_top": 4, **after})) == base
+    assert channel_gcn._fingerprint(space, budget, 0, resolve({"rerank_top": 4, **after})) == base
     # rerank_top is not: the search keeps that many best masks in its state
-    assert _fingerprint(space, budget, 0, resolve({"rerank_top": 2})) != base
+    assert channel_gcn._fingerprint(space, budget, 0, resolve({"rerank_top": 2})) != base
+
+
+def test_graph_pruning_checks_the_screen_options_too(space):
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
+                        loader=random_batches(n=16), val_loader=random_batches(n=16, seed=5),
+                        device=torch.device("cpu"),
+                        options={"rerank_top": 2, "rerank_steps": 5, "rerank_screen_steps": 8})
+    with pytest.raises(ValueError, match="rerank_screen_steps"):
+        graph_pruning.search(space, ctx)
