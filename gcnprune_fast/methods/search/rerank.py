@@ -13,7 +13,9 @@ Screening (``screen_steps`` > 0) is successive halving with one cut: every candi
 ``screen_steps`` fine-tune; only the ``screen_keep`` best by that score get the full ``steps``
 fine-tune, again from their pruned weights, so a survivor's score equals what a full re-ranking
 gives it and the choice equals the full re-ranking's whenever its winner survives the screen.
-Why: the short fine-tunes are the bulk of a re-ranking's time (899 of 1139 s on ResNet-56).
+Why: the short fine-tunes are the bulk of a re-ranking's time (899 of 1139 s on ResNet-56). Off
+by default: on ResNet-20 a 25-of-100-step screen kept the full re-ranking's winner in 3 of 5 seeds
+(docs/QUALITY.md).
 
 Under torch.distributed every rank processes every candidate in the same order: fine-tuning is
 data-parallel (DDP), evaluation sharded, so all ranks pick the same winner.
@@ -32,8 +34,8 @@ from gcnprune_fast.methods.criteria import l1_scores, l2_scores
 from gcnprune_fast.methods.registry import option
 from gcnprune_fast.methods.search.reward import mask_key
 
-__all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "check_rerank_options", "criterion_candidates", "rerank", "rerank_search_candidates",
-           "RerankOptions", "CRITERION_CANDIDATES"]
+__all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "check_rerank_options", "criterion_candidates", "rerank",
+           "rerank_search_candidates", "RerankOptions", "CRITERION_CANDIDATES"]
 
 logger = logging.getLogger("gcnprune_fast")
 
