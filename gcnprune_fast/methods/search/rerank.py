@@ -172,7 +172,8 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
         score(i, n_steps, field)
     finalists = range(len(rows))
     if screening:  # ties go to the earlier candidate
-        finalists = sorted(sorted(finalists, key=lambda i: (-rows[i]["screen_acc"], i))[:screen_keep])
+        by_screen = sorted(finalists, key=lambda i: (-rows[i]["screen_acc"], i))
+        finalists = sorted(by_screen[:screen_keep])
     for i in finalists:
         score(i, steps, "selection_acc")
     if bar is not None:
