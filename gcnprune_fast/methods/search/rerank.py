@@ -145,12 +145,10 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
                      "time_s": 0.0, "chosen": False})
         masks_of.append(masks)
     screening = screen_steps > 0 and len(rows) > screen_keep
-    runs = [(i, screen_steps, "screen_acc") for i in range(len(rows))] if screening else []
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        total = len(rows) * (screen_steps if screening else steps) + \
-            min(len(rows), screen_keep if screening else len(rows)) * steps
+        total = (len(rows) * screen_steps + screen_keep * steps) if screening else len(rows) * steps
         bar = tqdm(total=total, desc="re-rank", unit="step", leave=False)
 
     def score(i: int, n_steps: int, field: str) -> None:
@@ -168,10 +166,10 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
             bar.update(n_steps)
             bar.set_postfix(best=f"{max(r[field] for r in rows if r[field] is not None):.4f}")
 
-    for i, n_steps, field in runs:
-        score(i, n_steps, field)
     finalists = range(len(rows))
     if screening:  # ties go to the earlier candidate
+        for i in finalists:
+            score(i, screen_steps, "screen_acc")
         by_screen = sorted(finalists, key=lambda i: (-rows[i]["screen_acc"], i))
         finalists = sorted(by_screen[:screen_keep])
     for i in finalists:
