@@ -276,6 +276,47 @@ def test_allocation_honours_latency(space, lm, flops):
     assert w >= counts[0]
 
 
+class PlateauLatency:
+    """A stand-in latency model with plateaus: each group costs ``weight_g * ceil(count / 4)``
+    seconds, so channels 5-8 of a group cost as much as channel 5 alone."""
+
+    def __init__(self, sizes):
+        self.weights = torch.linspace(1.0, 2.0, len(sizes), dtype=torch.float64)
+        self.base_latency = float(self.latency_from_counts(torch.tensor(sizes)))
+        self.meta = {"stub": "plateaus"}
+
+    def latency_from_counts(self, counts):
+        steps = torch.ceil(torch.as_tensor(counts, dtype=torch.float64) / 4)
+        return (steps * self.weights).sum(-1)
+
+
+def test_fill_goes_past_misfits_under_a_latency_limit(space):
+    """Under a latency limit the fill skips a chunk that does not fit and goes on with the other
+    groups: it keeps a superset of the stopping fill's channels, stays within the budget, and
+    ends maximal (no group's next chunk fits). FLOPs fills keep stopping at the first misfit."""
+    stub = PlateauLatency([g.size for g in space.groups])
+    b = Budget.from_ratios(space, latency=0.5, latency_model=stub)
+    scores = [torch.rand(g.size, generator=torch.Generator().manual_seed(g.index))
+              for g in space.groups]
+    full = space.full_masks()
+    stop = project_to_budget(space, full, scores, b, round_to=1, fill=True, fill_past_misfits=False)
+    past = project_to_budget(space, full, scores, b, round_to=1, fill=True)  # default: on
+    for m_stop, m_past in zip(stop, past):
+        assert bool((m_past | m_stop).eq(m_past).all())  # superset
+    counts = torch.tensor([int(m.sum()) for m in past])
+    assert int(counts.sum()) > sum(int(m.sum()) for m in stop)
+    assert float(stub.latency_from_counts(counts)) <= b.max_latency * (1 + 1e-9)
+    for g, grp in enumerate(space.groups):
+        if int(counts[g]) < grp.size:
+            more = counts.clone()
+            more[g] += 1
+            assert float(stub.latency_from_counts(more)) > b.max_latency, grp.name
+    fb = Budget.from_ratios(space, flops=0.5)
+    assert all(torch.equal(a, c) for a, c in zip(
+        project_to_budget(space, full, scores, fb, round_to=1, fill=True),
+        project_to_budget(space, full, scores, fb, round_to=1, fill=True, fill_past_misfits=False)))
+
+
 TINY = {
     "channel-gcn": dict(episodes=2, episodes_per_update=1, reward_samples=16, feature_samples=16),
     "graph-pruning": dict(pruningnet_steps=2, episodes=2, warmup=1, reward_samples=16,

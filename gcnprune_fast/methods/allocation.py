@@ -9,7 +9,9 @@ vectors, so each projection is a handful of tensor ops, not a Python loop over c
 - :func:`project_to_budget`: AMC's "action wall". Starting from any mask, first repair it (at least
   ``space.min_keep(g)`` channels per group, widths multiples of ``round_to``), then drop the
   lowest-scored kept channels, globally, until the budget is met. With ``fill=True`` it then adds
-  back the highest-scored dropped channels while the budget still holds, so the budget is used.
+  back the highest-scored dropped channels while the budget still holds, so the budget is used
+  (under a latency limit also past chunks that do not fit: the channels a latency table's plateaus
+  leave free).
 - :func:`allocate`: the baselines' allocation strategies: ``"global"`` (scores standardized per
   group, one global ranking) and ``"uniform"`` (the same keep ratio in every group).
 - allocation from per-group keep ratios, for searches that decide a width per group:
@@ -235,7 +237,8 @@ def _prefix_search(space, budget: Budget, counts0: np.ndarray, step_group: np.nd
 
 def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
                       budget: Budget, *, round_to: Optional[int] = None,
-                      fill: bool = False) -> List[torch.Tensor]:
+                      fill: bool = False,
+                      fill_past_misfits: Optional[bool] = None) -> List[torch.Tensor]:
     """Make ``masks`` feasible (the action wall), optionally using up the remaining budget.
 
     Args:
@@ -245,6 +248,12 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
         budget: the cost limits.
         round_to: widths below the full size are made multiples of this (default: the space's).
         fill: after the projection, add back the highest-scored dropped channels while feasible.
+        fill_past_misfits: when the fill meets a chunk that does not fit, skip that group and go
+            on with the others (None: only under a latency limit). A measured latency table has
+            plateaus (widths at which channels cost no time: a kernel's blocking, a vector
+            width), so a latency budget can leave channels that are free once another group's
+            chunk no longer fits; FLOPs and params grow with every channel, and their fills keep
+            stopping at the first misfit (so FLOPs-budgeted results stay as they were).
 
     Returns:
         new bool masks [C_g] (CPU); each group keeps >= ``space.min_keep(g)`` channels, each width
@@ -295,7 +304,7 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
     for st in steps[:t]:
         keep[st[1]][st[3]] = False
     if fill:
-        counts1 = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+        counts = np.array([int(k.sum()) for k in keep], dtype=np.int64)
         adds = []
         for g, (k, s) in enumerate(zip(keep, sc)):
             dropped = np.flatnonzero(~k)
@@ -308,11 +317,22 @@ def project_to_budget(space, masks: Sequence[torch.Tensor], scores: Sequence[tor
         adds.sort(key=lambda t: (t[0], t[1], t[2]))
         # A group's chunks must be added in order; the global sort keeps that (means descend
         # within a group), ties broken by position.
-        t_add = _prefix_search(space, budget, counts1,
-                               np.array([a[1] for a in adds], dtype=np.int64),
-                               np.array([len(a[3]) for a in adds], dtype=np.int64), False)
-        for a in adds[:max(t_add, 0)]:
-            keep[a[1]][a[3]] = True
+        if fill_past_misfits is None:
+            fill_past_misfits = budget.has_latency
+        while adds:
+            t_add = _prefix_search(space, budget, counts,
+                                   np.array([a[1] for a in adds], dtype=np.int64),
+                                   np.array([len(a[3]) for a in adds], dtype=np.int64), False)
+            for a in adds[:max(t_add, 0)]:
+                keep[a[1]][a[3]] = True
+                counts[a[1]] += len(a[3])
+            if t_add < 0 or t_add >= len(adds) or not fill_past_misfits:
+                break
+            # adds[t_add] does not fit: skip it and the rest of its group (the same widths), and
+            # go on with the chunks of the other groups. Costs only grow as channels come back,
+            # so a skipped chunk never fits later; each round closes one group.
+            closed = adds[t_add][1]
+            adds = [a for a in adds[t_add + 1:] if a[1] != closed]
     return [torch.from_numpy(k) for k in keep]
 
 
