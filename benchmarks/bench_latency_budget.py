@@ -18,8 +18,10 @@ does not favour either. Targets: |error| <= 10 %, speed-up >= 1.9x at latency=0.
 Part 2 (``--accuracy``): on the quality protocol's data (``benchmarks/quality.py``: CIFAR-10
 search split for BN and fine-tuning, test set for the numbers) and a trained model
 (``--checkpoint``, default the committed ResNet-20), filter-L1 with global allocation is pruned
-once with ``latency=L`` (``--round-to``) and once per ``--flops-round-to`` with the FLOPs ratio
-whose pruned model measures the same latency (bisection on the measured latency); all timings
+once with ``latency=L`` (``--round-to``), once with the same budget and the fill that stops at
+the first chunk that does not fit (the ablation of the latency fill, ``stop``), and once per
+``--flops-round-to`` with the FLOPs ratio whose pruned model measures the same latency as the
+first (bisection on the measured latency); all timings
 first, then the same BN re-estimation and fine-tune for each over ``--seeds``; accuracy mean and
 95% interval, and the paired difference to the latency-budgeted model. Target: the
 latency-budgeted model >= 0.5 point more accurate.
@@ -130,7 +132,8 @@ def print_rows(rows: List[Dict]) -> None:
 
 def accuracy_at_equal_latency(args) -> List[Dict]:
     """Part 2 on the quality protocol's data and trained model (``benchmarks/quality.py``):
-    filter-L1 scores with global allocation under (a) ``latency=L`` at ``--round-to`` and (b) for
+    filter-L1 scores with global allocation under (a) ``latency=L`` at ``--round-to``, with and
+    without the fill past chunks that do not fit, and (b) for
     each of ``--flops-round-to`` the FLOPs ratio whose pruned model *measures* the same latency
     (bisection). All timings happen first, on an otherwise idle machine; then every candidate
     gets the same BN re-estimation and fine-tune per seed (only the fine-tune's order and
@@ -173,6 +176,11 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
         lat_space, allocate(lat_space, scores, Budget.from_ratios(lat_space, latency=args.latency,
                                                                   latency_model=lm)))
     target = measured(lat_space.prune(next(iter(cands.values()))[1]))
+    # ablation: the fill that stops at the first chunk that does not fit (FLOPs budgets' fill)
+    cands[f"latency={args.latency} r{args.round_to} stop"] = (
+        lat_space, allocate(lat_space, scores, Budget.from_ratios(lat_space, latency=args.latency,
+                                                                  latency_model=lm),
+                            fill_past_misfits=False))
     for rt in args.flops_round_to:
         space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=rt)
         sc = [s["l1"] for s in space.weight_stats()]

@@ -471,13 +471,15 @@ def masks_from_counts(scores: Sequence[torch.Tensor], counts: Sequence[int]) -> 
 
 
 def allocate(space, scores: Sequence[torch.Tensor], budget: Budget, *, allocation: str = "global",
-             round_to: Optional[int] = None) -> List[torch.Tensor]:
+             round_to: Optional[int] = None,
+             fill_past_misfits: Optional[bool] = None) -> List[torch.Tensor]:
     """Keep-masks from per-channel scores.
 
     ``"global"``: scores are standardized within each group (so layers with large weights do not
     win by scale) and channels are removed in one global ranking until the budget holds.
     ``"uniform"``: every group keeps the same fraction (its top-scored channels), the largest
     fraction that meets the budget; then the action wall and a fill pass settle rounding effects.
+    ``fill_past_misfits``: the global allocation's fill, as in :func:`project_to_budget`.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}; expected one of {list(ALLOCATIONS)}")
@@ -491,6 +493,7 @@ def allocate(space, scores: Sequence[torch.Tensor], budget: Budget, *, allocatio
             raise ValueError(f"scores[{g}] (group {grp.name!r}) contains NaN or inf")
     z = standardize(scores)
     if allocation == "global":
-        return project_to_budget(space, space.full_masks(), z, budget, round_to=round_to, fill=True)
+        return project_to_budget(space, space.full_masks(), z, budget, round_to=round_to, fill=True,
+                                 fill_past_misfits=fill_past_misfits)
     masks = masks_from_counts(z, uniform_counts(space, budget, round_to))
     return project_to_budget(space, masks, z, budget, round_to=round_to, fill=False)
