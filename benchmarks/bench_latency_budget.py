@@ -97,7 +97,8 @@ def predict_vs_measure(model_name: str, threads: int, batch: int, round_to: int,
                      flops_ratio=1.0, timed_by=how["original"], table_s=table_s,
                      table_points=lm.measured_points, cached_points=lm.cached_points,
                      clock=lm.meta["clock"], scale=lm.scale, remainder_ms=lm.remainder * 1e3,
-                     calibration_spread=lm.calibration_spread))
+                     calibration_spread=lm.calibration_spread,
+                     calibration_error=lm.calibration_error))
     for k, masks in variants.items():
         pred = float(lm.latency_from_counts(torch.tensor(_counts(masks))))
         f, _ = space.cost(masks)
@@ -198,7 +199,9 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
     base_acc = evaluate(model, test_loader)
     print(f"{args.model}: test {base_acc:.4f}, original {best['original'] * 1e3:.3f} ms "
           f"({threads} thread(s), batch {batch}; calibration spread "
-          f"{lm.calibration_spread if lm.calibration_spread is not None else float('nan'):.0%})",
+          f"{lm.calibration_spread if lm.calibration_spread is not None else float('nan'):.0%}, "
+          f"half-width point missed by "
+          f"{lm.calibration_error if lm.calibration_error is not None else float('nan'):+.0%})",
           flush=True)
     for k, f in facts.items():
         print(f"  {k:<22} {f['measured_ms']:.3f} ms  {f['speedup']:.2f}x  flops {f['flops_ratio']:.3f}",

@@ -447,3 +447,29 @@ def test_noisy_calibration_is_warned_reported_and_cached(toy, tmp_path, caplog):
         assert "calibration timings varied by 40%" in caplog.text and str(tmp_path) in caplog.text
         assert lm.summary()["calibration_spread"] == pytest.approx(0.4)
     assert type(lm).from_state(lm.state(), timer=fake_timer).calibration_spread == pytest.approx(0.4)
+
+
+def test_calibration_that_misses_its_half_point_is_warned(toy, caplog):
+    """When the end-to-end timings disagree with the isolated layers by more than the scale's
+    clamp allows (here every half-width network times 5x what the layers predict), the fitted
+    model misses its own half-width point: a warning gives the miss, the summary and state()
+    carry ``calibration_error``; a consistent timer gives an error of 0 and no warning."""
+    import logging
+
+    def slow_half(run, spec):
+        t = fake_timer(run, spec)
+        if spec["what"] == "model" and spec["macs"] < 0.9 * toy.base_flops:  # the half network
+            return 5 * t
+        return t
+
+    with caplog.at_level(logging.WARNING, logger="gcnprune_fast"):
+        good = build_latency_model(toy, timer=fake_timer, cache_dir=None, progress=False, threads=1)
+    assert abs(good.calibration_error) < 0.10 and "half-width one" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gcnprune_fast"):
+        bad = build_latency_model(toy, timer=slow_half, cache_dir=None, progress=False, threads=1)
+    assert bad.scale == 0.5  # clamped: the fit cannot reach the half point
+    assert bad.calibration_error < -0.10 and "half-width one" in caplog.text
+    assert bad.summary()["calibration_error"] == pytest.approx(bad.calibration_error)
+    assert type(bad).from_state(bad.state(), timer=fake_timer).calibration_error == \
+        pytest.approx(bad.calibration_error)

@@ -17,7 +17,9 @@ absorbs what isolated timings miss (weights cold in the caches inside a network,
 already hot, per-op overhead of the runtime; clamped to [0.5, 2]), ``remainder`` everything not
 tabled (pooling, element-wise ops, unprunable layers). ``calibration="remainder"``: scale 1 and
 one measurement (remainder = the unpruned network's measured latency minus its layers' full-width
-entries). Either way the full network is predicted at its measured latency.
+entries). Either way the full network is predicted at its measured latency; a two-point model
+whose clamped scale cannot reach the half-width point says by how much it misses it
+(``calibration_error``, warned above 10%).
 ``latency_from_counts`` is vectorized over any batch of count vectors, and monotone in every
 width (each table is made monotone by a running maximum along both axes).
 
@@ -58,6 +60,10 @@ CACHE_FORMAT = "gcnprune_fast.latency/1"
 # Calibration rounds whose median is this much above their best: the machine was too noisy for
 # the fitted model to be trusted (warned, and reported as ``calibration_spread``).
 UNSTABLE_SPREAD = 0.15
+# A fitted model that misses its own half-width calibration point by more than this (the scale
+# hit its clamp: the isolated-layer table and the end-to-end timings disagree by over 2x) is
+# warned and reported as ``calibration_error``.
+CALIBRATION_MISS = 0.10
 _MIXING = ("conv", "depthwise", "linear")
 
 
@@ -290,6 +296,8 @@ class LatencyModel:
         self.remainder, self.scale = 0.0, 1.0
         # median / best - 1 of the end-to-end calibration timings (None: not measured here)
         self.calibration_spread: Optional[float] = None
+        # predicted / measured - 1 at the half-width calibration network (None: "remainder")
+        self.calibration_error: Optional[float] = None
         l_full = float(self.layer_latencies(full).sum())
         if calibration is not None:
             counts, t = calibration
@@ -297,6 +305,8 @@ class LatencyModel:
             if l_full - l_half > 1e-12:
                 self.scale = min(2.0, max(0.5, (self.base_latency - float(t)) / (l_full - l_half)))
         self.remainder = self.base_latency - self.scale * l_full
+        if calibration is not None and float(calibration[1]) > 0:
+            self.calibration_error = (self.scale * l_half + self.remainder) / float(calibration[1]) - 1
 
     def layer_latencies(self, counts) -> torch.Tensor:
         """counts [..., G] -> float64 [..., L]: each tabled layer's interpolated time."""
@@ -328,6 +338,7 @@ class LatencyModel:
                 "remainder": self.remainder, "example_shape": list(self.example_shape),
                 "runtime": self.runtime, "device": str(self.device),
                 "calibration_spread": self.calibration_spread,
+                "calibration_error": self.calibration_error,
                 "layers": [{"name": l.name, "kind": l.kind, "shape": l.shape,
                             "a_in": l.a_in.tolist(), "c_in": l.c_in, "a_out": l.a_out.tolist(),
                             "c_out": l.c_out, "xs": list(l.xs), "ys": list(l.ys),
@@ -346,6 +357,7 @@ class LatencyModel:
         lm.example_shape, lm.runtime = list(state["example_shape"]), state["runtime"]
         lm.device = torch.device(state["device"])
         lm.calibration_spread = state.get("calibration_spread")
+        lm.calibration_error = state.get("calibration_error")
         lm.timer = timer if timer is not None else Timer(
             lm.device, clock=state["meta"]["clock"] if state["meta"]["clock"] in
             ("cpu", "wall", "cuda") else "auto", threads=state["meta"]["threads"])
@@ -355,7 +367,8 @@ class LatencyModel:
         return {**self.meta, "layers": len(self.layers), "base_latency_s": self.base_latency,
                 "remainder_s": self.remainder, "scale": self.scale, "timed_by": self.timed_by,
                 "measured_points": self.measured_points, "cached_points": self.cached_points,
-                "calibration_spread": self.calibration_spread}
+                "calibration_spread": self.calibration_spread,
+                "calibration_error": self.calibration_error}
 
 
 def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optional[int] = None,
@@ -497,6 +510,14 @@ def build_latency_model(space, *, device="cpu", batch: int = 1, threads: Optiona
             "of %d rounds): the machine was busy or noisy, so a latency budget may miss its target "
             "(measured speed-ups below the predicted ones). Re-measure on an idle machine%s.",
             100 * lm.calibration_spread, calibration_rounds,
+            "" if cache.path is None else f" (delete {cache.path} or use another latency_cache_dir)")
+    if lm.calibration_error is not None and abs(lm.calibration_error) > CALIBRATION_MISS:
+        logger.warning(
+            "latency model: fitted to the unpruned and the half-width network, it predicts the "
+            "half-width one %+.0f%% off its measured time (scale %.2f, clamped to [0.5, 2]): the "
+            "isolated layer timings and the end-to-end ones disagree, so predictions of pruned "
+            "networks may be off by as much. Re-measure on an idle machine%s.",
+            100 * lm.calibration_error, lm.scale,
             "" if cache.path is None else f" (delete {cache.path} or use another latency_cache_dir)")
     lm.timer = timer
     if lm.remainder < 0:
