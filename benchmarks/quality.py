@@ -15,7 +15,8 @@ Protocol (docs/QUALITY.md):
 - every variant (``method`` or ``method:key=value,...`` for options, e.g. ablations) and every
   Torch-Pruning pruner (the ratio bisected to the same FLOPs budget) is followed by the same BN
   re-estimation and the same fine-tune loop (SGD momentum 0.9, constant ``--finetune-lr``, batch
-  128, crop + flip), evaluated on the test set after each of ``--finetune-epochs`` epochs.
+  128, crop + flip), evaluated on the test set after each of ``--finetune-epochs`` epochs
+  (``--finetune-schedule cosine``: each length its own run, the rate decayed to 0 over it).
 - per budget and fine-tune length: mean and 95% t-interval over seeds, FLOPs and params actually
   kept, and for each variant the paired difference (same seed) to the best baseline (the best mean
   among ``--baselines`` and the Torch-Pruning pruners), with its 95% t-interval.
@@ -256,15 +257,40 @@ def refuse_mixed_finetunes(rows: Sequence[dict], key: dict, path, fail) -> None:
                  f", this run asks for {key}; use another --out")
 
 
+FINETUNE_SCHEDULES = ("constant", "cosine")
+
+
 def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], lr: float,
                           seed: int, batch_size: int = 128, max_steps: Optional[int] = None,
-                          amp: Optional[str] = None) -> Dict[str, float]:
-    """Test accuracy after 0 (as given) and after each count in ``epochs`` of one fine-tune loop:
-    SGD momentum 0.9, weight decay 5e-4, constant ``lr``, crop + flip, seeded order.
+                          amp: Optional[str] = None, schedule: str = "constant") -> Dict[str, float]:
+    """Test accuracy after 0 (as given) and after each count in ``epochs`` of fine-tuning:
+    SGD momentum 0.9, weight decay 5e-4, crop + flip, seeded order.
+    ``schedule="constant"``: one loop at ``lr``, evaluated after each count (``model`` ends
+    trained for ``max(epochs)``). ``schedule="cosine"``: each count is its own run from the given
+    weights with the learning rate decayed from ``lr`` to 0 over that run, so the 1-epoch figure
+    is a complete 1-epoch fine-tune (costs ``sum(epochs)`` epochs instead of ``max(epochs)``;
+    ``model`` ends as the longest run left it).
     ``amp="bf16"``: forward and loss under CPU bf16 autocast (about 1.9x faster on CPUs with
     AMX); evaluation stays in full precision."""
+    if schedule not in FINETUNE_SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {list(FINETUNE_SCHEDULES)}")
+    if schedule == "constant":
+        return _finetune_run(model, search_ds, test_loader, epochs, lr, seed, batch_size,
+                             max_steps, amp, cosine=False)
+    out = {}
+    lengths = sorted(set(int(e) for e in epochs))
+    for e in lengths:  # copies first, the longest run last on ``model`` itself
+        run = model if e == lengths[-1] else copy.deepcopy(model)
+        out.update(_finetune_run(run, search_ds, test_loader, [e], lr, seed, batch_size,
+                                 max_steps, amp, cosine=True))
+    return out
+
+
+def _finetune_run(model, search_ds, test_loader, epochs, lr, seed, batch_size, max_steps, amp,
+                  cosine: bool) -> Dict[str, float]:
+    """One fine-tune loop of ``max(epochs)`` epochs, evaluated after each count in ``epochs``."""
     from gcnprune_fast.data import TensorBatchLoader
-    from gcnprune_fast.training import evaluate
+    from gcnprune_fast.training import cosine_lr, evaluate
 
     out = {}
     gen = torch.Generator().manual_seed(seed)
@@ -272,6 +298,8 @@ def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], 
                                generator=gen)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     last = max(epochs) if epochs else 0
+    per_epoch = len(loader) if max_steps is None else min(len(loader), int(max_steps))
+    done = 0
     for epoch in range(last + 1):
         if epoch in epochs:
             out[f"acc_ft{epoch}"] = evaluate(model.eval(), test_loader)
@@ -281,11 +309,15 @@ def finetune_and_evaluate(model, search_ds, test_loader, epochs: Sequence[int], 
         for step, (x, y) in enumerate(loader):
             if max_steps is not None and step >= max_steps:
                 break
+            if cosine:
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(lr, done, last * per_epoch)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
+            done += 1
     return out
 
 
@@ -377,6 +409,10 @@ def main(argv=None) -> int:
     p.add_argument("--flops", nargs="+", type=float, default=[0.5])
     p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1, 5])
     p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--finetune-schedule", choices=FINETUNE_SCHEDULES, default="constant",
+                   help="constant: one loop at --finetune-lr, evaluated after each of "
+                        "--finetune-epochs; cosine: each length its own run, the learning rate "
+                        "decayed to 0 over it")
     p.add_argument("--finetune-amp", choices=["none", "bf16"], default="none",
                    help="bf16: fine-tune under CPU bf16 autocast (evaluation in fp32)")
     p.add_argument("--episodes", type=int, default=None, help="episodes of the search methods")
@@ -434,6 +470,8 @@ def main(argv=None) -> int:
     amp = finetune_amp(args)
     finetune_key = {"epochs": list(args.finetune_epochs), "lr": args.finetune_lr, "amp": amp,
                     "quick": bool(args.quick)}
+    if args.finetune_schedule != "constant":  # rows of constant-lr runs predate the key
+        finetune_key["schedule"] = args.finetune_schedule
     if args.resume and os.path.isfile(partial):
         with open(partial) as f:
             rows = [json.loads(line) for line in f if line.strip()]
@@ -455,7 +493,8 @@ def main(argv=None) -> int:
                     compact, facts = run_variant(cand, model, (search, selection), flops, seed, args)
                 t1 = time.perf_counter()
                 accs = finetune_and_evaluate(compact, search_ds, test_loader, args.finetune_epochs,
-                                             args.finetune_lr, seed, max_steps=max_steps, amp=amp)
+                                             args.finetune_lr, seed, max_steps=max_steps, amp=amp,
+                                             schedule=args.finetune_schedule)
                 row = {"candidate": cand, "flops_budget": flops, "seed": seed, **facts, **accs,
                        "finetune": finetune_key,
                        "finetune_time_s": time.perf_counter() - t1}

@@ -217,7 +217,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - alpha) * ce + alpha * kl
 
 
-def _cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Half-cosine decay from ``base_lr`` at step 0 to 0 at ``total_steps``."""
     return 0.5 * base_lr * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
@@ -593,7 +594,7 @@ def _train_epoch(model, loader, opt, history, epoch, epochs, steps_per_epoch, lr
         if micro == 0:
             step = epoch * opt_per_epoch + step_in_epoch // accumulate
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(lr, step, opt_per_epoch * epochs)
+                group["lr"] = cosine_lr(lr, step, opt_per_epoch * epochs)
         with autocast:
             logits = net(x)
             if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
@@ -660,5 +661,5 @@ def _train_epoch(model, loader, opt, history, epoch, epochs, steps_per_epoch, lr
         (bar.write if bar is not None else print)(msg)
 
 
-__all__ = ["evaluate", "recalibrate_bn", "train", "distillation_loss", "with_generator",
+__all__ = ["evaluate", "recalibrate_bn", "train", "distillation_loss", "with_generator", "cosine_lr",
            "preserved_global_rng", "train_fingerprint", "GLOBAL_RNG_LOCK"]

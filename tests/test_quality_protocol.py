@@ -1,4 +1,5 @@
 """The statistics and parsing of benchmarks/quality.py (the protocol itself is a benchmark)."""
+import copy
 import math
 import sys
 from pathlib import Path
@@ -81,3 +82,36 @@ def test_refuse_mixed_finetunes_treats_unrecorded_rows_as_full_precision():
     quality.refuse_mixed_finetunes([recorded], bf16, "x.jsonl", messages.append)
     assert len(messages) == 2 and all("x.jsonl" in m for m in messages)
     assert "unrecorded settings (full precision)" in messages[0]
+
+
+def test_cosine_finetune_runs_each_length_on_its_own():
+    """With the cosine schedule every length is a complete run from the given weights: the
+    1-epoch figure of an [0, 1, 2] fine-tune is the one of a lone 1-epoch fine-tune, and the
+    2-epoch figure differs from the constant-rate loop's; unknown schedules are refused."""
+    import torch
+    from gcnprune_fast.data import TensorBatchLoader, TensorImageDataset
+    from gcnprune_fast.models import get_model
+
+    torch.manual_seed(0)
+    ds = TensorImageDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 10, (96,)), mean=None,
+                            std=None, num_classes=10)
+    test = TensorBatchLoader(ds, 32)
+    torch.manual_seed(1)
+    base = get_model("simple_cnn")
+
+    def tune(epochs, schedule):
+        model = copy.deepcopy(base)
+        return quality.finetune_and_evaluate(model, ds, test, epochs, 0.1, seed=0, batch_size=16,
+                                             schedule=schedule), model
+
+    both, model = tune([0, 1, 2], "cosine")
+    alone, _ = tune([1], "cosine")
+    constant, _ = tune([0, 1, 2], "constant")
+    assert set(both) == {"acc_ft0", "acc_ft1", "acc_ft2"}
+    assert both["acc_ft1"] == alone["acc_ft1"]
+    assert both["acc_ft0"] == constant["acc_ft0"]
+    assert both["acc_ft2"] != constant["acc_ft2"] or both["acc_ft1"] != constant["acc_ft1"]
+    assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), model.parameters()))
+    with pytest.raises(ValueError, match="schedule"):
+        quality.finetune_and_evaluate(copy.deepcopy(base), ds, test, [1], 0.1, seed=0,
+                                      schedule="step")
