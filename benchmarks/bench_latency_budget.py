@@ -173,15 +173,13 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
                              progress=False)
     cands = {}  # name -> (space, masks)
     scores = [s["l1"] for s in lat_space.weight_stats()]
+    lat_budget = Budget.from_ratios(lat_space, latency=args.latency, latency_model=lm)
     cands[f"latency={args.latency} r{args.round_to}"] = (
-        lat_space, allocate(lat_space, scores, Budget.from_ratios(lat_space, latency=args.latency,
-                                                                  latency_model=lm)))
+        lat_space, allocate(lat_space, scores, lat_budget))
     target = measured(lat_space.prune(next(iter(cands.values()))[1]))
     # ablation: the fill that stops at the first chunk that does not fit (FLOPs budgets' fill)
     cands[f"latency={args.latency} r{args.round_to} stop"] = (
-        lat_space, allocate(lat_space, scores, Budget.from_ratios(lat_space, latency=args.latency,
-                                                                  latency_model=lm),
-                            fill_past_misfits=False))
+        lat_space, allocate(lat_space, scores, lat_budget, fill_past_misfits=False))
     for rt in args.flops_round_to:
         space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=rt)
         sc = [s["l1"] for s in space.weight_stats()]
