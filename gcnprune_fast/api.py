@@ -41,6 +41,9 @@ from gcnprune_fast.methods import Budget, SearchContext, default_method, get_met
 from gcnprune_fast.methods.allocation import check_budget_ratios, check_budget_reachable
 from gcnprune_fast.report import (ACCURACY_SETS, HELD_OUT, SEARCH_SET, VAL_LOADER,
                                   prune_report_markdown, write_json)
+from gcnprune_fast.space.reconstruct import (RECONSTRUCT_IMAGES, check_reconstruct,
+                                             reconstruct as space_reconstruct,
+                                             reconstruction_batches)
 from gcnprune_fast.utils import model_device
 
 __all__ = ["prune", "PruneResult", "FINETUNE_CHECKPOINT", "ACCURACY_SETS"]
@@ -300,7 +303,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
           bn_batches: int = 20, eval_batches: Optional[int] = None, accumulate_steps: int = 1,
           amp: Optional[str] = None, sync_bn: bool = False, latency: Optional[float] = None,
           latency_device=None, latency_batch: int = 1, latency_threads: Optional[int] = None,
-          latency_cache_dir="default", latency_timer=None, **method_options) -> PruneResult:
+          latency_cache_dir="default", latency_timer=None, reconstruct: Optional[str] = None,
+          reconstruct_images: int = RECONSTRUCT_IMAGES, **method_options) -> PruneResult:
     """Prune ``model`` to a FLOPs and/or parameter budget and return the compact model.
 
     Args:
@@ -367,6 +371,12 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         distill: fine-tune with knowledge distillation from the original model.
         finetune_lr: initial learning rate of fine-tuning (cosine schedule).
         bn_batches: batches for BN re-estimation after surgery.
+        reconstruct: refit the layers that read pruned channels by least squares before BN
+            re-estimation (``gcnprune_fast.space.reconstruct``): ``"all"`` every channel-mixing
+            layer (also corrects drift from upstream), ``"pruned"`` only those that lose inputs,
+            None (default) off. Uses the first ``reconstruct_images`` images of
+            ``train_loader``'s data; re-ranking candidates (``rerank_top``) are refit the same
+            way so the choice is made on what is returned.
         eval_batches: evaluate accuracies on at most this many batches (None = all).
         accumulate_steps / amp / sync_bn: fine-tuning with gradient accumulation, mixed precision
             (``"bf16"``, or ``"fp16"`` on CUDA) and, under DDP on GPUs, SyncBatchNorm
@@ -436,6 +446,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             raise ValueError(f"{name} must be a {kind} int, got {value!r}")
     if amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    check_reconstruct(reconstruct, reconstruct_images)
     if resume:
         problem = _resume_problem(spec, checkpoint_dir, finetune_epochs)
         if problem:
@@ -484,6 +495,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "min_channels": min_channels, "ignored_layers": None if ignored is None else sorted(ignored),
         "distill": bool(distill), "finetune_lr": finetune_lr, "bn_batches": bn_batches,
         "finetune_epochs": finetune_epochs, "holdout": split is not None and split.by is not None,
+        **({} if reconstruct is None else {"reconstruct": reconstruct,
+                                           "reconstruct_images": reconstruct_images}),
         **({} if latency is None else {"latency_budget": latency, "latency_batch": latency_batch,
                                        "latency_device": str(latency_device or "cpu")})})
     resume_finetune = bool(resume and finetune_epochs > 0 and os.path.isfile(ft_path))
@@ -536,7 +549,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         ctx = SearchContext(space=space, budget=budget, loader=data(loader), device=device,
                             seed=seed, val_loader=data(val_loader),
                             progress=progress, checkpoint_dir=checkpoint_dir,
-                            resume=bool(resume and spec.supports_resume), options=options)
+                            resume=bool(resume and spec.supports_resume), options=options,
+                            reconstruct=reconstruct, reconstruct_images=reconstruct_images)
         t0 = time.perf_counter()
         result = spec.run(ctx)
         search_time = result.info.get("search_time_s", time.perf_counter() - t0)
@@ -556,7 +570,17 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
                                   f"/{budget.max_latency:.3g} s") + ")")
         plan = space.plan(masks)
 
-        compact = space.prune(masks).to(device).eval()
+        reconstruct_time = None
+        if reconstruct is None:
+            compact = space.prune(masks).to(device).eval()
+        else:
+            t0 = time.perf_counter()
+            compact = space_reconstruct(space, masks, reconstruction_batches(
+                data(train_loader), reconstruct_images, device), layers=reconstruct,
+                seed=seed).to(device).eval()
+            reconstruct_time = time.perf_counter() - t0
+            logger.info("reconstruct=%s: refit in %.1f s on %d images", reconstruct,
+                        reconstruct_time, reconstruct_images)
         cost_check = _measure_cost(compact, example_inputs, int(flops_after), int(params_after))
         training.recalibrate_bn(compact, data(train_loader),
                                 num_batches=bn_batches, device=device)
@@ -595,6 +619,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "held_out_images": (split.images_in(eval_batches) if accuracy_set == HELD_OUT else None),
         "finetune_epochs": finetune_epochs,
         "distill": bool(distill),
+        "reconstruct": reconstruct,
+        "reconstruct_time_s": reconstruct_time,
         "resumed": bool(resume),
         "widths": [{"name": g.name, "before": int(g.size), "after": int(m.sum())}
                    for g, m in zip(space.groups, masks)],

@@ -379,7 +379,8 @@ def cmd_prune(args) -> int:
                 accumulate_steps=args.accumulate_steps, amp=args.amp, sync_bn=args.sync_bn,
                 latency=args.latency, latency_device=args.latency_device,
                 latency_batch=args.latency_batch, latency_threads=args.latency_threads,
-                round_to=args.round_to, **opts)
+                round_to=args.round_to, reconstruct=args.reconstruct,
+                reconstruct_images=args.reconstruct_images, **opts)
     paths = res.save(args.out, export_formats=tuple(args.export or ()))
     from gcnprune_fast import distributed
 
@@ -562,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gcnprune_fast.export import FORMATS
     from gcnprune_fast.methods import ALLOCATIONS, default_method, demo_methods, method_names
     from gcnprune_fast.models import MODEL_NAMES
+    from gcnprune_fast.space.reconstruct import RECONSTRUCT_IMAGES, RECONSTRUCT_LAYERS
 
     methods = method_names()
     model_help = (f"a built-in model ({', '.join(MODEL_NAMES)}), torchvision:NAME (a "
@@ -670,6 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=_nonneg_int, default=0)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
+    p.add_argument("--reconstruct", choices=RECONSTRUCT_LAYERS, default=None,
+                   help="refit the layers that read pruned channels by least squares before BN "
+                   "re-estimation: all (every channel-mixing layer) or pruned (only those that "
+                   "lose inputs); default off")
+    p.add_argument("--reconstruct-images", type=_positive_int, default=RECONSTRUCT_IMAGES,
+                   help="training images the refit uses (default %(default)s)")
     distributed_training_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoints in OUT/search (the "

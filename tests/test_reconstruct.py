@@ -120,3 +120,60 @@ def test_gathered_patches_equal_unfold_columns(kwargs):
     every = cols.transpose(1, 2).reshape(-1, cols.shape[1])
     pick = torch.randperm(every.shape[0])[:17]
     assert torch.equal(_features(conv, x, pick), every[pick])
+
+
+def test_prune_reconstructs_the_result_and_reports_it():
+    from gcnprune_fast import prune
+    from helpers import random_batches
+
+    torch.manual_seed(0)
+    model = get_model("simple_cnn").eval()
+    loader, val = random_batches(n=64, bs=32), random_batches(n=32, seed=3)
+    plain = prune(model, loader, method="l1", flops=0.5, val_loader=val, progress=False)
+    refit = prune(model, loader, method="l1", flops=0.5, val_loader=val, progress=False,
+                  reconstruct="all", reconstruct_images=64)
+    assert plain.report["reconstruct"] is None and plain.report["reconstruct_time_s"] is None
+    assert refit.report["reconstruct"] == "all" and refit.report["reconstruct_time_s"] >= 0
+    assert [w["after"] for w in refit.report["widths"]] == \
+        [w["after"] for w in plain.report["widths"]]
+    shapes = [p.shape for p in plain.model.parameters()]
+    assert shapes == [p.shape for p in refit.model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in
+               zip(plain.model.parameters(), refit.model.parameters()))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"reconstruct": "yes"}, "reconstruct="),
+                                           ({"reconstruct": "all", "reconstruct_images": 0},
+                                            "reconstruct_images")])
+def test_prune_refuses_bad_reconstruct_arguments_before_work(kwargs, match, monkeypatch):
+    from gcnprune_fast import prune
+    from gcnprune_fast.space import pruning_space
+    from helpers import random_batches
+
+    def no_work(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(pruning_space.PruningSpace, "__init__", no_work)
+    with pytest.raises(ValueError, match=match):
+        prune(get_model("simple_cnn"), random_batches(), method="l1", flops=0.5, **kwargs)
+
+
+def test_rerank_candidates_are_reconstructed_like_the_result(monkeypatch):
+    from gcnprune_fast.methods import Budget
+    from gcnprune_fast.methods.search import rerank as rerank_module
+    from helpers import random_batches
+
+    space = simple_cnn_space()
+    calls = []
+    real = rerank_module.space_reconstruct
+
+    def spy(space_, masks, batches, **kw):
+        calls.append((sum(b.shape[0] for b in batches), kw.get("layers")))
+        return real(space_, masks, batches, **kw)
+
+    monkeypatch.setattr(rerank_module, "space_reconstruct", spy)
+    cands = rerank_module.criterion_candidates(space, Budget.from_ratios(space, 0.5))
+    _, rows = rerank_module.rerank(space, cands, loader=random_batches(n=64, bs=16),
+                                   val_loader=random_batches(n=16, seed=4), device="cpu",
+                                   steps=1, reconstruct="pruned", reconstruct_images=40)
+    assert calls == [(40, "pruned")] * len(rows)

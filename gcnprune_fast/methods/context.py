@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from gcnprune_fast.methods.allocation import Budget
+from gcnprune_fast.space.reconstruct import RECONSTRUCT_IMAGES
 
 
 @dataclass
@@ -20,6 +21,9 @@ class SearchContext:
         overrides is parsed by :func:`~gcnprune_fast.methods.run_method`).
     checkpoint_dir / resume: where a resumable method keeps its checkpoint, and whether to
         continue from it.
+    reconstruct / reconstruct_images: ``prune()``'s least-squares refit of the result
+        (``gcnprune_fast.space.reconstruct``; None = off); a method that builds candidates to
+        choose among (re-ranking) builds them the same way.
     """
 
     space: Any
@@ -32,6 +36,8 @@ class SearchContext:
     checkpoint_dir: Optional[str] = None
     resume: bool = False
     options: Any = field(default_factory=dict)
+    reconstruct: Optional[str] = None
+    reconstruct_images: int = RECONSTRUCT_IMAGES
 
 
 @dataclass

@@ -33,6 +33,8 @@ from gcnprune_fast.methods.allocation import Budget, allocate, project_to_budget
 from gcnprune_fast.methods.criteria import l1_scores, l2_scores
 from gcnprune_fast.methods.registry import option
 from gcnprune_fast.methods.search.reward import mask_key
+from gcnprune_fast.space.reconstruct import (RECONSTRUCT_IMAGES, reconstruct as space_reconstruct,
+                                             reconstruction_batches)
 
 __all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "check_rerank_options", "criterion_candidates", "rerank",
            "rerank_search_candidates", "RerankOptions", "CRITERION_CANDIDATES"]
@@ -98,7 +100,8 @@ def criterion_candidates(space, budget: Budget) -> List[Tuple[str, List[torch.Te
 def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loader, val_loader,
            device, steps: int, lr: float = 0.01, bn_batches: int = 10, seed: int = 0,
            amp: Optional[str] = None, screen_steps: int = 0, screen_keep: int = 2,
-           eval_batches: Optional[int] = None, progress: bool = False
+           eval_batches: Optional[int] = None, progress: bool = False,
+           reconstruct: Optional[str] = None, reconstruct_images: int = RECONSTRUCT_IMAGES
            ) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
     """Pick the candidate with the best selection accuracy after a short fine-tune.
 
@@ -115,6 +118,9 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
             steps and scored (``screen_acc``); only the ``screen_keep`` best get the full
             fine-tune (ties go to the earlier candidate). Skipped when there are no more than
             ``screen_keep`` distinct candidates.
+        reconstruct / reconstruct_images: each candidate is refit by least squares
+            (``gcnprune_fast.space.reconstruct``, on the first images of ``loader``) before its
+            BN re-estimation, as ``prune(reconstruct=...)`` refits the result.
 
     Returns:
         (winning masks, one row per distinct candidate: ``name``, ``screen_acc`` (None without
@@ -145,6 +151,8 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
                      "time_s": 0.0, "chosen": False})
         masks_of.append(masks)
     screening = screen_steps > 0 and len(rows) > screen_keep
+    calibration = None if reconstruct is None else \
+        reconstruction_batches(loader, reconstruct_images, device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -153,7 +161,11 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
 
     def score(i: int, n_steps: int, field: str) -> None:
         t0 = time.perf_counter()
-        compact = space.prune(masks_of[i]).to(device)
+        if calibration is None:
+            compact = space.prune(masks_of[i]).to(device)
+        else:
+            compact = space_reconstruct(space, masks_of[i], calibration, layers=reconstruct,
+                                        seed=seed).to(device)
         training.recalibrate_bn(compact, loader, num_batches=bn_batches, device=device)
         training.train(compact, loader, 1, lr=lr, device=device, progress=False, seed=seed,
                        max_steps_per_epoch=n_steps, amp=amp)
@@ -204,7 +216,8 @@ def rerank_search_candidates(method: str, space, ctx, opts: RerankOptions,
                          seed=ctx.seed, progress=ctx.progress,
                          amp=None if opts.rerank_amp == "none" else opts.rerank_amp,
                          screen_steps=opts.rerank_screen_steps,
-                         screen_keep=opts.rerank_screen_keep)
+                         screen_keep=opts.rerank_screen_keep, reconstruct=ctx.reconstruct,
+                         reconstruct_images=ctx.reconstruct_images)
     info["rerank"] = rows
     info["rerank_time_s"] = time.perf_counter() - t0
     info["rerank_choice"] = next(r["name"] for r in rows if r["chosen"])
