@@ -370,13 +370,15 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         min_channels / ignored_layers: passed to the PruningSpace.
         distill: fine-tune with knowledge distillation from the original model.
         finetune_lr: initial learning rate of fine-tuning (cosine schedule).
-        bn_batches: batches for BN re-estimation after surgery.
-        reconstruct: refit the layers that read pruned channels by least squares before BN
-            re-estimation (``gcnprune_fast.space.reconstruct``): ``"all"`` every channel-mixing
-            layer (also corrects drift from upstream), ``"pruned"`` only those that lose inputs,
-            None (default) off. Uses the first ``reconstruct_images`` images of
-            ``train_loader``'s data; re-ranking candidates (``rerank_top``) are refit the same
-            way so the choice is made on what is returned.
+        bn_batches: batches for BN re-estimation after surgery (not done with ``reconstruct``).
+        reconstruct: refit the layers that read pruned channels by least squares
+            (``gcnprune_fast.space.reconstruct``): ``"all"`` every channel-mixing layer (also
+            corrects drift from upstream), ``"pruned"`` only those that lose inputs, None
+            (default) off. Uses the first ``reconstruct_images`` images of ``train_loader``'s
+            data. The refit layers reproduce the original layers' outputs, so the original BN
+            statistics are kept (no re-estimation: on ResNet-20 at 50% FLOPs re-estimating after
+            the refit cost 0.8-1.8 points before fine-tuning). Re-ranking candidates
+            (``rerank_top``) are refit the same way, so the choice is made on what is returned.
         eval_batches: evaluate accuracies on at most this many batches (None = all).
         accumulate_steps / amp / sync_bn: fine-tuning with gradient accumulation, mixed precision
             (``"bf16"``, or ``"fp16"`` on CUDA) and, under DDP on GPUs, SyncBatchNorm
@@ -582,8 +584,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             logger.info("reconstruct=%s: refit in %.1f s on %d images", reconstruct,
                         reconstruct_time, reconstruct_images)
         cost_check = _measure_cost(compact, example_inputs, int(flops_after), int(params_after))
-        training.recalibrate_bn(compact, data(train_loader),
-                                num_batches=bn_batches, device=device)
+        if reconstruct is None:  # a refit matches the original statistics: keep them
+            training.recalibrate_bn(compact, data(train_loader),
+                                    num_batches=bn_batches, device=device)
         acc_pruned = training.evaluate(compact, data(val_loader), device=device,
                                        max_batches=eval_batches)
         acc_finetuned = None
@@ -621,6 +624,7 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
         "distill": bool(distill),
         "reconstruct": reconstruct,
         "reconstruct_time_s": reconstruct_time,
+        "bn_reestimated": reconstruct is None,
         "resumed": bool(resume),
         "widths": [{"name": g.name, "before": int(g.size), "after": int(m.sum())}
                    for g, m in zip(space.groups, masks)],

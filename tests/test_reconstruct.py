@@ -122,18 +122,27 @@ def test_gathered_patches_equal_unfold_columns(kwargs):
     assert torch.equal(_features(conv, x, pick), every[pick])
 
 
-def test_prune_reconstructs_the_result_and_reports_it():
-    from gcnprune_fast import prune
+def test_prune_reconstructs_the_result_and_reports_it(monkeypatch):
+    from gcnprune_fast import prune, training
     from helpers import random_batches
+
+    recalibrated = []
+    real = training.recalibrate_bn
+    monkeypatch.setattr(training, "recalibrate_bn",
+                        lambda *a, **k: recalibrated.append(1) or real(*a, **k))
 
     torch.manual_seed(0)
     model = get_model("simple_cnn").eval()
     loader, val = random_batches(n=64, bs=32), random_batches(n=32, seed=3)
     plain = prune(model, loader, method="l1", flops=0.5, val_loader=val, progress=False)
+    assert recalibrated and plain.report["bn_reestimated"]
+    recalibrated.clear()
     refit = prune(model, loader, method="l1", flops=0.5, val_loader=val, progress=False,
                   reconstruct="all", reconstruct_images=64)
     assert plain.report["reconstruct"] is None and plain.report["reconstruct_time_s"] is None
     assert refit.report["reconstruct"] == "all" and refit.report["reconstruct_time_s"] >= 0
+    # the refit reproduces the original layers' outputs: their BN statistics are kept
+    assert not recalibrated and not refit.report["bn_reestimated"]
     assert [w["after"] for w in refit.report["widths"]] == \
         [w["after"] for w in plain.report["widths"]]
     shapes = [p.shape for p in plain.model.parameters()]

@@ -119,8 +119,8 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
             fine-tune (ties go to the earlier candidate). Skipped when there are no more than
             ``screen_keep`` distinct candidates.
         reconstruct / reconstruct_images: each candidate is refit by least squares
-            (``gcnprune_fast.space.reconstruct``, on the first images of ``loader``) before its
-            BN re-estimation, as ``prune(reconstruct=...)`` refits the result.
+            (``gcnprune_fast.space.reconstruct``, on the first images of ``loader``) instead of
+            re-estimating its BN statistics, as ``prune(reconstruct=...)`` builds the result.
 
     Returns:
         (winning masks, one row per distinct candidate: ``name``, ``screen_acc`` (None without
@@ -163,10 +163,10 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
         t0 = time.perf_counter()
         if calibration is None:
             compact = space.prune(masks_of[i]).to(device)
-        else:
+            training.recalibrate_bn(compact, loader, num_batches=bn_batches, device=device)
+        else:  # refit to the original statistics, kept as prune() keeps them
             compact = space_reconstruct(space, masks_of[i], calibration, layers=reconstruct,
                                         seed=seed).to(device)
-        training.recalibrate_bn(compact, loader, num_batches=bn_batches, device=device)
         training.train(compact, loader, 1, lr=lr, device=device, progress=False, seed=seed,
                        max_steps_per_epoch=n_steps, amp=amp)
         acc = training.evaluate(compact, val_loader, device=device, max_batches=eval_batches)
