@@ -10,8 +10,9 @@ import torch.nn as nn
 from gcnprune_fast.latency import build_latency_model, layer_specs
 from gcnprune_fast.latency.measure import Timer
 from gcnprune_fast.methods import Budget, SearchContext, method_names, run_method
-from gcnprune_fast.methods.allocation import (action_wall, allocate, check_budget_reachable,
-                                              fit_ratios_to_budget, project_to_budget)
+from gcnprune_fast.methods.allocation import (LATENCY_FILL, action_wall, allocate,
+                                              check_budget_reachable, fit_ratios_to_budget,
+                                              project_to_budget)
 from gcnprune_fast.space import PruningSpace
 from helpers import random_batches, simple_cnn_space
 
@@ -245,6 +246,10 @@ def test_budget_feasible_counts(space, lm):
     ok = b.feasible_counts(space, counts)
     assert ok.tolist() == (lm.latency_from_counts(counts) <= b.max_latency).tolist()
     assert b.keep_ratio == 0.5
+    # checkpoints of latency searches name the table and the fill rule; FLOPs ones add nothing
+    assert flops_only.fingerprint_extra() == {}
+    assert b.fingerprint_extra()["latency_fill"] == LATENCY_FILL
+    assert b.fingerprint_extra()["latency_table"] == dict(lm.meta)
     with pytest.raises(ValueError, match="latency model"):
         Budget.from_ratios(space, latency=0.5)
     with pytest.raises(ValueError):

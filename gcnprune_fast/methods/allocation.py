@@ -59,6 +59,13 @@ def check_budget_ratios(flops=None, params=None, latency=None) -> None:
         check_budget_ratio(name, value)
 
 
+# The fill rule of latency budgets (project_to_budget's fill_past_misfits): in the fingerprints of
+# latency-budgeted search checkpoints, so a search run under an earlier rule (the fill stopping at
+# the first misfit; those checkpoints lack the key) is not resumed as if it were this one. Change
+# the name when the rule changes.
+LATENCY_FILL = "past-misfits"
+
+
 @dataclass(frozen=True)
 class Budget:
     """Absolute cost limits. ``flops`` / ``params`` are ratios in (0, 1] of the unpruned model's
@@ -140,7 +147,8 @@ class Budget:
         of FLOPs / params budgets keep their fingerprints)."""
         if self.latency is None:
             return {}
-        return {"budget_latency": self.latency, "latency_table": dict(self.latency_model.meta)}
+        return {"budget_latency": self.latency, "latency_table": dict(self.latency_model.meta),
+                "latency_fill": LATENCY_FILL}
 
     def describe(self) -> str:
         """``flops=0.5, params=None[, latency=0.5]`` for messages."""
