@@ -12,9 +12,11 @@ Protocol (docs/QUALITY.md):
   ``--selection-images`` training images: ``val_loader`` of ``prune()``, i.e. every choice a
   method makes among candidates), the test set only for the reported numbers. Fine-tuning uses the
   search split with augmentation (never the selection or test images).
-- every variant (``method`` or ``method:key=value,...`` for options, e.g. ablations) and every
+- every variant (``method`` or ``method:key=value,...`` for options, e.g. ablations; prune()'s
+  ``reconstruct`` / ``reconstruct_images`` too, e.g. ``l1:reconstruct=all``) and every
   Torch-Pruning pruner (the ratio bisected to the same FLOPs budget) is followed by the same BN
-  re-estimation and the same fine-tune loop (SGD momentum 0.9, constant ``--finetune-lr``, batch
+  re-estimation (none after a ``reconstruct`` refit, which keeps the original statistics) and
+  the same fine-tune loop (SGD momentum 0.9, constant ``--finetune-lr``, batch
   128, crop + flip), evaluated on the test set after each of ``--finetune-epochs`` epochs
   (``--finetune-schedule cosine``: each length its own run, the rate decayed to 0 over it).
 - per budget and fine-tune length: mean and 95% t-interval over seeds, FLOPs and params actually
@@ -144,6 +146,8 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
 
     method, opts = parse_variant(text)
     spec = get_method(method)
+    if "reconstruct_images" in opts:  # a prune() argument, not a method option: typed here
+        opts["reconstruct_images"] = int(opts["reconstruct_images"])
     if args.episodes and spec.has_option("episodes") and "episodes" not in opts:
         opts["episodes"] = str(args.episodes)
     search, selection = loaders
@@ -171,6 +175,7 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "pruningnet_train_time_s": r.get("pruningnet_train_time_s"),
                        "search_loop_time_s": r.get("search_loop_time_s"),
                        "rerank_time_s": r.get("rerank_time_s"),
+                       "reconstruct_time_s": r.get("reconstruct_time_s"),
                        "widths": [w["after"] for w in r["widths"]]}
 
 
@@ -389,6 +394,7 @@ def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
 
 def main(argv=None) -> int:
     from gcnprune_fast.methods import get_method, method_names
+    from gcnprune_fast.space.reconstruct import RECONSTRUCT_IMAGES, check_reconstruct
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=DEFAULT_DATA, help="folder with train.npz/test.npz")
@@ -436,6 +442,8 @@ def main(argv=None) -> int:
         args.variants += [f"{default_method()}:{a}" for a in ABLATIONS]
     for v in args.variants:  # fail before any work
         method, opts = parse_variant(v)
+        check_reconstruct(opts.pop("reconstruct", None),
+                          int(opts.pop("reconstruct_images", RECONSTRUCT_IMAGES)))
         get_method(method).parse_options(opts)
     if not args.synthetic and not all(os.path.isfile(os.path.join(args.data_root, f"{s}.npz"))
                                       for s in ("train", "test")):
