@@ -141,8 +141,8 @@ def test_prune_reconstructs_the_result_and_reports_it(monkeypatch):
                   reconstruct="all", reconstruct_images=64)
     assert plain.report["reconstruct"] is None and plain.report["reconstruct_time_s"] is None
     assert refit.report["reconstruct"] == "all" and refit.report["reconstruct_time_s"] >= 0
-    # the refit reproduces the original layers' outputs: their BN statistics are kept
-    assert not recalibrated and not refit.report["bn_reestimated"]
+    # re-estimated statistics are tried on a copy and kept only if they score better
+    assert recalibrated and isinstance(refit.report["bn_reestimated"], bool)
     assert [w["after"] for w in refit.report["widths"]] == \
         [w["after"] for w in plain.report["widths"]]
     shapes = [p.shape for p in plain.model.parameters()]
@@ -186,3 +186,23 @@ def test_rerank_candidates_are_reconstructed_like_the_result(monkeypatch):
                                    val_loader=random_batches(n=16, seed=4), device="cpu",
                                    steps=1, reconstruct="pruned", reconstruct_images=40)
     assert calls == [(40, "pruned")] * len(rows)
+
+
+@pytest.mark.parametrize("reestimated_better", [True, False])
+def test_refit_keeps_the_bn_statistics_that_score_better(reestimated_better, monkeypatch):
+    from gcnprune_fast import api, training
+
+    def fake_recalibrate(model, *a, **k):
+        model.marker = True
+        return model
+
+    def fake_evaluate(model, *a, **k):
+        return 0.9 if getattr(model, "marker", False) == reestimated_better else 0.5
+
+    monkeypatch.setattr(training, "recalibrate_bn", fake_recalibrate)
+    monkeypatch.setattr(training, "evaluate", fake_evaluate)
+    model = get_model("simple_cnn").eval()
+    chosen, acc, reestimated = api._refit_statistics(model, [], [], 5, None, "cpu")
+    assert acc == 0.9 and reestimated == reestimated_better
+    assert (chosen is model) != reestimated_better
+    assert not hasattr(model, "marker")  # the re-estimation ran on a copy
