@@ -400,7 +400,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             statistics fit them, but shrunk: the model keeps them or BN re-estimation, whichever
             scores better on ``val_loader`` (``report["bn_reestimated"]``; that choice makes
             ``acc_pruned`` the better of two). Re-ranking candidates (``rerank_top``) are refit
-            the same way (their short fine-tune re-estimates the statistics anyway).
+            the same way (their short fine-tune re-estimates the statistics anyway). The
+            calibration images run as one forward pass (no gradients): lower
+            ``reconstruct_images`` for large inputs.
         eval_batches: evaluate accuracies on at most this many batches (None = all).
         accumulate_steps / amp / sync_bn: fine-tuning with gradient accumulation, mixed precision
             (``"bf16"``, or ``"fp16"`` on CUDA) and, under DDP on GPUs, SyncBatchNorm
