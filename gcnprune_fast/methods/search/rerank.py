@@ -119,8 +119,9 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
             fine-tune (ties go to the earlier candidate). Skipped when there are no more than
             ``screen_keep`` distinct candidates.
         reconstruct / reconstruct_images: each candidate is refit by least squares
-            (``gcnprune_fast.space.reconstruct``, on the first images of ``loader``) instead of
-            re-estimating its BN statistics, as ``prune(reconstruct=...)`` builds the result.
+            (``gcnprune_fast.space.reconstruct``, on the first images of ``loader``) as
+            ``prune(reconstruct=...)`` builds the result; no separate BN re-estimation (the
+            short fine-tune, in train mode, re-estimates the statistics anyway).
 
     Returns:
         (winning masks, one row per distinct candidate: ``name``, ``screen_acc`` (None without
@@ -164,7 +165,7 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
         if calibration is None:
             compact = space.prune(masks_of[i]).to(device)
             training.recalibrate_bn(compact, loader, num_batches=bn_batches, device=device)
-        else:  # refit to the original statistics, kept as prune() keeps them
+        else:  # refit; the fine-tune below re-estimates the BN statistics
             compact = space_reconstruct(space, masks_of[i], calibration, layers=reconstruct,
                                         seed=seed).to(device)
         training.train(compact, loader, 1, lr=lr, device=device, progress=False, seed=seed,
