@@ -16,8 +16,8 @@ Protocol (docs/QUALITY.md):
   ``reconstruct`` / ``reconstruct_images`` too, e.g. ``l1:reconstruct=all``) and every
   Torch-Pruning pruner (the ratio bisected to the same FLOPs budget) is followed by the same BN
   re-estimation (after a ``reconstruct`` refit: the original statistics or re-estimated ones,
-  whichever scores better on the selection split) and the same fine-tune loop (SGD momentum 0.9, constant ``--finetune-lr``, batch
-  128, crop + flip), evaluated on the test set after each of ``--finetune-epochs`` epochs
+  whichever scores better on the selection split) and the same fine-tune loop (SGD momentum 0.9,
+  constant ``--finetune-lr``, batch 128, crop + flip), evaluated on the test set after each of ``--finetune-epochs`` epochs
   (``--finetune-schedule cosine``: each length its own run, the rate decayed to 0 over it).
 - per budget and fine-tune length: mean and 95% t-interval over seeds, FLOPs and params actually
   kept, and for each variant the paired difference (same seed) to the best baseline (the best mean

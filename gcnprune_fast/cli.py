@@ -673,9 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
     p.add_argument("--reconstruct", choices=RECONSTRUCT_LAYERS, default=None,
-                   help="refit the layers that read pruned channels by least squares (the "
-                   "original BN statistics are then kept): all (every channel-mixing layer) or "
-                   "pruned (only those that lose inputs); default off")
+                   help="refit the layers that read pruned channels by least squares (then "
+                   "the original BN statistics or re-estimated ones, whichever scores better on "
+                   "the validation data): all (every channel-mixing layer) or pruned (only those "
+                   "that lose inputs); default off")
     p.add_argument("--reconstruct-images", type=_positive_int, default=RECONSTRUCT_IMAGES,
                    help="training images the refit uses (default %(default)s)")
     distributed_training_options(p)

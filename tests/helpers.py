@@ -20,3 +20,14 @@ def simple_cnn_space(**space_options):
     torch.manual_seed(0)
     model = get_model("simple_cnn").eval()
     return PruningSpace(model, torch.randn(2, 3, 16, 16), **space_options)
+
+
+def half_masks(space, seed=0):
+    """Keep-masks keeping a random half (at least one channel) of every group."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = []
+    for g in space.groups:
+        m = torch.zeros(g.size, dtype=torch.bool)
+        m[torch.randperm(g.size, generator=gen)[:max(1, g.size // 2)]] = True
+        masks.append(m)
+    return masks

@@ -7,7 +7,7 @@ from gcnprune_fast.models import get_model
 from gcnprune_fast.space import PruningSpace
 from gcnprune_fast.space.reconstruct import reconstruct
 
-from helpers import simple_cnn_space
+from helpers import half_masks, simple_cnn_space
 
 torch.set_num_threads(1)
 
@@ -15,16 +15,6 @@ torch.set_num_threads(1)
 def _batches(n=3, bs=16, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(bs, 3, size, size, generator=g) for _ in range(n)]
-
-
-def _half_masks(space, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    masks = []
-    for g in space.groups:
-        m = torch.zeros(g.size, dtype=torch.bool)
-        m[torch.randperm(g.size, generator=gen)[:max(1, g.size // 2)]] = True
-        masks.append(m)
-    return masks
 
 
 def _output_error(model, reference, batches):
@@ -37,7 +27,7 @@ def test_reconstruction_brings_the_pruned_output_closer_to_the_original(name):
     torch.manual_seed(0)
     model = get_model(name).eval()
     space = PruningSpace(model, torch.randn(2, 3, 16, 16))
-    masks, batches = _half_masks(space), _batches(n=4, bs=32)
+    masks, batches = half_masks(space), _batches(n=4, bs=32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plain = space.prune(masks).eval()
     refit = reconstruct(space, masks, batches)
@@ -69,7 +59,7 @@ def test_only_layers_that_lose_inputs_are_refit_with_layers_pruned():
     space = simple_cnn_space()
     masks = space.full_masks()
     g = [grp.name for grp in space.groups].index("features.4")
-    masks[g] = _half_masks(space)[g]  # the 2nd conv's outputs: only the 3rd conv loses inputs
+    masks[g] = half_masks(space)[g]  # the 2nd conv's outputs: only the 3rd conv loses inputs
     refit = reconstruct(space, masks, _batches(n=3, bs=64), layers="pruned")
     plain = space.prune(masks)
     changed = {n for (n, a), b in zip(plain.named_parameters(), refit.parameters())
@@ -99,7 +89,7 @@ def test_grouped_convs_are_left_as_they_are():
                           nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 3)).eval()
     space = PruningSpace(model, torch.randn(2, 3, 8, 8))
-    masks = _half_masks(space)
+    masks = half_masks(space)
     batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
     refit, plain = reconstruct(space, masks, batches), space.prune(masks)
     assert torch.equal(dict(refit.named_parameters())["2.weight"],

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from gcnprune_fast.space import PruningSpace
+from helpers import half_masks
 
 
 class _Inception(nn.Module):
@@ -71,16 +72,6 @@ def _randomize_bn(model, seed):
     return model.eval()
 
 
-def _masks(space, seed):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for g in space.groups:
-        m = torch.zeros(g.size, dtype=torch.bool)
-        m[torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)]] = True
-        out.append(m)
-    return out
-
-
 def _check_pruned_matches_masked(space, model, masks, x):
     pruned = space.prune(masks).eval()
     with torch.no_grad():
@@ -97,7 +88,7 @@ def test_surgery_in_threads_then_concat_models_sequentially():
     model = _randomize_bn(ConcatNet(), 1)
     x = torch.randn(2, 3, 12, 12)
     space = PruningSpace(model, x)
-    masks = [_masks(space, s) for s in range(4)]
+    masks = [half_masks(space, s) for s in range(4)]
     expected = [space.prune(m).state_dict() for m in masks]
 
     results, errors = {}, []
@@ -133,7 +124,7 @@ def test_surgery_in_threads_then_concat_models_sequentially():
         xs = torch.randn(2, 3, 10, 10)
         sp = PruningSpace(net, xs)
         for s in range(2):
-            _check_pruned_matches_masked(sp, net, _masks(sp, 10 * seed + s), xs)
+            _check_pruned_matches_masked(sp, net, half_masks(sp, 10 * seed + s), xs)
 
 
 def test_no_global_torch_pruning_state_is_patched():
@@ -146,7 +137,7 @@ def test_no_global_torch_pruning_state_is_patched():
     net = _randomize_bn(DenseNetLike(), 0)
     x = torch.randn(1, 3, 8, 8)
     space = PruningSpace(net, x)
-    _check_pruned_matches_masked(space, net, _masks(space, 0), x)
+    _check_pruned_matches_masked(space, net, half_masks(space, 0), x)
     after = {k: getattr(tp.dependency.index_mapping, k)
              for k in dir(tp.dependency.index_mapping) if not k.startswith("__")}
     assert after == before

@@ -33,6 +33,17 @@ def consumer_table(raws: Sequence[RawGroup]) -> Dict[str, dict]:
     return consumers
 
 
+def consumer_input_mask(entry: dict, masks: List[torch.Tensor], dtype=torch.float32,
+                        device=None) -> torch.Tensor:
+    """A consumer's per-input-channel keep values (``[entry["width"]]``, 1 where no group
+    prunes that input) from the groups' masks, given its ``consumer_table`` entry."""
+    mult = torch.ones(entry["width"], dtype=dtype, device=device)
+    for g, local, root in entry["parts"]:
+        m = masks[g].to(device=mult.device, dtype=dtype)
+        mult = mult.index_copy(0, local.to(mult.device), m[root.to(mult.device)])
+    return mult
+
+
 @contextlib.contextmanager
 def masked(model: nn.Module, consumers: Dict[str, dict],
            masks: List[torch.Tensor]) -> Iterator[nn.Module]:
@@ -44,10 +55,7 @@ def masked(model: nn.Module, consumers: Dict[str, dict],
     def make_hook(entry):
         def hook(module, args):
             x = args[0]
-            mult = torch.ones(entry["width"], dtype=x.dtype, device=x.device)
-            for g, local, root in entry["parts"]:
-                m = masks[g].to(device=x.device, dtype=x.dtype)
-                mult = mult.index_copy(0, local.to(x.device), m[root.to(x.device)])
+            mult = consumer_input_mask(entry, masks, x.dtype, x.device)
             shape = [1] * x.dim()
             shape[entry["dim"]] = entry["width"]
             return (x * mult.view(shape),) + tuple(args[1:])

@@ -7,7 +7,8 @@ ThiNet). Here every channel-mixing consumer (conv with ``groups=1``, linear) is 
 order, by ridge regression from its input *in the masked network* (earlier refits included, so
 drift accumulated upstream is corrected too) to its output *in the original network*, on a few
 batches of the search data. The result is the physically pruned model with the refit weights; its
-BatchNorm layers keep the original statistics (the caller re-estimates them as after any surgery).
+BatchNorm layers keep the original statistics (``prune()`` keeps them or re-estimated ones,
+whichever scores better on its ``val_loader``).
 
 Layers that are skipped: grouped / depthwise convs (each output reads one input group: nothing to
 mix), convs with padding modes other than zeros, and consumers whose inputs are all kept when
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -94,14 +95,6 @@ def _refittable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear)
 
 
-def _kept_inputs(entry: dict, masks: List[torch.Tensor]) -> torch.Tensor:
-    """Bool over the consumer's input channels: True where the masks keep it."""
-    keep = torch.ones(entry["width"], dtype=torch.bool)
-    for g, local, root in entry["parts"]:
-        keep[local] = masks[g][root].bool()
-    return keep
-
-
 def reconstruct(space, masks, batches: List, *, layers: str = "all", ridge: float = 1e-3,
                 rows_per_batch: int = 8192, min_rows_per_feature: float = 4.0,
                 seed: int = 0) -> nn.Module:
@@ -164,7 +157,7 @@ def reconstruct(space, masks, batches: List, *, layers: str = "all", ridge: floa
             refit.append(name)
             if not _refittable(module) or (layers == "pruned" and bool(keep.all())):
                 return
-            x = args[0].detach() * _input_multiplier(keep, args[0], module)
+            x = args[0].detach()  # pruned inputs are zero here, and their columns unused
             per_in = module.weight[0].numel() // module.weight.shape[1]
             cols = keep.repeat_interleave(per_in).to(x.device)  # columns of the kept inputs
             feats = _features(module, x, picks[name].to(x.device))[:, cols]
@@ -197,19 +190,10 @@ def reconstruct(space, masks, batches: List, *, layers: str = "all", ridge: floa
             # the masking pre-hooks first, then the refits (they see the masked inputs)
             with masked_eval.masked(work, consumers, masks):
                 handles += [works[n].register_forward_pre_hook(
-                    refit_hook(n, _kept_inputs(consumers[n], masks))) for n in consumers]
+                    refit_hook(n, masked_eval.consumer_input_mask(consumers[n], masks).bool())) for n in consumers]
                 work(*inputs)
     finally:
         for h in handles:
             h.remove()
     return prune_model(work, space.example_inputs, {g.root: m for g, m in zip(space.groups, masks)},
                        output_shape=space.output_shape, unknown_ops=space.unknown_ops).eval()
-
-
-def _input_multiplier(keep: torch.Tensor, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """``keep`` shaped to broadcast over ``x``'s channel dim (the masked forward already zeroes
-    the pruned inputs; this makes the regression independent of that)."""
-    shape = [1] * x.dim()
-    dim = 1 if isinstance(module, nn.Conv2d) else -1
-    shape[dim] = keep.numel()
-    return keep.to(device=x.device, dtype=x.dtype).view(shape)
