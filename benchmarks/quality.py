@@ -24,7 +24,10 @@ Protocol (docs/QUALITY.md):
   among ``--baselines`` and the Torch-Pruning pruners), with its 95% t-interval.
 
 Results: ``--out`` (default ``runs/quality``): ``quality.jsonl`` (one line per run, resumable
-with ``--resume``), ``quality.json`` and ``quality.md``. Without the shared CIFAR-10 files (and
+with ``--resume``), ``quality.json`` and ``quality.md``. ``--from-rows A.jsonl B.jsonl`` runs
+nothing and prints the table of rows written by several runs (e.g. the committed rows under
+``benchmarks/results/``), paired by seed; ``--reference NAME`` pairs against one candidate (the
+full method, when the others are its ablations) instead of the best baseline. Without the shared CIFAR-10 files (and
 without ``--synthetic``) the run is skipped with exit 0.
 """
 from __future__ import annotations
@@ -262,6 +265,40 @@ def refuse_mixed_finetunes(rows: Sequence[dict], key: dict, path, fail) -> None:
                  f", this run asks for {key}; use another --out")
 
 
+def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
+    """The rows of several runs' ``quality.jsonl`` files as one table (``--from-rows``), and the
+    fine-tune lengths every row has. Rows are paired by seed across files, so every row must have
+    been fine-tuned alike (lengths aside: a length's figure does not depend on which other
+    lengths the run had, under either schedule), and no (candidate, budget, seed) may appear
+    twice; ``fail(message)`` otherwise."""
+    rows, origin, keys = [], {}, {}
+    for path in paths:
+        if not os.path.isfile(path):
+            fail(f"--from-rows: no such file: {path}")
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                at = f"{path}:{n}"
+                ident = (r["candidate"], r["flops_budget"], r["seed"])
+                if ident in origin:
+                    fail(f"--from-rows: {ident} appears twice ({origin[ident]} and {at})")
+                origin[ident] = at
+                key = {k: v for k, v in (r.get("finetune") or {}).items() if k != "epochs"}
+                keys.setdefault(json.dumps(key, sort_keys=True), at)
+                rows.append(r)
+    if len(keys) > 1:
+        fail("--from-rows: the rows were fine-tuned differently, so they cannot be paired: " +
+             "; ".join(f"{k or '{} (unrecorded: constant, full precision)'} (first at {at})"
+                       for k, at in keys.items()))
+    if not rows:
+        fail(f"--from-rows: no rows in {', '.join(paths)}")
+    lengths = {int(k[len("acc_ft"):]) for k in rows[0] if k.startswith("acc_ft")}
+    epochs = sorted(e for e in lengths if all(f"acc_ft{e}" in r for r in rows))
+    return rows, epochs
+
+
 FINETUNE_SCHEDULES = ("constant", "cosine")
 
 
@@ -330,8 +367,10 @@ def _finetune_run(model, search_ds, test_loader, epochs, lr, seed, batch_size, m
 # summary
 
 
-def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int]) -> List[dict]:
-    """Per (flops, candidate): means with CIs and paired differences to the best baseline."""
+def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int],
+              reference: Optional[str] = None) -> List[dict]:
+    """Per (flops, candidate): means with CIs and paired differences to the best baseline, or to
+    ``reference`` (a candidate's name, e.g. the full method when the others are its ablations)."""
     out = []
     for flops in sorted({r["flops_budget"] for r in rows}, reverse=True):
         at = [r for r in rows if r["flops_budget"] == flops]
@@ -341,7 +380,10 @@ def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int])
         for e in epochs:
             key = f"acc_ft{e}"
             pool = [n for n in names if n in baselines or n.startswith("tp:")]
-            if pool:
+            if reference is not None:
+                if reference in names:
+                    best[e] = reference
+            elif pool:
                 best[e] = max(pool, key=lambda n: mean_ci([r[key] for r in by[n].values()])[0])
         for n in names:
             runs = list(by[n].values())
@@ -367,9 +409,11 @@ def _pm(v: Tuple[float, float]) -> str:
 
 
 def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
+    against = (f"the reference candidate {meta['reference']}" if meta.get("reference")
+               else "the best baseline at that setting (named)")
     lines = [f"# Quality: {meta['model']} on {meta['dataset']}", "",
              "Accuracy in % on the test set (mean ± 95% t-interval over seeds); Δ = paired "
-             "difference to the best baseline at that setting (named), same seeds.", "",
+             f"difference to {against}, same seeds.", "",
              "```", json.dumps(meta, indent=1, default=str), "```"]
     for flops in sorted({r["flops_budget"] for r in summary}, reverse=True):
         head = ["candidate", "seeds", "FLOPs kept", "params kept"]
@@ -383,10 +427,34 @@ def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
             for e in epochs:
                 cells.append(_pm(r[f"acc_ft{e}"]))
                 d = r.get(f"diff_ft{e}")
-                cells.append("best" if d is None else f"{_pm(d)} vs {r[f'vs_ft{e}']}")
+                own = "reference" if r["candidate"] == meta.get("reference") else "best"
+                cells.append(own if d is None else f"{_pm(d)} vs {r[f'vs_ft{e}']}")
             cells.append(f"{r['search_time_s']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -> int:
+    """``--from-rows``: the markdown table of rows written by earlier runs."""
+    from gcnprune_fast.methods import get_method
+
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    if args.reference is not None and args.reference not in names:
+        fail(f"--reference {args.reference!r} is not among the rows' candidates: {names}")
+    def is_search(name: str) -> bool:  # rows may name methods this version no longer has
+        try:
+            return get_method(parse_variant(name)[0]).has_option("episodes")
+        except ValueError:
+            return True
+
+    baselines = args.baselines if args.baselines is not None else [
+        n for n in names if not n.startswith("tp:") and not is_search(n)]
+    meta = {"model": "the rows' model", "dataset": "rows of " + ", ".join(args.from_rows),
+            "seeds": sorted({r["seed"] for r in rows}), "baselines": baselines,
+            "finetune": rows[0].get("finetune"), "epochs_in_every_row": list(epochs),
+            "reference": args.reference}
+    print(markdown(summarize(rows, baselines, epochs, args.reference), epochs, meta))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +502,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
+    p.add_argument("--reference", default=None, metavar="CANDIDATE",
+                   help="paired differences against this candidate (e.g. the full method, the "
+                        "others being its ablations) instead of the best baseline")
+    p.add_argument("--from-rows", nargs="+", default=None, metavar="JSONL",
+                   help="run nothing: print the table of the rows in these quality.jsonl files "
+                        "(several runs, e.g. a method and its ablations run apart), paired by seed")
     args = p.parse_args(argv)
+    if args.from_rows:
+        rows, epochs = rows_from_files(args.from_rows, p.error)
+        return print_table_from_rows(rows, epochs, args, p.error)
+    if args.reference is not None and args.reference not in (
+            list(args.variants) + [f"tp:{n}" for n in args.tp_pruners]):
+        p.error(f"--reference {args.reference!r} is not one of the candidates run")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ablations:
@@ -512,7 +592,7 @@ def main(argv=None) -> int:
                 print(f"{cand:28s} flops {flops} seed {seed}: " + " ".join(
                     f"{k} {v:.4f}" for k, v in accs.items()) + f" flops kept "
                     f"{facts['flops_kept']:.3f} search {facts['search_time_s']:.1f} s", flush=True)
-    summary = summarize(rows, baselines, args.finetune_epochs)
+    summary = summarize(rows, baselines, args.finetune_epochs, args.reference)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "base_acc": base_acc,
             "dataset": f"synthetic ({args.synthetic})" if args.synthetic else "cifar10 (shared JPEG copy)",
             "test_images": len(test_ds), "search_images": len(search_ds),
@@ -520,7 +600,7 @@ def main(argv=None) -> int:
             "finetune": {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "batch": 128,
                          "momentum": 0.9, "weight_decay": 5e-4, "augment": "crop+flip",
                          "max_steps_per_epoch": max_steps, "amp": amp},
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "reference": args.reference}
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": rows}, f, indent=1, default=str)
     md = markdown(summary, args.finetune_epochs, meta)

@@ -115,3 +115,51 @@ def test_cosine_finetune_runs_each_length_on_its_own():
     with pytest.raises(ValueError, match="schedule"):
         quality.finetune_and_evaluate(copy.deepcopy(base), ds, test, [1], 0.1, seed=0,
                                       schedule="step")
+
+
+def _row(name, seed, acc, finetune=None, **extra):
+    return {"candidate": name, "flops_budget": 0.5, "seed": seed, "acc_ft0": acc / 2, "acc_ft1": acc,
+            "flops_kept": 0.5, "params_kept": 0.5, "search_time_s": 1.0,
+            "finetune": finetune or {"epochs": [0, 1], "lr": 0.01, "amp": "bf16"}, **extra}
+
+
+def _write_rows(path, rows):
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_reference_pairs_every_candidate_against_it():
+    rows = [_row(n, s, a) for s, accs in enumerate([(0.70, 0.60), (0.72, 0.61), (0.71, 0.59)])
+            for n, a in zip(("full", "ablation"), accs)]
+    rows += [_row("base", s, 0.9) for s in range(3)]  # the best baseline, ignored here
+    summary = {r["candidate"]: r for r in quality.summarize(rows, ["base"], [1], "full")}
+    assert summary["ablation"]["vs_ft1"] == "full"
+    assert summary["ablation"]["diff_ft1"][0] == pytest.approx(-(0.10 + 0.11 + 0.12) / 3)
+    assert summary["base"]["vs_ft1"] == "full" and "diff_ft1" not in summary["full"]
+    md = quality.markdown(list(summary.values()), [1], {"model": "m", "dataset": "d",
+                                                         "reference": "full"})
+    assert "| full | 3 |" in md and "reference |" in md
+
+
+def test_from_rows_joins_runs_by_seed(tmp_path, capsys):
+    longer = {"epochs": [0, 1, 5], "lr": 0.01, "amp": "bf16"}
+    a = _write_rows(tmp_path / "a.jsonl", [_row("full", s, 0.70 + s / 100, longer, acc_ft5=0.8)
+                                           for s in range(3)])
+    b = _write_rows(tmp_path / "b.jsonl", [_row("ablation", s, 0.60) for s in range(3)])
+    rows, epochs = quality.rows_from_files([a, b], pytest.fail)
+    assert len(rows) == 6 and epochs == [0, 1]  # 5 epochs only in a: left out
+    assert quality.main(["--from-rows", a, b, "--reference", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "| ablation | 3 |" in out and "-11.00 ±" in out  # 0.60 - 0.71 on average
+
+
+def test_from_rows_refuses_what_cannot_be_paired(tmp_path, capsys):
+    a = _write_rows(tmp_path / "a.jsonl", [_row("full", 0, 0.7)])
+    fp32 = _write_rows(tmp_path / "fp32.jsonl", [_row("other", 0, 0.6, {"lr": 0.01, "amp": None})])
+    for argv, message in (([a, fp32], "fine-tuned differently"), ([a, a], "appears twice"),
+                          ([a, str(tmp_path / "none.jsonl")], "no such file"),
+                          ([a, "--reference", "nope"], "not among the rows' candidates")):
+        with pytest.raises(SystemExit):
+            quality.main(["--from-rows"] + argv)
+        assert message in capsys.readouterr().err
