@@ -27,8 +27,8 @@ Results: ``--out`` (default ``runs/quality``): ``quality.jsonl`` (one line per r
 with ``--resume``), ``quality.json`` and ``quality.md``. ``--from-rows A.jsonl B.jsonl`` runs
 nothing and prints the table of rows written by several runs (e.g. the committed rows under
 ``benchmarks/results/``), paired by seed; ``--reference NAME`` pairs against one candidate (the
-full method, when the others are its ablations) instead of the best baseline. Without the shared CIFAR-10 files (and
-without ``--synthetic``) the run is skipped with exit 0.
+full method, when the others are its ablations) instead of the best baseline. Without the
+shared CIFAR-10 files (and without ``--synthetic``) the run is skipped with exit 0.
 """
 from __future__ import annotations
 
@@ -290,8 +290,8 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
                 rows.append(r)
     if len(keys) > 1:
         fail("--from-rows: the rows were fine-tuned differently, so they cannot be paired: " +
-             "; ".join(f"{k or '{} (unrecorded: constant, full precision)'} (first at {at})"
-                       for k, at in keys.items()))
+             "; ".join(f"{'unrecorded (constant, full precision)' if k == '{}' else k} "
+                       f"(first at {at})" for k, at in keys.items()))
     if not rows:
         fail(f"--from-rows: no rows in {', '.join(paths)}")
     lengths = {int(k[len("acc_ft"):]) for k in rows[0] if k.startswith("acc_ft")}
@@ -441,6 +441,7 @@ def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -
     names = list(dict.fromkeys(r["candidate"] for r in rows))
     if args.reference is not None and args.reference not in names:
         fail(f"--reference {args.reference!r} is not among the rows' candidates: {names}")
+
     def is_search(name: str) -> bool:  # rows may name methods this version no longer has
         try:
             return get_method(parse_variant(name)[0]).has_option("episodes")
