@@ -434,22 +434,30 @@ def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -> int:
-    """``--from-rows``: the markdown table of rows written by earlier runs."""
+def default_baselines(candidates: Sequence[str]) -> List[str]:
+    """The candidates that count as baselines when ``--baselines`` is not given: our methods that
+    are not a search (no ``episodes`` option). Torch-Pruning's pruners (``tp:...``) are always in
+    the pool (see :func:`summarize`); names of methods this version lacks (old rows) are not."""
     from gcnprune_fast.methods import get_method
 
+    def is_criterion(name: str) -> bool:
+        if name.startswith("tp:"):
+            return False
+        try:
+            return not get_method(parse_variant(name)[0]).has_option("episodes")
+        except ValueError:
+            return False
+
+    return [n for n in candidates if is_criterion(n)]
+
+
+def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -> int:
+    """``--from-rows``: the markdown table of rows written by earlier runs."""
     names = list(dict.fromkeys(r["candidate"] for r in rows))
     if args.reference is not None and args.reference not in names:
         fail(f"--reference {args.reference!r} is not among the rows' candidates: {names}")
 
-    def is_search(name: str) -> bool:  # rows may name methods this version no longer has
-        try:
-            return get_method(parse_variant(name)[0]).has_option("episodes")
-        except ValueError:
-            return True
-
-    baselines = args.baselines if args.baselines is not None else [
-        n for n in names if not n.startswith("tp:") and not is_search(n)]
+    baselines = args.baselines if args.baselines is not None else default_baselines(names)
     meta = {"model": "the rows' model", "dataset": "rows of " + ", ".join(args.from_rows),
             "seeds": sorted({r["seed"] for r in rows}), "baselines": baselines,
             "finetune": rows[0].get("finetune"), "epochs_in_every_row": list(epochs),
@@ -533,8 +541,7 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.tp_bisect_steps = min(args.tp_bisect_steps, 4)
-    baselines = args.baselines if args.baselines is not None else [
-        v for v in args.variants if not get_method(parse_variant(v)[0]).has_option("episodes")]
+    baselines = args.baselines if args.baselines is not None else default_baselines(args.variants)
 
     from gcnprune_fast.data import TensorBatchLoader
     from gcnprune_fast.training import evaluate

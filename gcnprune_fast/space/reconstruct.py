@@ -189,8 +189,9 @@ def reconstruct(space, masks, batches: List, *, layers: str = "all", ridge: floa
             original(*inputs)
             # the masking pre-hooks first, then the refits (they see the masked inputs)
             with masked_eval.masked(work, consumers, masks):
-                handles += [works[n].register_forward_pre_hook(
-                    refit_hook(n, masked_eval.consumer_input_mask(consumers[n], masks).bool())) for n in consumers]
+                handles += [works[n].register_forward_pre_hook(refit_hook(
+                    n, masked_eval.consumer_input_mask(consumers[n], masks).bool()))
+                    for n in consumers]
                 work(*inputs)
     finally:
         for h in handles:
