@@ -338,6 +338,36 @@ def test_graph_pruning_rerank(space):
     assert abs(float(f) / space.base_flops - chosen["kept_flops"]) < 1e-9
 
 
+def test_amc_rerank_and_its_checkpoint(space, tmp_path):
+    """amc with rerank_top > 0 re-ranks its best distinct configurations and the criteria's
+    allocations (the winner is the result, its ratios reported); a finished search without
+    re-ranking serves a re-ranked run (no new episode scored)."""
+    plain = _run(space, "amc", tmp_path)
+    assert "rerank" not in plain.info
+    val = random_batches(n=16, seed=2)
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
+                        loader=random_batches(n=24, bs=8), val_loader=val,
+                        device=torch.device("cpu"), seed=3, checkpoint_dir=str(tmp_path),
+                        resume=True, options=dict(TINY["amc"], rerank_top=3, rerank_steps=2))
+    res = run_method("amc", ctx)
+    assert res.info["masked_evaluations"] <= 1  # the search was reused
+    assert res.info["reward_curve"] == plain.info["reward_curve"]
+    rows = res.info["rerank"]
+    names = [r["name"] for r in rows]
+    assert names[0] == "search-1" and any(n.startswith("l1-") for n in names)
+    assert 1 <= len([n for n in names if n.startswith("search-")]) <= 3
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["selection_acc"] == max(r["selection_acc"] for r in rows)
+    assert res.info["rerank_choice"] == chosen["name"]
+    f, p = space.cost(res.masks)
+    assert ctx.budget.feasible(f, p)
+    assert abs(float(f) / space.base_flops - chosen["kept_flops"]) < 1e-9
+    counts = [int(m.sum()) for m in res.masks]
+    assert [round(res.info["ratios"][g.name] * g.size) for g in space.groups] == counts
+    with pytest.raises(ValueError, match="rerank_screen_steps"):
+        _run(space, "amc", None, rerank_top=2, rerank_steps=3, rerank_screen_steps=3)
+
+
 def test_graph_pruning_checkpoint_serves_other_final_selections(space, tmp_path):
     """Options read only after the search are not in the search's fingerprint: a finished search
     is reused (no new episode scored) by a run that selects differently."""

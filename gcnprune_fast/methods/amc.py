@@ -12,7 +12,10 @@ states, one keep ratio per pruning group, L1 slicing, reward after BN re-estimat
   (``reward="accuracy_bn"``; AMC used 0.01 x top-5 accuracy without re-estimation);
 - agent: AMC's DDPG (:mod:`.search.ddpg`): 300-300 actor / critic, lr 1e-4 / 1e-3, tau 0.01,
   warm-up episodes of random actions, truncated-normal noise 0.5 decaying 0.95 per episode;
-- result: the best configuration seen (or the final noise-free episode if it scores higher).
+- result: the best configuration seen (or the final noise-free episode if it scores higher);
+  with ``rerank_top`` > 0 the best distinct configurations and the plain criteria's allocations
+  are re-ranked by selection accuracy after a short fine-tune (:mod:`.search.rerank`, as
+  channel-gcn and graph-pruning), so the ancestor can be compared with them on equal terms.
 
 Defaults shorten AMC's schedule (100 warm-up + 800 episodes) to 100 + 300 for a CPU budget;
 ``episodes`` / ``warmup`` restore it. Checkpoint ``amc_search.pt`` every ``checkpoint_every``
@@ -41,6 +44,8 @@ from gcnprune_fast.methods.search.layer_features import (decision_order, dynamic
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
                                                        make_ddpg, reward_set, run_ratio_search,
                                                        search_facts)
+from gcnprune_fast.methods.search.rerank import (RerankOptions, check_rerank_options,
+                                                  rerank_search_candidates)
 
 __all__ = ["NAME", "AMCOptions", "search", "CHECKPOINT_NAME"]
 
@@ -49,8 +54,9 @@ CHECKPOINT_NAME = "amc_search.pt"
 
 
 @dataclass
-class AMCOptions(RatioSearchOptions):
-    """Options of amc (AMC's defaults where they exist)."""
+class AMCOptions(RatioSearchOptions, RerankOptions):
+    """Options of amc (AMC's defaults where they exist; re-ranking, off by default, from
+    :class:`~gcnprune_fast.methods.search.rerank.RerankOptions`)."""
 
     episodes: int = option(400, "search episodes, warm-up included (AMC: 900)", minimum=1)
     action_low: float = option(0.2, "smallest keep ratio an action may ask for (AMC: 0.2)",
@@ -60,9 +66,14 @@ class AMCOptions(RatioSearchOptions):
     channels_last: bool = option(True, "run masked evaluation in channels_last (faster on CPU)")
 
 
+# read only after the search (the search keeps every scored configuration, so a checkpoint
+# serves any rerank_top too)
+_AFTER_SEARCH = tuple(f.name for f in dataclasses.fields(RerankOptions))
+
+
 def _fingerprint(space, ctx: SearchContext, opts: AMCOptions) -> Dict[str, Any]:
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
-          if k not in ("episodes", "checkpoint_every")}
+          if k not in ("episodes", "checkpoint_every") + _AFTER_SEARCH}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
               budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))
@@ -72,6 +83,7 @@ def _fingerprint(space, ctx: SearchContext, opts: AMCOptions) -> Dict[str, Any]:
 def search(space, ctx: SearchContext) -> MethodResult:
     """Run amc on ``space`` (options :class:`AMCOptions` or a dict of overrides)."""
     opts = get_method(NAME).resolve_options(ctx.options)
+    check_rerank_options(NAME, opts)
     if not opts.action_low < 1.0:
         raise ValueError(f"method {NAME!r} option action_low must be < 1, got {opts.action_low!r}")
     t_start = time.perf_counter()
@@ -100,17 +112,22 @@ def search(space, ctx: SearchContext) -> MethodResult:
                                  checkpoint=checkpoint, resume=ctx.resume,
                                  checkpoint_every=int(opts.checkpoint_every),
                                  progress=ctx.progress, desc=f"{NAME} search",
-                                 remember=remember)
-    counts = facts["best_counts"]
-    info = {
+                                 remember=remember, keep_top=max(int(opts.rerank_top), 1))
+    masks, info = masks_from_counts(scores, facts["best_counts"]), {}
+    if opts.rerank_top > 0:
+        masks = rerank_search_candidates(NAME, space, ctx, opts,
+                                         [masks_from_counts(scores, c) for c, _ in facts["top"]],
+                                         info)
+        facts["best_counts"] = [int(m.sum()) for m in masks]  # the report's ratios: the chosen
+    info.update({
         **search_facts(facts, space, order),
         "floors_feasible": env.floors_feasible,
         "reward": opts.reward,
         "reward_samples": len(rewards),
         "masked_evaluations": int(distributed.all_reduce_numbers([scorer.evaluations])[0]),
         "search_time_s": time.perf_counter() - t_start,
-    }
-    return MethodResult(masks_from_counts(scores, counts), info)
+    })
+    return MethodResult(masks, info)
 
 
 @register_method(NAME, options=AMCOptions, supports_resume=True,
