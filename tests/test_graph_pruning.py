@@ -338,19 +338,22 @@ def test_graph_pruning_rerank(space):
     assert abs(float(f) / space.base_flops - chosen["kept_flops"]) < 1e-9
 
 
-def test_amc_rerank_and_its_checkpoint(space, tmp_path):
-    """amc with rerank_top > 0 re-ranks its best distinct configurations and the criteria's
-    allocations (the winner is the result, its ratios reported); a finished search without
-    re-ranking serves a re-ranked run (no new episode scored)."""
-    plain = _run(space, "amc", tmp_path)
+@pytest.mark.parametrize("name", ["amc", "evolution"])
+def test_ancestor_rerank_and_its_checkpoint(space, tmp_path, name):
+    """amc / evolution with rerank_top > 0 re-rank their best distinct configurations and the
+    criteria's allocations (the winner is the result, its ratios reported); a finished search
+    without re-ranking serves a re-ranked run (no new episode scored)."""
+    plain = _run(space, name, tmp_path)
     assert "rerank" not in plain.info
     val = random_batches(n=16, seed=2)
     ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
                         loader=random_batches(n=24, bs=8), val_loader=val,
                         device=torch.device("cpu"), seed=3, checkpoint_dir=str(tmp_path),
-                        resume=True, options=dict(TINY["amc"], rerank_top=3, rerank_steps=2))
-    res = run_method("amc", ctx)
-    assert res.info["masked_evaluations"] <= 1  # the search was reused
+                        resume=True, options=dict(TINY[name], rerank_top=3, rerank_steps=2))
+    res = run_method(name, ctx)
+    # the search was reused (amc: the final noise-free episode at most; evolution re-scores its
+    # last generation, which its last checkpoint precedes)
+    assert res.info["masked_evaluations"] <= TINY[name].get("population", 1)
     assert res.info["reward_curve"] == plain.info["reward_curve"]
     rows = res.info["rerank"]
     names = [r["name"] for r in rows]
@@ -365,7 +368,7 @@ def test_amc_rerank_and_its_checkpoint(space, tmp_path):
     counts = [int(m.sum()) for m in res.masks]
     assert [round(res.info["ratios"][g.name] * g.size) for g in space.groups] == counts
     with pytest.raises(ValueError, match="rerank_screen_steps"):
-        _run(space, "amc", None, rerank_top=2, rerank_steps=3, rerank_screen_steps=3)
+        _run(space, name, None, rerank_top=2, rerank_steps=3, rerank_screen_steps=3)
 
 
 def test_graph_pruning_checkpoint_serves_other_final_selections(space, tmp_path):

@@ -12,7 +12,10 @@ ratios, as a method of its own.
 - score: top-1 accuracy on the reward set after BN re-estimation (``reward="accuracy_bn"``) of the
   PruningNet sub-network when ``pruningnet_steps`` > 0 (a PruningNet is trained first, see
   :mod:`.search.pruningnet`), else of the original weights sliced by importance (filter L1);
-- result: the best candidate, as masks keeping the most important original channels.
+- result: the best candidate, as masks keeping the most important original channels; with
+  ``rerank_top`` > 0 the best distinct candidates and the plain criteria's allocations are
+  re-ranked by selection accuracy after a short fine-tune (:mod:`.search.rerank`, as the other
+  searches).
 
 Checkpoints: ``evolution_pruningnet.pt`` (PruningNet training) and ``evolution_search.pt`` (after
 every iteration); ``resume=True`` continues exactly.
@@ -36,6 +39,8 @@ from gcnprune_fast.methods.search.pruningnet import (PruningNetOptions, PruningN
                                                      importance_scores, prepare_pruningnet,
                                                      ratio_grid)
 from gcnprune_fast.methods.search.ratio_search import reward_set
+from gcnprune_fast.methods.search.rerank import (RerankOptions, check_rerank_options,
+                                                  rerank_search_candidates)
 
 __all__ = ["NAME", "EvolutionOptions", "search", "PRUNINGNET_CHECKPOINT", "SEARCH_CHECKPOINT"]
 
@@ -45,8 +50,9 @@ SEARCH_CHECKPOINT = "evolution_search.pt"
 
 
 @dataclass
-class EvolutionOptions(PruningNetOptions):
-    """Options of evolution (MetaPruning's defaults)."""
+class EvolutionOptions(PruningNetOptions, RerankOptions):
+    """Options of evolution (MetaPruning's defaults; re-ranking, off by default, from
+    :class:`~gcnprune_fast.methods.search.rerank.RerankOptions`)."""
 
     pruningnet_steps: Optional[int] = option(
         0, "train a PruningNet for this many steps and score candidates with its weights (0: "
@@ -69,9 +75,14 @@ class EvolutionOptions(PruningNetOptions):
     channels_last: bool = option(True, "sliced scoring in channels_last (faster on CPU)")
 
 
+# read only after the search (it keeps every scored candidate, so a checkpoint serves any
+# rerank_top too)
+_AFTER_SEARCH = tuple(f.name for f in dataclasses.fields(RerankOptions))
+
+
 def _fingerprint(space, ctx: SearchContext, opts: EvolutionOptions) -> Dict[str, Any]:
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
-          if k not in ("iterations", "pruningnet_checkpoint_every")}
+          if k not in ("iterations", "pruningnet_checkpoint_every") + _AFTER_SEARCH}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
               budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))
@@ -114,6 +125,7 @@ class _Evolution:
 def search(space, ctx: SearchContext) -> MethodResult:
     """Run evolution on ``space`` (options :class:`EvolutionOptions` or a dict of overrides)."""
     opts = get_method(NAME).resolve_options(ctx.options)
+    check_rerank_options(NAME, opts)
     if opts.parents > opts.population:
         raise ValueError(f"method {NAME!r}: parents ({opts.parents}) must be <= population "
                          f"({opts.population})")
@@ -228,12 +240,18 @@ def search(space, ctx: SearchContext) -> MethodResult:
             if bar is not None:
                 bar.close()
     best = unkey(top(1)[0])
+    masks = masks_from_counts(importance, list(best))
+    if opts.rerank_top > 0:
+        masks = rerank_search_candidates(NAME, space, ctx, opts,
+                                         [masks_from_counts(importance, list(unkey(k)))
+                                          for k in top(opts.rerank_top)], info)
+        best = [int(m.sum()) for m in masks]  # the report's ratios: the chosen configuration
     info.update({
         "episodes": len(scored),
         "iterations": int(state["iteration"]),
         "reward_curve": list(state["reward_curve"]),
         "best_curve": list(state["best_curve"]),
-        "best_reward": float(scored[key(best)][0]),
+        "best_reward": float(scored[top(1)[0]][0]),
         "ratios": {g.name: c / g.size for g, c in zip(space.groups, best)},
         "scored_with": "pruningnet" if use_pnet else "sliced",
         "reward": opts.reward,
@@ -241,7 +259,7 @@ def search(space, ctx: SearchContext) -> MethodResult:
         "masked_evaluations": int(distributed.all_reduce_numbers([scorer.evaluations])[0]),
         "search_time_s": time.perf_counter() - t_start,
     })
-    return MethodResult(masks_from_counts(importance, list(best)), info)
+    return MethodResult(masks, info)
 
 
 @register_method(NAME, options=EvolutionOptions, supports_resume=True,
