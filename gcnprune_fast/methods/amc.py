@@ -44,8 +44,8 @@ from gcnprune_fast.methods.search.layer_features import (decision_order, dynamic
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
                                                        make_ddpg, reward_set, run_ratio_search,
                                                        search_facts)
-from gcnprune_fast.methods.search.rerank import (RerankOptions, check_rerank_options,
-                                                  rerank_search_candidates)
+from gcnprune_fast.methods.search.rerank import (RERANK_OPTIONS, RerankOptions,
+                                                  check_rerank_options, rerank_search_candidates)
 
 __all__ = ["NAME", "AMCOptions", "search", "CHECKPOINT_NAME"]
 
@@ -66,14 +66,9 @@ class AMCOptions(RatioSearchOptions, RerankOptions):
     channels_last: bool = option(True, "run masked evaluation in channels_last (faster on CPU)")
 
 
-# read only after the search (the search keeps every scored configuration, so a checkpoint
-# serves any rerank_top too)
-_AFTER_SEARCH = tuple(f.name for f in dataclasses.fields(RerankOptions))
-
-
 def _fingerprint(space, ctx: SearchContext, opts: AMCOptions) -> Dict[str, Any]:
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
-          if k not in ("episodes", "checkpoint_every") + _AFTER_SEARCH}
+          if k not in ("episodes", "checkpoint_every") + RERANK_OPTIONS}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
               budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))

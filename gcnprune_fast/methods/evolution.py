@@ -39,8 +39,8 @@ from gcnprune_fast.methods.search.pruningnet import (PruningNetOptions, PruningN
                                                      importance_scores, prepare_pruningnet,
                                                      ratio_grid)
 from gcnprune_fast.methods.search.ratio_search import reward_set
-from gcnprune_fast.methods.search.rerank import (RerankOptions, check_rerank_options,
-                                                  rerank_search_candidates)
+from gcnprune_fast.methods.search.rerank import (RERANK_OPTIONS, RerankOptions,
+                                                  check_rerank_options, rerank_search_candidates)
 
 __all__ = ["NAME", "EvolutionOptions", "search", "PRUNINGNET_CHECKPOINT", "SEARCH_CHECKPOINT"]
 
@@ -75,14 +75,9 @@ class EvolutionOptions(PruningNetOptions, RerankOptions):
     channels_last: bool = option(True, "sliced scoring in channels_last (faster on CPU)")
 
 
-# read only after the search (it keeps every scored candidate, so a checkpoint serves any
-# rerank_top too)
-_AFTER_SEARCH = tuple(f.name for f in dataclasses.fields(RerankOptions))
-
-
 def _fingerprint(space, ctx: SearchContext, opts: EvolutionOptions) -> Dict[str, Any]:
     fp = {k: v for k, v in dataclasses.asdict(opts).items()
-          if k not in ("iterations", "pruningnet_checkpoint_every") + _AFTER_SEARCH}
+          if k not in ("iterations", "pruningnet_checkpoint_every") + RERANK_OPTIONS}
     fp.update(seed=int(ctx.seed), sizes=[int(g.size) for g in space.groups],
               budget_flops=ctx.budget.flops, budget_params=ctx.budget.params, **ctx.budget.fingerprint_extra(),
               round_to=int(space.round_to), min_channels=int(space.min_channels))

@@ -69,8 +69,8 @@ from gcnprune_fast.methods.search.ratio_ppo import PPOConfig, RatioPPOAgent
 from gcnprune_fast.methods.search.ratio_search import (RatioEnvironment, RatioSearchOptions,
                                                        make_ddpg, reward_set, run_ratio_search,
                                                        search_facts)
-from gcnprune_fast.methods.search.rerank import (RerankOptions, check_rerank_options,
-                                                  rerank_search_candidates)
+from gcnprune_fast.methods.search.rerank import (RERANK_OPTIONS, RerankOptions,
+                                                  check_rerank_options, rerank_search_candidates)
 from gcnprune_fast.methods.search.reward import RewardSet
 
 __all__ = ["NAME", "GraphPruningOptions", "search", "load_pruningnet_weights",
@@ -110,7 +110,7 @@ class GraphPruningOptions(RatioSearchOptions, PruningNetOptions, RerankOptions):
 
 # options read only after the search: a search checkpoint serves runs that differ in them
 FINAL_SELECTION_OPTIONS = ("final_candidates", "fill_budget", "selection_samples", "final_weights",
-                           *(f.name for f in dataclasses.fields(RerankOptions)))
+                           *RERANK_OPTIONS)
 
 
 def _search_fingerprint(space, ctx: SearchContext, opts: GraphPruningOptions) -> Dict[str, Any]:

@@ -36,7 +36,7 @@ from gcnprune_fast.methods.search.reward import mask_key
 from gcnprune_fast.space.reconstruct import (RECONSTRUCT_IMAGES, reconstruct as space_reconstruct,
                                              reconstruction_batches)
 
-__all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "check_rerank_options", "criterion_candidates", "rerank",
+__all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "RERANK_OPTIONS", "check_rerank_options", "criterion_candidates", "rerank",
            "rerank_search_candidates", "RerankOptions", "CRITERION_CANDIDATES"]
 
 logger = logging.getLogger("gcnprune_fast")
@@ -65,9 +65,12 @@ class RerankOptions:
     rerank_screen_keep: int = option(2, "candidates that pass the screen", minimum=1)
 
 
-# read only once a search has finished (rerank_top is not: a search keeps that many best masks)
-RERANK_AFTER_SEARCH_OPTIONS = tuple(f.name for f in fields(RerankOptions)
-                                    if f.name != "rerank_top")
+# every re-ranking option: out of the search fingerprint of searches that keep every scored
+# configuration (amc, evolution, graph-pruning), so a finished search serves any of them
+RERANK_OPTIONS = tuple(f.name for f in fields(RerankOptions))
+# read only once a search has finished (rerank_top is not for channel-gcn: its search keeps only
+# that many best masks)
+RERANK_AFTER_SEARCH_OPTIONS = tuple(n for n in RERANK_OPTIONS if n != "rerank_top")
 
 
 def check_rerank_options(method: str, opts: RerankOptions) -> None:
