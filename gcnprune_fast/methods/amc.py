@@ -113,7 +113,8 @@ def search(space, ctx: SearchContext) -> MethodResult:
         masks = rerank_search_candidates(NAME, space, ctx, opts,
                                          [masks_from_counts(scores, c) for c, _ in facts["top"]],
                                          info)
-        facts["best_counts"] = [int(m.sum()) for m in masks]  # the report's ratios: the chosen
+        # the report's ratios are those of the chosen configuration
+        facts["best_counts"] = [int(m.sum()) for m in masks]
     info.update({
         **search_facts(facts, space, order),
         "floors_feasible": env.floors_feasible,

@@ -36,8 +36,9 @@ from gcnprune_fast.methods.search.reward import mask_key
 from gcnprune_fast.space.reconstruct import (RECONSTRUCT_IMAGES, reconstruct as space_reconstruct,
                                              reconstruction_batches)
 
-__all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "RERANK_OPTIONS", "check_rerank_options", "criterion_candidates", "rerank",
-           "rerank_search_candidates", "RerankOptions", "CRITERION_CANDIDATES"]
+__all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "RERANK_OPTIONS", "check_rerank_options",
+           "criterion_candidates", "rerank", "rerank_search_candidates", "RerankOptions",
+           "CRITERION_CANDIDATES"]
 
 logger = logging.getLogger("gcnprune_fast")
 
