@@ -26,7 +26,7 @@ if HERE not in sys.path:
 from common import COLUMNS, format_table, header  # noqa: E402  (also puts the repo on sys.path)
 
 DEFAULT_FAMILIES = ["gap_stats", "knn_graph", "spmm", "cost_model", "latency"]
-FAMILIES = DEFAULT_FAMILIES + ["search"]
+FAMILIES = DEFAULT_FAMILIES + ["search", "channels_last"]
 
 
 def check_rows(family: str, rows) -> list:

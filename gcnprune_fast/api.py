@@ -322,7 +322,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
           round_to: Optional[int] = None, min_channels: int = 1,
           ignored_layers=None, distill: bool = False, finetune_lr: float = 0.01,
           bn_batches: int = 20, eval_batches: Optional[int] = None, accumulate_steps: int = 1,
-          amp: Optional[str] = None, sync_bn: bool = False, latency: Optional[float] = None,
+          amp: Optional[str] = None, sync_bn: bool = False,
+          channels_last: Optional[bool] = None, latency: Optional[float] = None,
           latency_device=None, latency_batch: int = 1, latency_threads: Optional[int] = None,
           latency_cache_dir="default", latency_timer=None, reconstruct: Optional[str] = None,
           reconstruct_images: int = RECONSTRUCT_IMAGES, **method_options) -> PruneResult:
@@ -404,9 +405,10 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             calibration images run as one forward pass (no gradients): lower
             ``reconstruct_images`` for large inputs.
         eval_batches: evaluate accuracies on at most this many batches (None = all).
-        accumulate_steps / amp / sync_bn: fine-tuning with gradient accumulation, mixed precision
-            (``"bf16"``, or ``"fp16"`` on CUDA) and, under DDP on GPUs, SyncBatchNorm
-            (``training.train``).
+        accumulate_steps / amp / sync_bn / channels_last: fine-tuning with gradient accumulation,
+            mixed precision (``"bf16"``, or ``"fp16"`` on CUDA), under DDP on GPUs SyncBatchNorm,
+            and the channels_last memory format (None: where it pays, see
+            ``training.channels_last_pays``) (``training.train``).
         **method_options: the method's options, validated against its registered options
             dataclass before any work (e.g. ``episodes=300`` for the default method,
             ``allocation="uniform"`` for the criteria).
@@ -472,6 +474,9 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
             raise ValueError(f"{name} must be a {kind} int, got {value!r}")
     if amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if channels_last not in (None, True, False):
+        raise ValueError(f"channels_last must be None (auto), True or False, got "
+                         f"{channels_last!r}")
     check_reconstruct(reconstruct, reconstruct_images)
     if resume:
         problem = _resume_problem(spec, checkpoint_dir, finetune_epochs)
@@ -623,7 +628,8 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
                            teacher=work if distill else None, progress=progress,
                            checkpoint_path=ft_path, resume=resume_finetune,
                            fingerprint={**ft_fingerprint, "plan": _plan_digest(plan)}, seed=seed,
-                           accumulate_steps=accumulate_steps, amp=amp, sync_bn=sync_bn)
+                           accumulate_steps=accumulate_steps, amp=amp, sync_bn=sync_bn,
+                           channels_last=channels_last)
             compact.eval()
             acc_finetuned = training.evaluate(compact, data(val_loader),
                                               device=device, max_batches=eval_batches)

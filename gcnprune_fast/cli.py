@@ -321,7 +321,7 @@ def cmd_train(args) -> int:
                  device=args.device, val_loader=test_loader if args.eval_every_epoch else None,
                  progress=not args.no_progress, checkpoint_path=resume, resume=args.resume,
                  seed=args.seed, accumulate_steps=args.accumulate_steps, amp=args.amp,
-                 sync_bn=args.sync_bn)
+                 sync_bn=args.sync_bn, channels_last=channels_last_arg(args.channels_last))
     acc = evaluate(model, test_loader)
     if distributed.is_main():  # under torchrun: rank 0 writes, atomically
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -377,7 +377,8 @@ def cmd_prune(args) -> int:
                 finetune_lr=args.finetune_lr, distill=args.distill, device=args.device, seed=args.seed,
                 checkpoint_dir=ckpt_dir, resume=args.resume, progress=not args.no_progress,
                 accumulate_steps=args.accumulate_steps, amp=args.amp, sync_bn=args.sync_bn,
-                latency=args.latency, latency_device=args.latency_device,
+                channels_last=channels_last_arg(args.channels_last), latency=args.latency,
+                latency_device=args.latency_device,
                 latency_batch=args.latency_batch, latency_threads=args.latency_threads,
                 round_to=args.round_to, reconstruct=args.reconstruct,
                 reconstruct_images=args.reconstruct_images, **opts)
@@ -557,6 +558,14 @@ def distributed_training_options(p: argparse.ArgumentParser) -> None:
                    help="mixed-precision training (fp16: CUDA only)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs: BatchNorm statistics over the global batch")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="train in the channels_last memory format (auto: on the CPU when every "
+                        "convolution's width is a multiple of 16, where it measured faster)")
+
+
+def channels_last_arg(value: str):
+    """``--channels-last`` as ``training.train`` takes it (None = auto)."""
+    return {"auto": None, "on": True, "off": False}[value]
 
 
 def build_parser() -> argparse.ArgumentParser:

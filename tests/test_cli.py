@@ -76,8 +76,11 @@ def test_export_of_demo_result(demo_dir, tmp_path, capsys):
 def test_train_and_prune_on_synthetic(tmp_path, capsys):
     ckpt = tmp_path / "w.pt"
     assert main(["train", "--model", "simple_cnn", "--dataset", "synthetic", "--image-size", "8",
-                 "--epochs", "1", "--batch-size", "256", "--no-progress", "--out", str(ckpt)]) == 0
+                 "--epochs", "1", "--batch-size", "256", "--no-progress", "--channels-last", "on",
+                 "--out", str(ckpt)]) == 0
     assert ckpt.is_file() and not os.path.exists(str(ckpt) + ".ckpt")
+    saved = torch.load(ckpt, weights_only=True)["model"]
+    assert all(v.is_contiguous() for v in saved.values())  # stored in the default format
     out = tmp_path / "pruned"
     assert main(["prune", "--model", "simple_cnn", "--checkpoint", str(ckpt), "--dataset", "synthetic",
                  "--image-size", "8", "--batch-size", "256", "--method", "l1", "--flops", "0.5",

@@ -305,3 +305,23 @@ def test_one_shot_loader_must_be_reiterable(model, where):
 def test_bad_option_values_rejected_up_front(model, method, options, error, message):
     with pytest.raises(error, match=message):
         gcnprune_fast.prune(model, _NoIteration(), method=method, flops=0.5, **options, **FAST)
+
+
+def test_bad_channels_last_rejected_up_front(model):
+    with pytest.raises(ValueError, match="channels_last must be None"):
+        gcnprune_fast.prune(model, _NoIteration(), method="l1", flops=0.5, channels_last="yes",
+                            **FAST)
+
+
+def test_fine_tune_in_channels_last_returns_default_format(model, monkeypatch):
+    from gcnprune_fast import training
+
+    switched = []
+    to_channels_last = training._to_channels_last
+    monkeypatch.setattr(training, "_to_channels_last",
+                        lambda m: switched.append(m) or to_channels_last(m))
+    res = gcnprune_fast.prune(model, _loader(), method="l1", flops=0.5, finetune_epochs=1,
+                              channels_last=True, **FAST)
+    assert res.report["acc_finetuned"] is not None
+    assert switched == [res.model]  # the fine-tune ran in channels_last ...
+    assert all(p.is_contiguous() for p in res.model.parameters())  # ... and switched back

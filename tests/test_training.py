@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
-from gcnprune_fast.training import distillation_loss, evaluate, recalibrate_bn, train
+from gcnprune_fast.training import (channels_last_pays, distillation_loss, evaluate,
+                                    recalibrate_bn, train)
 
 
 def tiny_model(seed=0):
@@ -208,6 +209,50 @@ def test_distillation(loaders):
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # teacher frozen
     assert teacher.training and all(p.requires_grad for p in teacher.parameters())  # untouched
     assert h["loss"][-1] < h["loss"][0]
+
+
+def conv_model(width, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, 10))
+
+
+@pytest.mark.parametrize("width, channels_last, expected", [
+    (16, None, True), (8, None, False), (8, True, True), (16, False, False)])
+def test_channels_last_training(loaders, width, channels_last, expected):
+    """The switch reaches the convolutions (weights and batches; by default only where every
+    width is a multiple of 16), the model comes back in the default format, and training gives
+    the same weights up to float rounding."""
+    train_loader, _ = loaders
+    ref, model = conv_model(width), conv_model(width)
+    train(ref, train_loader, 2, progress=False, seed=4, channels_last=False)
+    seen = []
+    model[0].register_forward_pre_hook(lambda m, args: seen.append(
+        (args[0].is_contiguous(memory_format=torch.channels_last) and args[0].stride(1) == 1,
+         m.weight.is_contiguous(memory_format=torch.channels_last) and m.weight.stride(1) == 1)))
+    train(model, train_loader, 2, progress=False, seed=4, channels_last=channels_last)
+    assert seen and all(s == (expected, expected) for s in seen)
+    assert all(p.is_contiguous() for p in model.parameters())
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(p, ref.state_dict()[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_channels_last_pays():
+    assert channels_last_pays(conv_model(32)) and not channels_last_pays(conv_model(24))
+    assert not channels_last_pays(nn.Sequential(nn.Linear(4, 4)))  # nothing to switch
+
+
+def test_channels_last_without_convolutions_and_bad_value(loaders):
+    train_loader, _ = loaders
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10))
+    h = train(mlp, train_loader, 1, progress=False, channels_last=True)  # nothing to switch
+    assert h["epochs"] == 1 and all(p.is_contiguous() for p in mlp.parameters())
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="channels_last"):
+        train(model, train_loader, 1, progress=False, channels_last="yes")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_train_errors(loaders):
