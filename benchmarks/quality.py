@@ -269,9 +269,10 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     """The rows of several runs' ``quality.jsonl`` files as one table (``--from-rows``), and the
     fine-tune lengths every row has. Rows are paired by seed across files, so every row must have
     been fine-tuned alike (lengths aside: a length's figure does not depend on which other
-    lengths the run had, under either schedule), and no (candidate, budget, seed) may appear
-    twice; ``fail(message)`` otherwise."""
-    rows, origin, keys = [], {}, {}
+    lengths the run had, under either schedule). A (candidate, budget, seed) that appears again
+    only adds the fine-tune lengths its first row lacks (:func:`_merge_lengths`);
+    ``fail(message)`` otherwise."""
+    rows, origin, keys, by_ident = [], {}, {}, {}
     for path in paths:
         if not os.path.isfile(path):
             fail(f"--from-rows: no such file: {path}")
@@ -282,11 +283,14 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
                 r = json.loads(line)
                 at = f"{path}:{n}"
                 ident = (r["candidate"], r["flops_budget"], r["seed"])
-                if ident in origin:
-                    fail(f"--from-rows: {ident} appears twice ({origin[ident]} and {at})")
-                origin[ident] = at
                 key = {k: v for k, v in (r.get("finetune") or {}).items() if k != "epochs"}
                 keys.setdefault(json.dumps(key, sort_keys=True), at)
+                if ident in origin:
+                    _merge_lengths(by_ident[ident], r, f"{ident} ({origin[ident]} and {at})",
+                                   fail)
+                    continue
+                origin[ident] = at
+                by_ident[ident] = r
                 rows.append(r)
     if len(keys) > 1:
         fail("--from-rows: the rows were fine-tuned differently, so they cannot be paired: " +
@@ -297,6 +301,24 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     lengths = {int(k[len("acc_ft"):]) for k in rows[0] if k.startswith("acc_ft")}
     epochs = sorted(e for e in lengths if all(f"acc_ft{e}" in r for r in rows))
     return rows, epochs
+
+
+def _merge_lengths(first: dict, again: dict, where: str, fail) -> None:
+    """A second row of a (candidate, budget, seed) adds the fine-tune lengths the first lacks
+    (e.g. a later run of the same search with ``--finetune-epochs 0 5``): allowed only for the
+    same pruned model (equal ``acc_ft0`` and FLOPs kept) and equal figures where both have a
+    length; ``fail(message)`` otherwise, or when it adds nothing."""
+    lengths = [k for k in again if k.startswith("acc_ft") and k != "acc_ft0"]
+    new = [k for k in lengths if k not in first]
+    same_model = all(first.get(k) == again.get(k) for k in ("acc_ft0", "flops_kept"))
+    clash = [k for k in lengths if k in first and first[k] != again[k]]
+    if not new:
+        fail(f"--from-rows: {where} appears twice with no fine-tune length the first lacks")
+    if not same_model or clash:
+        fail(f"--from-rows: {where} are not the same pruned model"
+             + (f" ({', '.join(clash)} differ)" if clash else " (acc_ft0 or flops_kept differ)"))
+    for k in new:
+        first[k] = again[k]
 
 
 FINETUNE_SCHEDULES = ("constant", "cosine")

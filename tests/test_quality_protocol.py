@@ -123,6 +123,10 @@ def _row(name, seed, acc, finetune=None, **extra):
             "finetune": finetune or {"epochs": [0, 1], "lr": 0.01, "amp": "bf16"}, **extra}
 
 
+def _raise(message):
+    raise AssertionError(message)
+
+
 def _write_rows(path, rows):
     import json
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -152,6 +156,23 @@ def test_from_rows_joins_runs_by_seed(tmp_path, capsys):
     assert quality.main(["--from-rows", a, b, "--reference", "full"]) == 0
     out = capsys.readouterr().out
     assert "| ablation | 3 |" in out and "-11.00 ±" in out  # 0.60 - 0.71 on average
+
+
+def test_from_rows_merges_a_later_run_of_the_same_models(tmp_path):
+    """A later run with another fine-tune length (same searches) adds its column."""
+    a = _write_rows(tmp_path / "a.jsonl", [_row("full", s, 0.70) for s in range(2)])
+    ft5 = {"epochs": [0, 5], "lr": 0.01, "amp": "bf16"}
+    later = [_row("full", s, 0.70, ft5, acc_ft5=0.8 + s / 100) for s in range(2)]
+    for r in later:
+        del r["acc_ft1"]
+    b = _write_rows(tmp_path / "b.jsonl", later)
+    rows, epochs = quality.rows_from_files([a, b], pytest.fail)
+    assert len(rows) == 2 and epochs == [0, 1, 5]
+    assert [r["acc_ft5"] for r in rows] == [0.8, 0.81]
+    other = [dict(r, acc_ft0=0.1) for r in later]  # another pruned model under the same name
+    c = _write_rows(tmp_path / "c.jsonl", other)
+    with pytest.raises(AssertionError, match="not the same pruned model"):
+        quality.rows_from_files([a, c], _raise)
 
 
 def test_from_rows_refuses_what_cannot_be_paired(tmp_path, capsys):
