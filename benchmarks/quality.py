@@ -267,7 +267,7 @@ def refuse_mixed_finetunes(rows: Sequence[dict], key: dict, path, fail) -> None:
 
 def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     """The rows of several runs' ``quality.jsonl`` files as one table (``--from-rows``), and the
-    fine-tune lengths every row has. Rows are paired by seed across files, so every row must have
+    fine-tune lengths any row has (the others show "-" there). Rows are paired by seed across files, so every row must have
     been fine-tuned alike (lengths aside: a length's figure does not depend on which other
     lengths the run had, under either schedule). A (candidate, budget, seed) that appears again
     only adds the fine-tune lengths its first row lacks (:func:`_merge_lengths`);
@@ -298,8 +298,8 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
                        f"(first at {at})" for k, at in keys.items()))
     if not rows:
         fail(f"--from-rows: no rows in {', '.join(paths)}")
-    lengths = {int(k[len("acc_ft"):]) for k in rows[0] if k.startswith("acc_ft")}
-    epochs = sorted(e for e in lengths if all(f"acc_ft{e}" in r for r in rows))
+    # every length some row has; a candidate without it gets "-" in that column
+    epochs = sorted({int(k[len("acc_ft"):]) for r in rows for k in r if k.startswith("acc_ft")})
     return rows, epochs
 
 
@@ -405,8 +405,11 @@ def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int],
             if reference is not None:
                 if reference in names:
                     best[e] = reference
-            elif pool:
-                best[e] = max(pool, key=lambda n: mean_ci([r[key] for r in by[n].values()])[0])
+            else:  # baselines with this length (a --from-rows table may lack it for some)
+                pool = [n for n in pool if any(key in r for r in by[n].values())]
+                if pool:
+                    best[e] = max(pool, key=lambda n: mean_ci(
+                        [r[key] for r in by[n].values() if key in r])[0])
         for n in names:
             runs = list(by[n].values())
             row = {"flops_budget": flops, "candidate": n, "n": len(runs),
@@ -415,9 +418,12 @@ def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int],
                    "search_time_s": mean_ci([r["search_time_s"] for r in runs])[0]}
             for e in epochs:
                 key = f"acc_ft{e}"
-                row[key] = mean_ci([r[key] for r in runs])
-                if e in best and best[e] != n:
-                    seeds = sorted(set(by[n]) & set(by[best[e]]))
+                have = [r[key] for r in runs if key in r]
+                row[key] = mean_ci(have) if have else None
+                row[f"n_ft{e}"] = len(have)
+                if have and e in best and best[e] != n:
+                    seeds = sorted(s for s in set(by[n]) & set(by[best[e]])
+                                   if key in by[n][s] and key in by[best[e]][s])
                     diffs = [by[n][s][key] - by[best[e]][s][key] for s in seeds]
                     row[f"diff_ft{e}"] = (mean_ci(diffs) if diffs else (float("nan"),) * 2)
                     row[f"vs_ft{e}"] = best[e]
@@ -425,7 +431,9 @@ def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int],
     return out
 
 
-def _pm(v: Tuple[float, float]) -> str:
+def _pm(v: Optional[Tuple[float, float]]) -> str:
+    if v is None:  # this length was not run for this candidate
+        return "-"
     m, h = v
     return f"{100 * m:.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}")
 
@@ -447,10 +455,13 @@ def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
         for r in (r for r in summary if r["flops_budget"] == flops):
             cells = [r["candidate"], str(r["n"]), f"{r['flops_kept']:.3f}", f"{r['params_kept']:.3f}"]
             for e in epochs:
-                cells.append(_pm(r[f"acc_ft{e}"]))
+                n_e = r.get(f"n_ft{e}", r["n"])
+                fewer = f" ({n_e} seeds)" if 0 < n_e < r["n"] else ""
+                cells.append(_pm(r[f"acc_ft{e}"]) + fewer)
                 d = r.get(f"diff_ft{e}")
                 own = "reference" if r["candidate"] == meta.get("reference") else "best"
-                cells.append(own if d is None else f"{_pm(d)} vs {r[f'vs_ft{e}']}")
+                cells.append("-" if r[f"acc_ft{e}"] is None else
+                             own if d is None else f"{_pm(d)} vs {r[f'vs_ft{e}']}")
             cells.append(f"{r['search_time_s']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -152,10 +152,12 @@ def test_from_rows_joins_runs_by_seed(tmp_path, capsys):
                                            for s in range(3)])
     b = _write_rows(tmp_path / "b.jsonl", [_row("ablation", s, 0.60) for s in range(3)])
     rows, epochs = quality.rows_from_files([a, b], pytest.fail)
-    assert len(rows) == 6 and epochs == [0, 1]  # 5 epochs only in a: left out
+    assert len(rows) == 6 and epochs == [0, 1, 5]  # 5 epochs only in a: "-" for the ablation
     assert quality.main(["--from-rows", a, b, "--reference", "full"]) == 0
     out = capsys.readouterr().out
     assert "| ablation | 3 |" in out and "-11.00 ±" in out  # 0.60 - 0.71 on average
+    ablation = next(line for line in out.splitlines() if line.startswith("| ablation |"))
+    assert ablation.split(" | ")[-3:-1] == ["-", "-"]  # no 5-epoch figure, no difference
 
 
 def test_from_rows_merges_a_later_run_of_the_same_models(tmp_path):
