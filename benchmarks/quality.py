@@ -267,11 +267,11 @@ def refuse_mixed_finetunes(rows: Sequence[dict], key: dict, path, fail) -> None:
 
 def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     """The rows of several runs' ``quality.jsonl`` files as one table (``--from-rows``), and the
-    fine-tune lengths any row has (the others show "-" there). Rows are paired by seed across files, so every row must have
-    been fine-tuned alike (lengths aside: a length's figure does not depend on which other
-    lengths the run had, under either schedule). A (candidate, budget, seed) that appears again
-    only adds the fine-tune lengths its first row lacks (:func:`_merge_lengths`);
-    ``fail(message)`` otherwise."""
+    fine-tune lengths any row has (rows without one show "-" there). Rows are paired by seed
+    across files, so every row must have been fine-tuned alike (lengths aside: a length's figure
+    does not depend on which other lengths the run had, under either schedule). A (candidate,
+    budget, seed) that appears again only adds the fine-tune lengths its first row lacks
+    (:func:`_merge_lengths`); ``fail(message)`` otherwise."""
     rows, origin, keys, by_ident = [], {}, {}, {}
     for path in paths:
         if not os.path.isfile(path):
