@@ -272,7 +272,7 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     does not depend on which other lengths the run had, under either schedule). A (candidate,
     budget, seed) that appears again only adds the fine-tune lengths its first row lacks
     (:func:`_merge_lengths`); ``fail(message)`` otherwise."""
-    rows, origin, keys, by_ident = [], {}, {}, {}
+    rows, keys, first = [], {}, {}  # first: (candidate, budget, seed) -> (where, its row)
     for path in paths:
         if not os.path.isfile(path):
             fail(f"--from-rows: no such file: {path}")
@@ -285,12 +285,11 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
                 ident = (r["candidate"], r["flops_budget"], r["seed"])
                 key = {k: v for k, v in (r.get("finetune") or {}).items() if k != "epochs"}
                 keys.setdefault(json.dumps(key, sort_keys=True), at)
-                if ident in origin:
-                    _merge_lengths(by_ident[ident], r, f"{ident} ({origin[ident]} and {at})",
-                                   fail)
+                if ident in first:
+                    where, row = first[ident]
+                    _merge_lengths(row, r, f"{ident} ({where} and {at})", fail)
                     continue
-                origin[ident] = at
-                by_ident[ident] = r
+                first[ident] = (at, r)
                 rows.append(r)
     if len(keys) > 1:
         fail("--from-rows: the rows were fine-tuned differently, so they cannot be paired: " +
