@@ -171,6 +171,9 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "search_time_s": float(r.get("search_time_s", time.perf_counter() - t0)),
                        "episodes": r.get("episodes"),
                        "greedy_curve": r.get("greedy_curve"),
+                       # the same greedy masks on the selection split (channel-gcn)
+                       "greedy_heldout_curve": r.get("greedy_heldout_curve"),
+                       "final_greedy_heldout_reward": r.get("final_greedy_heldout_reward"),
                        "rerank_choice": r.get("rerank_choice"), "rerank": r.get("rerank"),
                        "final_selection": r.get("final_selection"),
                        # where a search's time goes (graph-pruning: PruningNet training, then

@@ -78,7 +78,9 @@ class PruneResult:
         (per group name/before/after), ``method``, ``allocation`` (the criteria's, else the
         method name), ``search_time_s``, ``episodes``, ``reward_curve`` (search methods: the
         reward of every sampled mask), ``greedy_curve`` (channel-gcn: the reward of the policy's
-        greedy mask before every update; both on the search's reward set), ``seed``,
+        greedy mask before every update; both on the search's reward set;
+        ``greedy_heldout_curve`` / ``final_greedy_heldout_reward``: the same masks on
+        ``heldout_samples`` images of ``val_loader``), ``seed``,
         ``flops_after_measured`` / ``params_after_measured`` (counted on the pruned model),
         ``cost_model_mismatch`` (True when they differ from ``flops_after`` / ``params_after`` by
         more than 1%; None when the count failed) and ``cost_model_error`` (the relative

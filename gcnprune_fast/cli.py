@@ -235,16 +235,20 @@ def cmd_demo(args) -> int:
                     seed=args.seed, progress=not args.no_progress, **opts)
         r = res.report
         greedy_first, greedy_last = greedy_first_last(r)
+        heldout_first, heldout_last = greedy_first_last(r, heldout=True)
         rows.append({"method": method, "acc_pruned": r["acc_pruned"], "acc_finetuned": r["acc_finetuned"],
                      "flops_kept": r["flops_ratio"], "params_kept": r["params_ratio"],
                      "search_time_s": r["search_time_s"], "episodes": r.get("episodes", 0),
-                     "greedy_first": greedy_first, "greedy_last": greedy_last})
+                     "greedy_first": greedy_first, "greedy_last": greedy_last,
+                     "greedy_heldout_first": heldout_first, "greedy_heldout_last": heldout_last})
         reports[method], results[method] = r, res
         res.save(os.path.join(args.out, method))
         print(f"      test accuracy after pruning {r['acc_pruned']:.4f}, after fine-tuning "
               f"{r['acc_finetuned'] if r['acc_finetuned'] is None else round(r['acc_finetuned'], 4)}"
               + ("" if greedy_first is None else f"; greedy-mask reward {greedy_first:.4f} -> "
-                 f"{greedy_last:.4f} over the search"), flush=True)
+                 f"{greedy_last:.4f} over the search")
+              + ("" if heldout_first is None else f" ({heldout_first:.4f} -> {heldout_last:.4f} "
+                 "held out)"), flush=True)
 
     print("[4/4] report", flush=True)
     from gcnprune_fast.space import PruningSpace
@@ -261,7 +265,8 @@ def cmd_demo(args) -> int:
     print()
     print(f"simple_cnn on synthetic data: test accuracy {base_acc:.4f} before pruning, budget "
           f"{args.flops:.0%} FLOPs; accuracies below on the test split ({args.test_samples} "
-          f"images), greedy rewards on the search's reward set")
+          f"images), greedy rewards on the search's reward set, held-out greedy rewards on "
+          f"the test split")
     print(markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS))
     if files.get("plots_skipped"):
         print(files["plots_skipped"])
@@ -408,7 +413,8 @@ def cmd_prune(args) -> int:
     if r.get("reward_curve"):  # after saving: a missing optional package never costs the result
         if plots_available():
             plot_reward_curve(os.path.join(args.out, "reward_curve.png"), r["reward_curve"],
-                              greedy=greedy_points(r))
+                              greedy=greedy_points(r),
+                              greedy_heldout=greedy_points(r, heldout=True))
         else:
             print(PLOTS_HINT)
     return 0

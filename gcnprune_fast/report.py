@@ -139,29 +139,41 @@ def plot_widths(path: str, widths: Dict[str, Sequence[int]], base_widths: Sequen
     return _save_figure(plt, fig, path)
 
 
-def greedy_points(report: Dict[str, Any]) -> Optional[Tuple[List[float], List[float]]]:
+# (curve key, final key) of the greedy-mask rewards: on the search's reward set, and held out
+_GREEDY_KEYS = {False: ("greedy_curve", "final_greedy_reward"),
+                True: ("greedy_heldout_curve", "final_greedy_heldout_reward")}
+
+
+def greedy_points(report: Dict[str, Any], heldout: bool = False
+                  ) -> Optional[Tuple[List[float], List[float]]]:
     """``(x, reward)`` of the greedy-mask rewards of a search report, or None without a
     ``greedy_curve``: ``greedy_curve[u]`` (the policy's greedy mask before update u) is placed at
     the episodes sampled before it, ``u * episodes / updates``, and ``final_greedy_reward`` (after
-    the last update), when present, at ``episodes``."""
-    curve = [float(v) for v in (report.get("greedy_curve") or [])]
+    the last update), when present, at ``episodes``. ``heldout=True``: the same masks scored on
+    held-out images (``greedy_heldout_curve`` / ``final_greedy_heldout_reward``; entries that are
+    None, updates run before a resume without that curve, are left out)."""
+    curve_key, final_key = _GREEDY_KEYS[bool(heldout)]
+    curve = list(report.get(curve_key) or [])
     if not curve:
         return None
     episodes = len(report.get("reward_curve") or []) or int(report.get("episodes") or 0)
-    updates = int(report.get("updates") or len(curve))
+    updates = int(report.get("updates") or len(report.get("greedy_curve") or curve))
     per_update = episodes / max(updates, 1)
-    xs = [u * per_update for u in range(len(curve))]
-    if report.get("final_greedy_reward") is not None and updates > 0 and episodes > 0:
-        xs.append(float(episodes))
-        curve.append(float(report["final_greedy_reward"]))
-    return xs, curve
+    points = [(u * per_update, float(v)) for u, v in enumerate(curve) if v is not None]
+    if report.get(final_key) is not None and updates > 0 and episodes > 0:
+        points.append((float(episodes), float(report[final_key])))
+    if not points:
+        return None
+    return [p[0] for p in points], [p[1] for p in points]
 
 
-def greedy_first_last(report: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+def greedy_first_last(report: Dict[str, Any], heldout: bool = False
+                      ) -> Tuple[Optional[float], Optional[float]]:
     """The greedy-mask reward at the start of a search (the warm start) and at its end (after
     the last update: ``final_greedy_reward``, else the last ``greedy_curve`` entry); (None, None)
-    for reports without a greedy curve."""
-    points = greedy_points(report)
+    for reports without a greedy curve. ``heldout=True``: on held-out images
+    (:func:`greedy_points`)."""
+    points = greedy_points(report, heldout)
     if points is None:
         return None, None
     return points[1][0], points[1][-1]
@@ -169,10 +181,14 @@ def greedy_first_last(report: Dict[str, Any]) -> Tuple[Optional[float], Optional
 
 def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "search reward",
                       smooth: int = 10,
-                      greedy: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> str:
+                      greedy: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+                      greedy_heldout: Optional[Tuple[Sequence[float], Sequence[float]]] = None
+                      ) -> str:
     """Line plot of the per-episode search reward with a moving average over ``smooth`` episodes;
     with ``greedy = (x, reward)`` (:func:`greedy_points`) also the reward of the policy's greedy
-    mask per update (what the search has learned, without sampling noise)."""
+    mask per update (what the search has learned, without sampling noise), and with
+    ``greedy_heldout`` the same masks on held-out images (whether what it learned holds on data
+    the search never saw)."""
     if len(rewards) == 0:
         raise ValueError("plot_reward_curve: rewards is empty")
     plt = _pyplot()
@@ -187,6 +203,9 @@ def plot_reward_curve(path: str, rewards: Sequence[float], title: str = "search 
     if greedy is not None and len(greedy[1]) > 0:
         ax.plot(list(greedy[0]), list(greedy[1]), lw=1.6, marker="o", ms=3, color="black",
                 label="greedy mask (per update)")
+    if greedy_heldout is not None and len(greedy_heldout[1]) > 0:
+        ax.plot(list(greedy_heldout[0]), list(greedy_heldout[1]), lw=1.6, marker="s", ms=3,
+                ls=":", color="tab:red", label="greedy mask, held-out images")
     ax.set_xlabel("episode")
     ax.set_ylabel("reward")
     ax.set_title(title)
@@ -247,6 +266,10 @@ def prune_report_markdown(report: Dict[str, Any]) -> str:
     if first is not None:
         lines.append(f"| greedy-mask reward (search's reward set) | {first:.4f} at the start -> "
                      f"{last:.4f} at the end |")
+    first, last = greedy_first_last(report, heldout=True)
+    if first is not None:
+        lines.append(f"| greedy-mask reward (held out: {report.get('heldout_samples')} images of "
+                     f"val_loader) | {first:.4f} at the start -> {last:.4f} at the end |")
     if report.get("cost_model_mismatch") is not None:
         flag = " **cost model mismatch**" if report["cost_model_mismatch"] else ""
         lines.append(f"| counted on the pruned model | {report['flops_after_measured']:,} FLOPs, "
@@ -296,9 +319,11 @@ def _reward_curve(report: dict) -> Optional[List[float]]:
 
 
 DEMO_COLUMNS = ("method", "acc_pruned", "acc_finetuned", "flops_kept", "params_kept", "search_time_s",
-                "episodes", "greedy_first", "greedy_last")
+                "episodes", "greedy_first", "greedy_last", "greedy_heldout_first",
+                "greedy_heldout_last")
 DEMO_HEADERS = ("method", "acc after pruning", "acc after fine-tuning", "FLOPs kept", "params kept",
-                "search s", "episodes", "greedy reward start", "greedy reward end")
+                "search s", "episodes", "greedy reward start", "greedy reward end",
+                "held-out greedy start", "held-out greedy end")
 
 
 def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports: Dict[str, dict],
@@ -323,6 +348,7 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
     widths = {m: w for m, w in ((m, _group_widths(r)) for m, r in reports.items()) if w is not None}
     curves = {m: c for m, c in ((m, _reward_curve(r)) for m, r in reports.items()) if c}
     greedy = {m: greedy_points(r) for m, r in reports.items()}
+    greedy_heldout = {m: greedy_points(r, heldout=True) for m, r in reports.items()}
     files["json"] = write_json(os.path.join(out_dir, "results.json"),
                                {"meta": meta, "rows": rows, "reports": reports,
                                 "base_widths": list(base_widths),
@@ -336,7 +362,8 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
             name = "reward_curve.png" if len(curves) == 1 else f"reward_curve_{m}.png"
             plots[f"reward_plot_{m}"] = plot_reward_curve(os.path.join(out_dir, name), c,
                                                           title=f"{m} search reward",
-                                                          greedy=greedy.get(m))
+                                                          greedy=greedy.get(m),
+                                                          greedy_heldout=greedy_heldout.get(m))
     elif widths or curves:
         files["plots_skipped"] = PLOTS_HINT
     md = [f"# {title}", ""]
@@ -344,7 +371,9 @@ def write_comparison_report(out_dir: str, rows: List[dict], meta: dict, reports:
     md += ["", markdown_table(rows, DEMO_COLUMNS, DEMO_HEADERS), ""]
     if any(r.get("greedy_first") is not None for r in rows):
         md += ["greedy reward start / end: the reward (on the search's reward set) of the "
-               "policy's greedy mask at the warm start and after the last update.", ""]
+               "policy's greedy mask at the warm start and after the last update; held-out "
+               "greedy: the same masks scored on val_loader's images, which the search never "
+               "trained on.", ""]
     if widths:
         md += ["## Channels kept per group", "",
                markdown_table([{"group": (group_names[i] if group_names else f"g{i}"),

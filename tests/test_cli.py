@@ -330,11 +330,22 @@ def test_reward_plot_draws_the_greedy_curve(tmp_path, monkeypatch):
     drawn = []
     real = rep.plot_reward_curve
 
-    def spy(path, rewards, title="", smooth=10, greedy=None):
-        drawn.append(greedy)
-        return real(path, rewards, title, smooth, greedy)
+    def spy(path, rewards, title="", smooth=10, greedy=None, greedy_heldout=None):
+        drawn.append((greedy, greedy_heldout))
+        return real(path, rewards, title, smooth, greedy, greedy_heldout)
 
     monkeypatch.setattr(rep, "plot_reward_curve", spy)
     files = rep.write_comparison_report(str(tmp_path), [{"method": "channel-gcn"}], {},
                                         {"channel-gcn": r}, [])
-    assert drawn == [rep.greedy_points(r)] and os.path.getsize(files["reward_plot_channel-gcn"]) > 1000
+    assert drawn == [(rep.greedy_points(r), None)]
+    assert os.path.getsize(files["reward_plot_channel-gcn"]) > 1000
+    # the held-out curve: entries None (updates before a resume without it) are left out
+    r.update(greedy_heldout_curve=[None, 0.25, 0.35], final_greedy_heldout_reward=0.38,
+             heldout_samples=512)
+    assert rep.greedy_points(r, heldout=True) == ([2.0, 4.0, 6.0], [0.25, 0.35, 0.38])
+    assert rep.greedy_first_last(r, heldout=True) == (0.25, 0.38)
+    assert rep.greedy_points({**r, "greedy_heldout_curve": [None], "final_greedy_heldout_reward":
+                              None}, heldout=True) is None
+    files = rep.write_comparison_report(str(tmp_path), [{"method": "channel-gcn"}], {},
+                                        {"channel-gcn": r}, [])
+    assert drawn[-1] == (rep.greedy_points(r), rep.greedy_points(r, heldout=True))

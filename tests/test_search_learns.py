@@ -136,3 +136,53 @@ def test_warm_start_greedy_mask_is_the_global_l1_mask(task, greedy_masks, flops)
     l1 = _l1_masks(model, loader, held, flops)
     assert [int(m.sum()) for m in run["start"]] == [int(m.sum()) for m in l1]
     assert all(torch.equal(a, b) for a, b in zip(run["start"], l1))
+
+
+def _heldout_scorer(space, held, samples=1000):
+    """The held-out curve's scorer as the search builds it: the first ``samples`` images of
+    ``val_loader``, the reward kind, chunks of ``reward_batch_size`` (256)."""
+    return MaskScorer(space, RewardSet.from_loader(held, samples, "cpu", batch_size=256),
+                      "accuracy_bn", "cpu")
+
+
+def test_report_keeps_the_greedy_masks_held_out_curve(task, greedy_masks):
+    """greedy_heldout_curve[u] is the greedy mask before update u scored on val_loader's
+    images; final_greedy_heldout_reward the last policy's; and it rises here, as measured
+    independently in test_search_beats_its_warm_start_on_held_out_data."""
+    model, loader, held = task
+    r = _prune(model, loader, held, heldout_samples=1000).report
+    (run,) = greedy_masks
+    score = _heldout_scorer(run["space"], held)
+    curve = r["greedy_heldout_curve"]
+    assert len(curve) == len(r["greedy_curve"]) == r["updates"] == 6
+    assert r["heldout_samples"] == 1000
+    assert curve[0] == pytest.approx(score(run["start"])[0])
+    assert r["final_greedy_heldout_reward"] == pytest.approx(score(run["end"])[0])
+    assert r["final_greedy_heldout_reward"] >= curve[0] + 0.02
+    assert all(0.0 <= v <= 1.0 for v in curve)
+
+
+def test_held_out_curve_chooses_nothing(task):
+    """The held-out scoring is a diagnostic: the same masks with it off, and no curve when it is
+    off or when the reward set itself comes from val_loader."""
+    model, loader, held = task
+    on = _prune(model, loader, held, episodes=20)
+    off = _prune(model, loader, held, episodes=20, heldout_samples=0)
+    assert all(torch.equal(a, b) for a, b in zip(on.masks, off.masks))
+    assert on.report["greedy_curve"] == off.report["greedy_curve"]
+    assert len(on.report["greedy_heldout_curve"]) == 2
+    assert "greedy_heldout_curve" not in off.report
+    val = _prune(model, loader, held, episodes=20, reward_source="val")
+    assert "greedy_heldout_curve" not in val.report
+
+
+def test_held_out_curve_after_resuming_a_search_without_it(task, tmp_path):
+    """A checkpoint written with the curve off resumes with it on (the option is not in the
+    fingerprint): the updates run before are None, the later ones scored."""
+    model, loader, held = task
+    ckpt = str(tmp_path / "ckpt")
+    _prune(model, loader, held, episodes=20, heldout_samples=0, checkpoint_dir=ckpt)
+    r = _prune(model, loader, held, episodes=40, checkpoint_dir=ckpt, resume=True).report
+    curve = r["greedy_heldout_curve"]
+    assert curve[:2] == [None, None] and all(isinstance(v, float) for v in curve[2:])
+    assert len(curve) == len(r["greedy_curve"]) == 4

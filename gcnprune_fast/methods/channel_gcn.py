@@ -93,6 +93,10 @@ class ChannelGCNOptions(RerankOptions):
     reward_batch_size: int = option(256, "forward chunk for masked evaluation", minimum=1)
     reward_source: str = option("loader", "where the reward set comes from", choices=("loader", "val"))
     feature_samples: int = option(512, "images for the GAP features", minimum=1)
+    heldout_samples: int = option(512, "images of val_loader on which the greedy mask of every "
+                                  "update is also scored (the report's held-out curve: does what "
+                                  "the search learns hold on data it never saw?); chooses "
+                                  "nothing; 0 = off", minimum=0)
     ppo: bool = option(False, "PPO-clip instead of REINFORCE")
     ppo_epochs: int = option(4, "PPO epochs per update", minimum=1)
     ppo_clip: float = option(0.2, "PPO clip range", minimum=0.0)
@@ -195,12 +199,16 @@ def _split(flat: torch.Tensor, offsets: torch.Tensor) -> List[torch.Tensor]:
     return [flat[int(offsets[g]):int(offsets[g + 1])] for g in range(offsets.numel() - 1)]
 
 
+# options that never change what the search does: left out of its checkpoint fingerprint
+_NOT_FINGERPRINTED = ("episodes", "heldout_samples") + tuple(RERANK_AFTER_SEARCH_OPTIONS)
+
+
 def _fingerprint(space, budget: Budget, seed: int, opts: ChannelGCNOptions) -> Dict[str, Any]:
     """What the checkpoint must match to be resumed (``episodes`` may grow on resume; the
     re-ranking options other than ``rerank_top``, which sets how many best masks the search
-    keeps, are read after the search, so a finished search serves runs that differ in them)."""
-    fp = {k: v for k, v in dataclasses.asdict(opts).items()
-          if k != "episodes" and k not in RERANK_AFTER_SEARCH_OPTIONS}
+    keeps, are read after the search, so a finished search serves runs that differ in them;
+    ``heldout_samples`` only adds a diagnostic curve)."""
+    fp = {k: v for k, v in dataclasses.asdict(opts).items() if k not in _NOT_FINGERPRINTED}
     fp.update(seed=int(seed), sizes=[int(g.size) for g in space.groups],
               budget_flops=budget.flops, budget_params=budget.params, **budget.fingerprint_extra(), round_to=int(space.round_to))
     return fp
@@ -260,16 +268,32 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
     rewards = RewardSet.from_loader(ctx.val_loader if use_val else ctx.loader, opts.reward_samples,
                                     device, opts.reward_batch_size,
                                     "val_loader" if use_val else "loader")
+    heldout = _heldout_scorer(space, ctx, opts)
     run = _ChannelSearch(space=space, ctx=ctx, opts=opts, offsets=offsets, raw=raw, graph=graph,
                          x=x, policy=policy, optimizer=optimizer, gen=gen,
-                         scorer=MaskScorer(space, rewards, opts.reward, device))
-    with channels_last_evaluation(space, rewards, opts.channels_last):
+                         scorer=MaskScorer(space, rewards, opts.reward, device),
+                         heldout=heldout)
+    with channels_last_evaluation(space, rewards, opts.channels_last) as switched:
+        if switched and heldout is not None and heldout.rewards.x.dim() == 4:
+            heldout.rewards.x = heldout.rewards.x.contiguous(memory_format=torch.channels_last)
         info = run.random_search() if opts.search == "random" else run.loop()
     masks = [m.clone() for m in run.state["best_masks"]]
     if opts.rerank_top > 0:
         masks = _rerank(run, masks, info)
     info["search_time_s"] = time.perf_counter() - t_start
     return MethodResult(masks, info)
+
+
+def _heldout_scorer(space, ctx: SearchContext, opts: ChannelGCNOptions) -> Optional[MaskScorer]:
+    """The scorer of the held-out greedy curve: the first ``heldout_samples`` images of
+    ``val_loader``, scored with the search's reward kind (so ``accuracy_bn`` re-estimates BN on
+    that set). None when off, without a ``val_loader``, or when the reward set itself comes from
+    ``val_loader`` (``reward_source="val"``: nothing would be held out)."""
+    if opts.heldout_samples == 0 or ctx.val_loader is None or opts.reward_source == "val":
+        return None
+    images = RewardSet.from_loader(ctx.val_loader, opts.heldout_samples, ctx.device,
+                                   opts.reward_batch_size, "val_loader")
+    return MaskScorer(space, images, opts.reward, ctx.device)
 
 
 def _rerank(run: "_ChannelSearch", best: List[torch.Tensor], info: Dict[str, Any]
@@ -297,12 +321,35 @@ class _ChannelSearch:
     optimizer: torch.optim.Optimizer
     gen: torch.Generator
     scorer: MaskScorer
+    heldout: Optional[MaskScorer] = None  # the held-out greedy curve's scorer (None = off)
 
     def __post_init__(self) -> None:
         # x is constant during the search: the first layer's aggregation A X is computed once.
         self.ax = None if self.opts.shared else ops.spmm(self.graph, self.x)
         self.state: Dict[str, Any] = dict(update=0, episodes=0, baseline=None, best_masks=None,
-                                          best_key=None, reward_curve=[], greedy_curve=[], top=[])
+                                          best_key=None, reward_curve=[], greedy_curve=[], top=[],
+                                          greedy_heldout_curve=[])
+
+    def record_greedy(self, masks: List[torch.Tensor], result: Tuple[float, float, float]) -> None:
+        """Append a greedy mask's reward to the greedy curve, and its held-out reward to the
+        held-out curve when one is kept."""
+        self.state["greedy_curve"].append(result[0])
+        if self.heldout is not None:
+            self.state["greedy_heldout_curve"].append(self.heldout(masks)[0])
+
+    def greedy_info(self, final: Tuple[List[torch.Tensor], Tuple[float, float, float]]
+                    ) -> Dict[str, Any]:
+        """The report's greedy-mask entries; ``final`` = (masks, score) after the last update.
+        Held-out entries are None for updates run before a resume by a search that kept no
+        held-out curve."""
+        info = {"greedy_curve": [float(v) for v in self.state["greedy_curve"]],
+                "final_greedy_reward": float(final[1][0])}
+        if self.heldout is not None:
+            curve = self.state["greedy_heldout_curve"]
+            info.update(greedy_heldout_curve=[None if v is None else float(v) for v in curve],
+                        final_greedy_heldout_reward=float(self.heldout(final[0])[0]),
+                        heldout_samples=len(self.heldout.rewards))
+        return info
 
     def logits(self) -> torch.Tensor:
         return self.policy(self.graph, self.x, self.ax)
@@ -357,7 +404,7 @@ class _ChannelSearch:
         start = self.greedy(logits)
         start_res = self.scorer(start)
         self.consider(start, start_res)
-        state["greedy_curve"].append(start_res[0])
+        self.record_greedy(start, start_res)
         scores = _split(logits.double(), self.offsets)
         proposals = []
         for _ in range(opts.episodes):
@@ -378,9 +425,8 @@ class _ChannelSearch:
         return {
             "episodes": state["episodes"], "updates": 0,
             "reward_curve": [float(v) for v in state["reward_curve"]],
-            "greedy_curve": [float(v) for v in state["greedy_curve"]],
-            "best_reward": float(state["best_key"][0]), "final_greedy_reward": float(start_res[0]),
-            "reward": opts.reward, "reward_samples": len(self.scorer.rewards),
+            **self.greedy_info((start, start_res)),
+            "best_reward": float(state["best_key"][0]), "reward": opts.reward, "reward_samples": len(self.scorer.rewards),
             "masked_evaluations": self.evaluations(), "graph_edges": int(self.raw.nnz),
         }
 
@@ -394,6 +440,10 @@ class _ChannelSearch:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.gen.set_state(saved["rng"])
             state = self.state = saved["state"]
+            # a checkpoint written without the held-out curve (off, or older code): None where
+            # its greedy masks were not scored on held-out images
+            curve = state.setdefault("greedy_heldout_curve", [])
+            curve.extend([None] * (len(state["greedy_curve"]) - len(curve)))
         per_update = opts.episodes_per_update
         total_updates = math.ceil(opts.episodes / per_update)
         baseline = MovingBaseline(opts.baseline_momentum, state["baseline"])
@@ -413,7 +463,7 @@ class _ChannelSearch:
             scored = self.score_proposals([logits > 0] + samples, logits.double())
             g_masks, g_res = scored[0]
             self.consider(g_masks, g_res)
-            state["greedy_curve"].append(g_res[0])
+            self.record_greedy(g_masks, g_res)
             flat_masks, rewards_e = [], []
             for masks, res in scored[1:]:
                 self.consider(masks, res)
@@ -445,9 +495,8 @@ class _ChannelSearch:
             "episodes": state["episodes"],
             "updates": state["update"],
             "reward_curve": [float(v) for v in state["reward_curve"]],
-            "greedy_curve": [float(v) for v in state["greedy_curve"]],
+            **self.greedy_info((g_masks, g_res)),
             "best_reward": float(state["best_key"][0]),
-            "final_greedy_reward": float(g_res[0]),
             "reward": opts.reward,
             "reward_samples": len(self.scorer.rewards),
             "masked_evaluations": self.evaluations(),
