@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["model_device"]
+__all__ = ["model_device", "format_duration"]
 
 
 def model_device(model: nn.Module, device=None) -> torch.device:
@@ -17,3 +17,13 @@ def model_device(model: nn.Module, device=None) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for a log line: ``"45 s"``, ``"3.9 min"``, ``"1.2 h"``."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

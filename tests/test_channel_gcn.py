@@ -176,3 +176,29 @@ def test_ablations_run_and_meet_the_budget(space, options):
         assert r.info["updates"] == 0
         # the start is the warm start's greedy mask (global L1); the best can only be better
         assert r.info["best_reward"] >= r.info["greedy_curve"][0]
+
+
+@pytest.mark.parametrize("flops,per_update,expected", [
+    (41e6, 10, 300),     # ResNet-20 on CIFAR-10
+    (130e6, 10, 300),    # the reference cost
+    (314e6, 10, 120),    # VGG-16-BN on CIFAR-10: 300 * 130 / 314 = 124 -> whole updates
+    (149e6, 7, 259),     # torchvision ResNet-18 at 64 px, updates of 7 episodes
+    (4.12e9, 10, 50),    # ResNet-50 at 224 px: the floor
+])
+def test_default_episodes_shrink_with_the_cost_per_image(flops, per_update, expected):
+    assert channel_gcn.default_episodes(flops, per_update) == expected
+    # on an accelerator a forward is cheap: the full default
+    assert channel_gcn.default_episodes(flops, per_update, "cuda") == 300
+
+
+def test_search_without_episodes_uses_the_default_and_says_so(space, monkeypatch, caplog):
+    # make this small net count as a costly one, so the default is the floor (50 episodes)
+    monkeypatch.setattr(channel_gcn, "AUTO_EPISODES_REFERENCE_FLOPS", space.base_flops / 100)
+    with caplog.at_level("INFO", logger="gcnprune_fast"):
+        r = channel_gcn.search(space, _ctx(space, options={"episodes": None,
+                                                           "episodes_per_update": 10}))
+    assert r.info["episodes"] == channel_gcn.AUTO_EPISODES_MIN == 50 and r.info["updates"] == 5
+    text = caplog.text
+    assert "50 episodes (the default for" in text
+    # after the first update: an estimate for the rest, once
+    assert text.count("about") == 1 and "for the 4 updates left" in text

@@ -51,6 +51,17 @@ def test_rerank_scores_each_distinct_candidate_once_and_picks_the_best(space):
     assert training.evaluate(compact, val) == pytest.approx(chosen[0]["selection_acc"])
 
 
+def test_rerank_logs_an_estimate_after_its_first_candidate(space, caplog):
+    loader, val = random_batches(n=32, seed=1), random_batches(n=32, seed=2)
+    cands = criterion_candidates(space, Budget.from_ratios(space, 0.5))
+    with caplog.at_level("INFO", logger="gcnprune_fast"):
+        _, rows = rerank(space, cands, loader=loader, val_loader=val, device="cpu", steps=2,
+                         seed=0)
+    left = (len(rows) - 1) * 2
+    estimates = [m for m in caplog.messages if m.startswith("re-rank: about")]
+    assert len(estimates) == 1 and estimates[0].endswith(f"for the {left} fine-tune steps left")
+
+
 def test_rerank_screening_gives_survivors_their_full_scores(space):
     loader, val = random_batches(n=32, seed=1), random_batches(n=32, seed=2)
     cands = criterion_candidates(space, Budget.from_ratios(space, 0.4))

@@ -53,6 +53,7 @@ from gcnprune_fast.methods.agents import ChannelGCNPolicy
 from gcnprune_fast.methods.allocation import Budget, project_to_budget, standardize
 from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
+from gcnprune_fast.utils import format_duration
 from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseline, RewardSet,
                                           SearchCheckpoint, bernoulli_policy_update,
                                           channels_last_evaluation, mask_key,
@@ -63,7 +64,7 @@ from gcnprune_fast.methods.search.rerank import (RERANK_AFTER_SEARCH_OPTIONS, Re
 logger = logging.getLogger("gcnprune_fast")
 
 __all__ = ["NAME", "ChannelGCNOptions", "build_channel_graph", "node_features", "search",
-           "CHECKPOINT_NAME", "NODE_FEATURES"]
+           "CHECKPOINT_NAME", "NODE_FEATURES", "default_episodes"]
 
 NAME = "channel-gcn"
 CHECKPOINT_NAME = "channel_gcn_search.pt"
@@ -75,7 +76,10 @@ class ChannelGCNOptions(RerankOptions):
     re-ranking options (choose by accuracy after a short fine-tune) come from
     :class:`~gcnprune_fast.methods.search.rerank.RerankOptions`."""
 
-    episodes: int = option(300, "total sampled masks", minimum=1)
+    episodes: Optional[int] = option(None, "total sampled masks; None = auto: 300, on the CPU "
+                                     "fewer for models whose forward costs more per image than "
+                                     "ResNet-56 on CIFAR-10 (default_episodes), at least 50",
+                                     minimum=1)
     episodes_per_update: int = option(10, "masks per policy update", minimum=1)
     k: int = option(8, "kNN neighbours per channel", minimum=1)
     similarity: str = option("cosine", "channel-graph similarity: centered cosine, or kl = "
@@ -120,6 +124,25 @@ class ChannelGCNOptions(RerankOptions):
                          choices=("rl", "random"))
     random_width_step: float = option(0.1, "search=random: largest per-group width change, as a "
                                       "fraction of the group", minimum=0.0)
+
+
+# ``episodes=None``: each episode is one forward of the reward set, so on the CPU the default
+# shrinks with the model's cost per image. Reference: ResNet-56 on CIFAR-10 (127M MACs), whose
+# 300 episodes take about 4 minutes on 2 cores; a torchvision ResNet-18 at 64 px (149M) took 11
+# minutes (issue 9); a ResNet-50 at 224 px costs 32 times more per image. On a GPU 300 episodes
+# of a ResNet-50 take about a minute (README), so the default stays 300 there.
+AUTO_EPISODES, AUTO_EPISODES_MIN, AUTO_EPISODES_REFERENCE_FLOPS = 300, 50, 130e6
+
+
+def default_episodes(base_flops: float, episodes_per_update: int, device="cpu") -> int:
+    """Episodes of ``episodes=None``: 300 on an accelerator, and on the CPU for models of at
+    most 130M MACs per image; else 300 scaled by 130M / MACs, rounded to whole updates and at
+    least 50."""
+    if torch.device(device).type != "cpu":
+        return AUTO_EPISODES
+    scaled = AUTO_EPISODES * min(1.0, AUTO_EPISODES_REFERENCE_FLOPS / max(float(base_flops), 1.0))
+    per = max(int(episodes_per_update), 1)
+    return int(min(AUTO_EPISODES, max(AUTO_EPISODES_MIN, round(scaled / per) * per)))
 
 
 NODE_FEATURES = ("l1", "l2", "bn_gamma", "act_mean", "act_var", "act_abs_mean", "act_zero_frac",
@@ -247,6 +270,12 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
     """
     opts = get_method(NAME).resolve_options(ctx.options)
     check_rerank_options(NAME, opts)
+    if opts.episodes is None:
+        opts = dataclasses.replace(opts, episodes=default_episodes(
+            space.base_flops, opts.episodes_per_update, ctx.device))
+        logger.info("%s: %d episodes (the default for %.0fM MACs per image on %s; episodes= to "
+                    "change)", NAME, opts.episodes, float(space.base_flops) / 1e6,
+                    torch.device(ctx.device).type)
     t_start = time.perf_counter()
     budget, device = ctx.budget, ctx.device
     if features is None:
@@ -452,7 +481,16 @@ class _ChannelSearch:
             from tqdm.auto import tqdm
             bar = tqdm(total=opts.episodes, initial=min(state["episodes"], opts.episodes),
                        desc=f"{NAME} search", unit="ep", leave=False)
+        first_update = state["update"]
+        t_first = time.perf_counter()
         while state["update"] < total_updates:
+            if state["update"] == first_update + 1 and state["update"] < total_updates:
+                # the first update run here tells what the rest will take
+                left = total_updates - state["update"]
+                took = time.perf_counter() - t_first
+                logger.info("%s: an update (%d episodes) took %s; about %s for the %d updates "
+                            "left (episodes= to shorten)", NAME, per_update,
+                            format_duration(took), format_duration(took * left), left)
             n_ep = min(per_update, opts.episodes - state["update"] * per_update)
             with torch.no_grad():
                 logits = self.logits()

@@ -35,6 +35,7 @@ from gcnprune_fast.methods.registry import option
 from gcnprune_fast.methods.search.reward import mask_key
 from gcnprune_fast.space.reconstruct import (RECONSTRUCT_IMAGES, reconstruct as space_reconstruct,
                                              reconstruction_batches)
+from gcnprune_fast.utils import format_duration
 
 __all__ = ["RERANK_AFTER_SEARCH_OPTIONS", "RERANK_OPTIONS", "check_rerank_options",
            "criterion_candidates", "rerank", "rerank_search_candidates", "RerankOptions",
@@ -158,11 +159,13 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
     screening = screen_steps > 0 and len(rows) > screen_keep
     calibration = None if reconstruct is None else \
         reconstruction_batches(loader, reconstruct_images, device)
+    total_steps = (len(rows) * screen_steps + screen_keep * steps) if screening \
+        else len(rows) * steps
+    done = [0]  # fine-tune steps run so far
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        total = (len(rows) * screen_steps + screen_keep * steps) if screening else len(rows) * steps
-        bar = tqdm(total=total, desc="re-rank", unit="step", leave=False)
+        bar = tqdm(total=total_steps, desc="re-rank", unit="step", leave=False)
 
     def score(i: int, n_steps: int, field: str) -> None:
         t0 = time.perf_counter()
@@ -179,6 +182,12 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
         rows[i]["time_s"] += time.perf_counter() - t0
         logger.info("re-rank %-18s selection acc %.4f after %d steps (FLOPs kept %.3f)",
                     rows[i]["name"], acc, n_steps, rows[i]["kept_flops"])
+        done[0] += n_steps
+        if done[0] == n_steps and total_steps > n_steps:  # after the first: what is left
+            per_step = (time.perf_counter() - t0) / n_steps
+            logger.info("re-rank: about %s for the %d fine-tune steps left",
+                        format_duration(per_step * (total_steps - n_steps)),
+                        total_steps - n_steps)
         if bar is not None:
             bar.update(n_steps)
             bar.set_postfix(best=f"{max(r[field] for r in rows if r[field] is not None):.4f}")
