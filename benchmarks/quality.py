@@ -171,6 +171,7 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "search_time_s": float(r.get("search_time_s", time.perf_counter() - t0)),
                        "episodes": r.get("episodes"),
                        "greedy_curve": r.get("greedy_curve"),
+                       "final_greedy_reward": r.get("final_greedy_reward"),
                        # the same greedy masks on the selection split (channel-gcn)
                        "greedy_heldout_curve": r.get("greedy_heldout_curve"),
                        "final_greedy_heldout_reward": r.get("final_greedy_heldout_reward"),
@@ -486,6 +487,40 @@ def default_baselines(candidates: Sequence[str]) -> List[str]:
     return [n for n in candidates if is_criterion(n)]
 
 
+def greedy_curve_lines(rows: List[dict]) -> List[str]:
+    """Markdown lines: for each candidate whose rows keep a greedy curve, the policy's greedy-mask
+    reward at the warm start and after the last update, on the search's reward set and on the
+    held-out selection images (mean over seeds, and in how many seeds the end is above the
+    start). Empty when no row keeps a curve."""
+    def ends(row, curve_key, final_key):
+        curve = [v for v in (row.get(curve_key) or []) if v is not None]
+        if not curve:
+            return None
+        last = row.get(final_key)
+        return curve[0], (curve[-1] if last is None else last)
+
+    out = []
+    for name in dict.fromkeys(r["candidate"] for r in rows):
+        cells = []
+        for what, keys in (("reward set", ("greedy_curve", "final_greedy_reward")),
+                           ("held out", ("greedy_heldout_curve", "final_greedy_heldout_reward"))):
+            pairs = [p for p in (ends(r, *keys) for r in rows if r["candidate"] == name) if p]
+            if not pairs:
+                cells.append("-")
+                continue
+            start = sum(a for a, _ in pairs) / len(pairs)
+            end = sum(b for _, b in pairs) / len(pairs)
+            rose = sum(b > a for a, b in pairs)
+            cells.append(f"{100 * start:.2f} -> {100 * end:.2f} (rose in {rose} of {len(pairs)})")
+        if cells != ["-", "-"]:
+            out.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    if not out:
+        return []
+    return ["", "Greedy-mask reward (%), warm start -> after the last update, mean over seeds:", "",
+            "| candidate | on the search's reward set | on held-out selection images |",
+            "|---|---|---|"] + out
+
+
 def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -> int:
     """``--from-rows``: the markdown table of rows written by earlier runs."""
     names = list(dict.fromkeys(r["candidate"] for r in rows))
@@ -498,6 +533,7 @@ def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -
             "finetune": rows[0].get("finetune"), "epochs_in_every_row": list(epochs),
             "reference": args.reference}
     print(markdown(summarize(rows, baselines, epochs, args.reference), epochs, meta))
+    print("\n".join(greedy_curve_lines(rows)))
     return 0
 
 
@@ -646,7 +682,7 @@ def main(argv=None) -> int:
             "threads": torch.get_num_threads(), "reference": args.reference}
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": rows}, f, indent=1, default=str)
-    md = markdown(summary, args.finetune_epochs, meta)
+    md = markdown(summary, args.finetune_epochs, meta) + "\n".join(greedy_curve_lines(rows))
     with open(os.path.join(args.out, "quality.md"), "w") as f:
         f.write(md)
     print(md)

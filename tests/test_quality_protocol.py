@@ -41,6 +41,24 @@ def test_summary_pairs_by_seed_against_the_best_baseline():
     assert "| ours | 3 |" in quality.markdown(list(summary.values()), [1], {"model": "m", "dataset": "d"})
 
 
+def test_greedy_curve_lines_average_the_curves_ends_over_seeds():
+    rows = [
+        {"candidate": "ours", "seed": 0, "greedy_curve": [0.30, 0.31],
+         "final_greedy_reward": 0.34, "greedy_heldout_curve": [0.28, 0.27],
+         "final_greedy_heldout_reward": 0.26},
+        # a row written before final_greedy_reward was kept: the last curve entry; a held-out
+        # curve resumed from a checkpoint without one starts at its first scored update
+        {"candidate": "ours", "seed": 1, "greedy_curve": [0.30, 0.36],
+         "greedy_heldout_curve": [None, 0.30], "final_greedy_heldout_reward": 0.32},
+        {"candidate": "l1", "seed": 0},
+    ]
+    lines = quality.greedy_curve_lines(rows)
+    assert lines[-1] == ("| ours | 30.00 -> 35.00 (rose in 2 of 2) | "
+                         "29.00 -> 29.00 (rose in 1 of 2) |")
+    assert not any(line.startswith("| l1 ") for line in lines)
+    assert quality.greedy_curve_lines([{"candidate": "l1", "seed": 0}]) == []
+
+
 def test_finetune_under_bf16_autocast_trains_in_place():
     import torch
     from gcnprune_fast.data import TensorBatchLoader, TensorImageDataset
