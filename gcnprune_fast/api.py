@@ -579,8 +579,10 @@ def prune(model: nn.Module, loader, *, method: Optional[str] = None, flops: Opti
 
         acc_before = training.evaluate(work, data(val_loader), device=device,
                                        max_batches=eval_batches)
+        # the method's selection data: none when it would be the search data itself
+        selection = None if val_loader is loader else data(val_loader)
         ctx = SearchContext(space=space, budget=budget, loader=data(loader), device=device,
-                            seed=seed, val_loader=data(val_loader),
+                            seed=seed, val_loader=selection,
                             progress=progress, checkpoint_dir=checkpoint_dir,
                             resume=bool(resume and spec.supports_resume), options=options,
                             reconstruct=reconstruct, reconstruct_images=reconstruct_images)

@@ -176,6 +176,31 @@ def test_accuracy_set_val_loader_and_too_small_loader(model):
     assert "loader too small to hold out" in gcnprune_fast.api.prune_report_markdown(r)
 
 
+@pytest.mark.parametrize("pass_loader_as_val", [False, True])
+def test_methods_get_no_selection_data_when_it_is_the_search_data(model, monkeypatch,
+                                                                   pass_loader_as_val):
+    """A one-batch loader (nothing held out), or val_loader=loader: the method's val_loader is
+    None, so nothing downstream mistakes the search data for held-out data (channel-gcn's
+    re-ranking keeps the search's best mask, and it keeps no held-out curve)."""
+    from gcnprune_fast import api
+
+    seen = {}
+    real_ctx = api.SearchContext
+
+    def spy(**kw):
+        seen.update(kw)
+        return real_ctx(**kw)
+
+    monkeypatch.setattr(api, "SearchContext", spy)
+    one = _loader(n=16)
+    extra = {"val_loader": one} if pass_loader_as_val else {}
+    r = gcnprune_fast.prune(model, one, method="channel-gcn", flops=0.5, progress=False,
+                            bn_batches=1, episodes=4, episodes_per_update=2, reward_samples=16,
+                            feature_samples=16, rerank_top=2, **extra).report
+    assert seen["val_loader"] is None
+    assert r["rerank"] is None and "greedy_heldout_curve" not in r
+
+
 def test_held_out_images_count_what_eval_batches_evaluates(model):
     from gcnprune_fast.data import TensorBatchLoader, synthetic_dataset
 

@@ -53,13 +53,13 @@ from gcnprune_fast.methods.agents import ChannelGCNPolicy
 from gcnprune_fast.methods.allocation import Budget, project_to_budget, standardize
 from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
-from gcnprune_fast.utils import format_duration
 from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseline, RewardSet,
                                           SearchCheckpoint, bernoulli_policy_update,
                                           channels_last_evaluation, mask_key,
                                           normalized_advantages)
 from gcnprune_fast.methods.search.rerank import (RERANK_AFTER_SEARCH_OPTIONS, RerankOptions,
                                                   check_rerank_options, rerank_search_candidates)
+from gcnprune_fast.utils import format_duration
 
 logger = logging.getLogger("gcnprune_fast")
 
@@ -316,9 +316,11 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
 def _heldout_scorer(space, ctx: SearchContext, opts: ChannelGCNOptions) -> Optional[MaskScorer]:
     """The scorer of the held-out greedy curve: the first ``heldout_samples`` images of
     ``val_loader``, scored with the search's reward kind (so ``accuracy_bn`` re-estimates BN on
-    that set). None when off, without a ``val_loader``, or when the reward set itself comes from
-    ``val_loader`` (``reward_source="val"``: nothing would be held out)."""
-    if opts.heldout_samples == 0 or ctx.val_loader is None or opts.reward_source == "val":
+    that set). None when off, without a ``val_loader`` distinct from the search loader (``prune``
+    passes the loader itself when it is too small to hold anything out), or when the reward set
+    comes from ``val_loader`` (``reward_source="val"``): nothing would be held out."""
+    if (opts.heldout_samples == 0 or ctx.val_loader is None or ctx.val_loader is ctx.loader
+            or opts.reward_source == "val"):
         return None
     images = RewardSet.from_loader(ctx.val_loader, opts.heldout_samples, ctx.device,
                                    opts.reward_batch_size, "val_loader")

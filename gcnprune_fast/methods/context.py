@@ -16,7 +16,9 @@ class SearchContext:
 
     space: the PruningSpace over an eval-mode copy of the user's model (on ``device``); its
         ``round_to`` / ``min_channels`` fix which widths are legal.
-    budget: absolute cost limits. loader / val_loader: the user's data (``(x, y)`` batches).
+    budget: absolute cost limits. loader / val_loader: the user's data (``(x, y)`` batches);
+        ``val_loader`` is selection data the search does not train on, or None (``prune`` passes
+        None when the only data is the search loader).
     options: the method's options (an instance of its registered options dataclass; a dict of
         overrides is parsed by :func:`~gcnprune_fast.methods.run_method`).
     checkpoint_dir / resume: where a resumable method keeps its checkpoint, and whether to
