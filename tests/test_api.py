@@ -134,10 +134,10 @@ def test_device_string_and_copy(model):
 # ----------------------------------------------------------------------------------------------
 # what the accuracies are measured on (issue 9)
 # ----------------------------------------------------------------------------------------------
-def test_accuracies_on_a_held_out_part_without_val_loader(model, monkeypatch):
+@pytest.fixture()
+def seen_context(monkeypatch):
+    """The keyword arguments of the SearchContext that prune() builds (filled when it runs)."""
     from gcnprune_fast import api
-    from gcnprune_fast.data import split_holdout
-    from gcnprune_fast.training import evaluate
 
     seen = {}
     real_ctx = api.SearchContext
@@ -147,6 +147,14 @@ def test_accuracies_on_a_held_out_part_without_val_loader(model, monkeypatch):
         return real_ctx(**kw)
 
     monkeypatch.setattr(api, "SearchContext", spy)
+    return seen
+
+
+def test_accuracies_on_a_held_out_part_without_val_loader(model, seen_context):
+    from gcnprune_fast.data import split_holdout
+    from gcnprune_fast.training import evaluate
+
+    seen = seen_context
     loader = _loader(n=128)  # 8 batches of 16: one is held out
     r = gcnprune_fast.prune(model, loader, method="l1", flops=0.5, progress=False,
                             bn_batches=2, finetune_epochs=1).report
@@ -177,21 +185,12 @@ def test_accuracy_set_val_loader_and_too_small_loader(model):
 
 
 @pytest.mark.parametrize("pass_loader_as_val", [False, True])
-def test_methods_get_no_selection_data_when_it_is_the_search_data(model, monkeypatch,
+def test_methods_get_no_selection_data_when_it_is_the_search_data(model, seen_context,
                                                                    pass_loader_as_val):
     """A one-batch loader (nothing held out), or val_loader=loader: the method's val_loader is
     None, so nothing downstream mistakes the search data for held-out data (channel-gcn's
     re-ranking keeps the search's best mask, and it keeps no held-out curve)."""
-    from gcnprune_fast import api
-
-    seen = {}
-    real_ctx = api.SearchContext
-
-    def spy(**kw):
-        seen.update(kw)
-        return real_ctx(**kw)
-
-    monkeypatch.setattr(api, "SearchContext", spy)
+    seen = seen_context
     one = _loader(n=16)
     extra = {"val_loader": one} if pass_loader_as_val else {}
     r = gcnprune_fast.prune(model, one, method="channel-gcn", flops=0.5, progress=False,
