@@ -7,7 +7,7 @@ from gcnprune_fast.methods import Budget, SearchContext, allocate
 from gcnprune_fast.methods import channel_gcn
 from gcnprune_fast.methods.agents import ChannelGCNPolicy
 from gcnprune_fast.methods.criteria import l1_scores
-from gcnprune_fast.methods.search import MaskScorer, RewardSet
+from gcnprune_fast.methods.search import MaskScorer, RewardSet, leave_one_out_advantages
 from helpers import random_batches, simple_cnn_space
 
 
@@ -166,7 +166,8 @@ def test_no_gcn_policy_ignores_the_graph(space, features):
 
 
 @pytest.mark.parametrize("options", [{"gcn": False}, {"graph": "identity"},
-                                     {"search": "random"}, {"warm_start": "none"}])
+                                     {"search": "random"}, {"warm_start": "none"},
+                                     {"baseline": "leave_one_out"}])
 def test_ablations_run_and_meet_the_budget(space, options):
     r = channel_gcn.search(space, _ctx(space, seed=4, options=options))
     f, p = space.cost(r.masks)
@@ -202,3 +203,13 @@ def test_search_without_episodes_uses_the_default_and_says_so(space, monkeypatch
     assert "50 episodes (the default for" in text
     # after the first update: an estimate for the rest, once
     assert text.count("about") == 1 and "for the 4 updates left" in text
+
+
+def test_leave_one_out_baseline_centres_each_episode_on_the_others():
+    r = torch.tensor([0.30, 0.40, 0.20, 0.50])
+    adv = leave_one_out_advantages(r)
+    torch.testing.assert_close(adv, torch.tensor([0.30 - 1.1 / 3, 0.40 - 1.0 / 3,
+                                                  0.20 - 1.2 / 3, 0.50 - 0.9 / 3]))
+    # unlike a moving average it has no memory: shifting every reward changes nothing
+    torch.testing.assert_close(leave_one_out_advantages(r + 0.25), adv)
+    assert leave_one_out_advantages(torch.tensor([0.7])).tolist() == [0.0]

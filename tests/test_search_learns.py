@@ -10,7 +10,7 @@ start's -- so the improvement is the policy gradient's doing.
 
 The warm start is the global-L1 mask (compared as masks, not by reward): exactly so for the
 channels with pi > 0.5; the greedy mask, which then fills the budget in the order of the logits,
-may keep a few more (an xfail documents the case found).
+may keep a few more (at 40%: see test_warm_start_greedy_mask_is_the_global_l1_mask).
 
 Measured (this setting, search seeds 0-3, one thread): held-out greedy-mask accuracy 0.767 at the
 warm start -> 0.80-0.84 after 60 episodes; at the default ``lr=0.005`` 60 episodes are too few
@@ -82,9 +82,10 @@ def _prune(model, loader, held, flops=FLOPS, **options):
                                **{**SEARCH, **options})
 
 
-def test_search_beats_its_warm_start_on_held_out_data(task, greedy_masks):
+@pytest.mark.parametrize("baseline", ["moving", "leave_one_out"])
+def test_search_beats_its_warm_start_on_held_out_data(task, greedy_masks, baseline):
     model, loader, held = task
-    res = _prune(model, loader, held)
+    res = _prune(model, loader, held, baseline=baseline)
     (run,) = greedy_masks
     start = _held_out_reward(run["space"], held, run["start"])
     end = _held_out_reward(run["space"], held, run["end"])
@@ -123,12 +124,12 @@ def test_warm_start_policy_is_the_global_l1_mask(task, greedy_masks, flops):
     assert all(bool((b & ~a).sum() == 0) for a, b in zip(run["start"], l1))  # greedy >= L1
 
 
-@pytest.mark.parametrize("flops", [pytest.param(FLOPS, marks=pytest.mark.xfail(
-    strict=True, reason="the warm start's greedy mask fills the budget in the order of the "
-    "policy's logits (L1 z-score minus a per-group threshold), the L1 allocation in the order of "
-    "the z-scores: here the greedy mask keeps 2 more channels of features.0 than global L1 "
-    "(83 vs 81 of 128); channel_gcn's docstring says the greedy mask of update 0 is the L1 "
-    "baseline")), 0.5, 0.7])
+# Not at FLOPS (0.4): there the greedy mask, which fills the budget in the order of the policy's
+# logits (L1 z-score minus a per-group threshold) where the L1 allocation follows the z-scores, can
+# keep a few more channels of one layer than global L1 (83 vs 81 of 128 in features.0 on the
+# machines of sessions 1-13, the same mask on another CPU: it hangs on the trained model's last
+# bits). test_warm_start_policy_is_the_global_l1_mask checks greedy >= L1 there.
+@pytest.mark.parametrize("flops", [0.5, 0.7])
 def test_warm_start_greedy_mask_is_the_global_l1_mask(task, greedy_masks, flops):
     model, loader, held = task
     _prune(model, loader, held, flops=flops, episodes=1, episodes_per_update=1)

@@ -55,8 +55,8 @@ from gcnprune_fast.methods.context import MethodResult, SearchContext
 from gcnprune_fast.methods.registry import get_method, option, register_method
 from gcnprune_fast.methods.search import (REWARD_KINDS, MaskScorer, MovingBaseline, RewardSet,
                                           SearchCheckpoint, bernoulli_policy_update,
-                                          channels_last_evaluation, mask_key,
-                                          normalized_advantages)
+                                          channels_last_evaluation, leave_one_out_advantages,
+                                          mask_key, normalized_advantages)
 from gcnprune_fast.methods.search.rerank import (RERANK_AFTER_SEARCH_OPTIONS, RerankOptions,
                                                   check_rerank_options, rerank_search_candidates)
 from gcnprune_fast.utils import format_duration
@@ -89,6 +89,10 @@ class ChannelGCNOptions(RerankOptions):
     shared: bool = option(False, "one shared GCN + group embedding instead of one per group")
     lr: float = option(0.005, "Adam learning rate of the agents", minimum=0.0)
     entropy_coef: float = option(0.01, "weight of the mean per-channel entropy bonus")
+    baseline: str = option("moving", "the policy gradient's reward baseline: moving = a moving "
+                           "average over updates (momentum baseline_momentum); leave_one_out = "
+                           "the mean of the other episodes of the same update",
+                           choices=("moving", "leave_one_out"))
     baseline_momentum: float = option(0.9, "moving-average reward baseline", minimum=0.0)
     reward: str = option("accuracy_bn", "accuracy_bn: top-1 with BN statistics re-estimated on "
                          "the reward set; accuracy: with the original BN statistics; loss: -CE",
@@ -514,13 +518,16 @@ class _ChannelSearch:
                     bar.update(1)
                     bar.set_postfix(reward=f"{res[0]:.4f}", best=f"{state['best_key'][0]:.4f}")
             r = torch.tensor(rewards_e, dtype=torch.float32)
-            adv = normalized_advantages(r, baseline.advantages(r))
+            moving = opts.baseline == "moving"
+            adv = normalized_advantages(r, baseline.advantages(r) if moving
+                                        else leave_one_out_advantages(r))
             # the log-probability is that of the executed (projected) mask, as in AMC's action wall
             bernoulli_policy_update(self.optimizer, self.logits, torch.stack(flat_masks).float(), adv,
                                     entropy_coef=opts.entropy_coef, ppo=opts.ppo,
                                     ppo_epochs=opts.ppo_epochs, ppo_clip=opts.ppo_clip)
-            baseline.update(r)
-            state["baseline"] = baseline.value
+            if moving:
+                baseline.update(r)
+                state["baseline"] = baseline.value
             state["update"] += 1
             state["episodes"] += n_ep
             checkpoint.save(policy=self.policy.state_dict(), optimizer=self.optimizer.state_dict(),

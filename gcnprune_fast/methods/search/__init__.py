@@ -17,6 +17,7 @@ from gcnprune_fast.methods.search.checkpoint import SearchCheckpoint
 from gcnprune_fast.methods.search.ddpg import DDPGAgent, DDPGConfig
 from gcnprune_fast.methods.search.gcn import GCNLayer, GroupedLinear
 from gcnprune_fast.methods.search.policy_gradient import (MovingBaseline, bernoulli_policy_update,
+                                                          leave_one_out_advantages,
                                                           normalized_advantages)
 from gcnprune_fast.methods.search.reward import (REWARD_KINDS, MaskScorer, RewardSet,
                                                  channels_last_evaluation, mask_key)
@@ -26,7 +27,8 @@ from gcnprune_fast.methods.search.ratio_ppo import PPOConfig, RatioPPOAgent
 from gcnprune_fast.methods.search.ratio_search import RatioEnvironment, run_ratio_search
 
 __all__ = ["SearchCheckpoint", "GCNLayer", "GroupedLinear", "MovingBaseline",
-           "bernoulli_policy_update", "normalized_advantages", "REWARD_KINDS", "MaskScorer",
+           "bernoulli_policy_update", "leave_one_out_advantages", "normalized_advantages",
+           "REWARD_KINDS", "MaskScorer",
            "RewardSet", "channels_last_evaluation", "mask_key", "DDPGAgent", "DDPGConfig",
            "PPOConfig", "RatioPPOAgent", "RatioEnvironment", "run_ratio_search", "PruningNet",
            "PruningNetScorer", "prepare_pruningnet", "train_pruningnet"]

@@ -9,8 +9,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MovingBaseline", "normalized_advantages", "bernoulli_policy_update",
-           "check_action_bounds"]
+__all__ = ["MovingBaseline", "leave_one_out_advantages", "normalized_advantages",
+           "bernoulli_policy_update", "check_action_bounds"]
 
 
 def check_action_bounds(low: float, high: float) -> None:
@@ -34,6 +34,16 @@ class MovingBaseline:
     def update(self, rewards: torch.Tensor) -> None:
         m = self.momentum
         self.value = m * self.value + (1 - m) * float(rewards.mean())
+
+
+def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Each episode's reward minus the mean of the OTHER episodes of its update (an unbiased
+    baseline that needs no history, unlike :class:`MovingBaseline`, which lags a policy whose
+    rewards move). A single episode gets 0."""
+    n = rewards.numel()
+    if n < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - (rewards.sum() - rewards) / (n - 1))
 
 
 def normalized_advantages(rewards: torch.Tensor, advantages: torch.Tensor,
