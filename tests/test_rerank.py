@@ -132,6 +132,64 @@ def test_channel_gcn_rerank_returns_a_scored_candidate(space):
     assert plain.info["rerank"] is None
 
 
+def test_rerank_greedy_adds_the_best_held_out_greedy_mask(space, monkeypatch):
+    from gcnprune_fast.methods.search import rerank as rerank_module
+    scored, offered = [], []
+    real_note, real_rerank = channel_gcn._ChannelSearch.note_heldout, rerank_module.rerank
+
+    def note(self, masks):
+        reward = real_note(self, masks)
+        scored.append((reward, [m.clone() for m in masks]))
+        return reward
+
+    def spy(space_, candidates, **kwargs):
+        offered.append(list(candidates))
+        return real_rerank(space_, candidates, **kwargs)
+
+    monkeypatch.setattr(channel_gcn._ChannelSearch, "note_heldout", note)
+    monkeypatch.setattr(rerank_module, "rerank", spy)
+    opts = {"episodes": 9, "episodes_per_update": 3, "reward_samples": 16, "feature_samples": 16,
+            "heldout_samples": 16, "rerank_top": 2, "rerank_steps": 1, "rerank_criteria": False,
+            "lr": 0.05}
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.4),
+                        loader=random_batches(n=48), val_loader=random_batches(n=32, seed=5),
+                        device=torch.device("cpu"), options={**opts, "rerank_greedy": True})
+    result = channel_gcn.search(space, ctx)
+    # the greedy masks of the 3 updates and the final one were scored on held-out images
+    assert len(scored) == 4
+    best = max(scored, key=lambda t: t[0])[1]  # the first of equal scores, as the search keeps
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    (candidates,) = offered
+    names = [n for n, _ in candidates]
+    assert names[:2] == ["search-1", "search-2"]
+    if names[2:] == ["greedy-heldout"]:  # offered unless it is one of the search's best already
+        assert same(candidates[2][1], best)
+        assert not any(same(m, best) for _, m in candidates[:2])
+    else:
+        assert names == ["search-1", "search-2"] and any(same(m, best) for _, m in candidates)
+    assert result.info["rerank_choice"] in names
+    # off (the default): the same search offers its best masks only
+    offered.clear()
+    channel_gcn.search(space, SearchContext(space=space, budget=ctx.budget, loader=ctx.loader,
+                                            val_loader=ctx.val_loader, device=ctx.device,
+                                            options=opts))
+    assert [n for n, _ in offered[0]] == ["search-1", "search-2"]
+
+
+@pytest.mark.parametrize("bad", [{"heldout_samples": 0}, {"rerank_top": 0},
+                                 {"search": "random"}])
+def test_rerank_greedy_needs_a_held_out_curve_and_a_re_ranking(space, bad):
+    ctx = SearchContext(space=space, budget=Budget.from_ratios(space, 0.5),
+                        loader=random_batches(n=16), val_loader=random_batches(n=16, seed=5),
+                        device=torch.device("cpu"),
+                        options={"rerank_greedy": True, "rerank_top": 2, **bad})
+    with pytest.raises(ValueError, match="rerank_greedy"):
+        channel_gcn.search(space, ctx)
+
+
 def test_rerank_amp_reaches_the_short_fine_tunes(space, monkeypatch):
     seen = []
     real_train = training.train
@@ -159,7 +217,8 @@ def test_channel_gcn_checkpoint_serves_other_rerank_settings(space):
     resolve = get_method("channel-gcn").resolve_options
     base = channel_gcn._fingerprint(space, budget, 0, resolve({"rerank_top": 4}))
     after = {"rerank_steps": 50, "rerank_amp": "bf16", "rerank_screen_steps": 10,
-             "rerank_screen_keep": 3, "rerank_lr": 0.02, "rerank_criteria": False}
+             "rerank_screen_keep": 3, "rerank_lr": 0.02, "rerank_criteria": False,
+             "rerank_greedy": True}
     assert channel_gcn._fingerprint(space, budget, 0, resolve({"rerank_top": 4, **after})) == base
     # rerank_top is not: the search keeps that many best masks in its state
     assert channel_gcn._fingerprint(space, budget, 0, resolve({"rerank_top": 2})) != base

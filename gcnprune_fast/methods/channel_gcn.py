@@ -104,7 +104,10 @@ class ChannelGCNOptions(RerankOptions):
     heldout_samples: int = option(512, "images of val_loader on which the greedy mask of every "
                                   "update is also scored (the report's held-out curve: does what "
                                   "the search learns hold on data it never saw?); chooses "
-                                  "nothing; 0 = off", minimum=0)
+                                  "nothing unless rerank_greedy; 0 = off", minimum=0)
+    rerank_greedy: bool = option(False, "re-ranking also considers the greedy mask with the best "
+                                 "held-out score over the search (candidate 'greedy-heldout'; "
+                                 "needs heldout_samples > 0 and rerank_top > 0)")
     ppo: bool = option(False, "PPO-clip instead of REINFORCE")
     ppo_epochs: int = option(4, "PPO epochs per update", minimum=1)
     ppo_clip: float = option(0.2, "PPO clip range", minimum=0.0)
@@ -227,7 +230,8 @@ def _split(flat: torch.Tensor, offsets: torch.Tensor) -> List[torch.Tensor]:
 
 
 # options that never change what the search does: left out of its checkpoint fingerprint
-_NOT_FINGERPRINTED = ("episodes", "heldout_samples") + tuple(RERANK_AFTER_SEARCH_OPTIONS)
+_NOT_FINGERPRINTED = (("episodes", "heldout_samples", "rerank_greedy")
+                      + tuple(RERANK_AFTER_SEARCH_OPTIONS))
 
 
 def _fingerprint(space, budget: Budget, seed: int, opts: ChannelGCNOptions) -> Dict[str, Any]:
@@ -274,6 +278,12 @@ def search(space, ctx: SearchContext, features: Optional[ChannelFeatures] = None
     """
     opts = get_method(NAME).resolve_options(ctx.options)
     check_rerank_options(NAME, opts)
+    if opts.rerank_greedy and (opts.rerank_top == 0 or opts.heldout_samples == 0
+                               or opts.search == "random"):
+        raise ValueError(f"{NAME}: rerank_greedy=True re-ranks the RL search's best held-out "
+                         f"greedy mask: it needs rerank_top > 0 and heldout_samples > 0 and "
+                         f"search='rl' (got rerank_top={opts.rerank_top}, heldout_samples="
+                         f"{opts.heldout_samples}, search={opts.search!r})")
     if opts.episodes is None:
         opts = dataclasses.replace(opts, episodes=default_episodes(
             space.base_flops, opts.episodes_per_update, ctx.device))
@@ -338,7 +348,16 @@ def _rerank(run: "_ChannelSearch", best: List[torch.Tensor], info: Dict[str, Any
     rerank_search_candidates`)."""
     # the best distinct masks, best first (``best`` heads the list: see _ChannelSearch.consider)
     found = [masks for _, masks in run.state.get("top", [])] or [best]
-    return rerank_search_candidates(NAME, run.space, run.ctx, run.opts, found, info)
+    extra = []
+    if run.opts.rerank_greedy:
+        greedy = run.state.get("best_heldout")
+        if greedy is None:
+            logger.warning("%s: rerank_greedy: no greedy mask was scored on held-out data "
+                           "(heldout_samples=0, no val_loader, search=random, or a search "
+                           "resumed from a checkpoint without them)", NAME)
+        elif not any(mask_key(greedy[1]) == mask_key(m) for m in found[:run.opts.rerank_top]):
+            extra.append(("greedy-heldout", greedy[1]))
+    return rerank_search_candidates(NAME, run.space, run.ctx, run.opts, found, info, extra=extra)
 
 
 @dataclass
@@ -363,14 +382,23 @@ class _ChannelSearch:
         self.ax = None if self.opts.shared else ops.spmm(self.graph, self.x)
         self.state: Dict[str, Any] = dict(update=0, episodes=0, baseline=None, best_masks=None,
                                           best_key=None, reward_curve=[], greedy_curve=[], top=[],
-                                          greedy_heldout_curve=[])
+                                          greedy_heldout_curve=[], best_heldout=None)
 
     def record_greedy(self, masks: List[torch.Tensor], result: Tuple[float, float, float]) -> None:
         """Append a greedy mask's reward to the greedy curve, and its held-out reward to the
         held-out curve when one is kept."""
         self.state["greedy_curve"].append(result[0])
         if self.heldout is not None:
-            self.state["greedy_heldout_curve"].append(self.heldout(masks)[0])
+            self.state["greedy_heldout_curve"].append(self.note_heldout(masks))
+
+    def note_heldout(self, masks: List[torch.Tensor]) -> float:
+        """A greedy mask's held-out reward; the best such mask so far is kept in the state
+        (``best_heldout``: (reward, masks), the 'greedy-heldout' candidate of rerank_greedy)."""
+        reward = self.heldout(masks)[0]
+        best = self.state.get("best_heldout")
+        if best is None or reward > best[0]:
+            self.state["best_heldout"] = (reward, [m.clone() for m in masks])
+        return reward
 
     def greedy_info(self, final: Tuple[List[torch.Tensor], Tuple[float, float, float]]
                     ) -> Dict[str, Any]:
@@ -382,7 +410,7 @@ class _ChannelSearch:
         if self.heldout is not None:
             curve = self.state["greedy_heldout_curve"]
             info.update(greedy_heldout_curve=[None if v is None else float(v) for v in curve],
-                        final_greedy_heldout_reward=float(self.heldout(final[0])[0]),
+                        final_greedy_heldout_reward=float(self.note_heldout(final[0])),
                         heldout_samples=len(self.heldout.rewards))
         return info
 
@@ -479,6 +507,7 @@ class _ChannelSearch:
             # its greedy masks were not scored on held-out images
             curve = state.setdefault("greedy_heldout_curve", [])
             curve.extend([None] * (len(state["greedy_curve"]) - len(curve)))
+            state.setdefault("best_heldout", None)
         per_update = opts.episodes_per_update
         total_updates = math.ceil(opts.episodes / per_update)
         baseline = MovingBaseline(opts.baseline_momentum, state["baseline"])

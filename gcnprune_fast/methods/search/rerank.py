@@ -209,11 +209,13 @@ def rerank(space, candidates: Sequence[Tuple[str, List[torch.Tensor]]], *, loade
 
 
 def rerank_search_candidates(method: str, space, ctx, opts: RerankOptions,
-                             found: Sequence[List[torch.Tensor]], info: Dict[str, Any]
+                             found: Sequence[List[torch.Tensor]], info: Dict[str, Any],
+                             extra: Sequence[Tuple[str, List[torch.Tensor]]] = ()
                              ) -> List[torch.Tensor]:
     """A search's result re-ranked (``opts.rerank_top`` > 0): ``found`` (its best distinct masks,
-    best first; the first ``rerank_top`` are used) plus the criteria's allocations when
-    ``opts.rerank_criteria``, chosen by :func:`rerank`. Writes ``rerank`` (rows),
+    best first; the first ``rerank_top`` are used), the method's ``extra`` (name, masks)
+    candidates and the criteria's allocations when ``opts.rerank_criteria``, chosen by
+    :func:`rerank`. Writes ``rerank`` (rows),
     ``rerank_time_s`` and ``rerank_choice`` into ``info``. Without selection data distinct from
     the search loader it warns and returns ``found[0]``."""
     if ctx.val_loader is None or ctx.val_loader is ctx.loader:
@@ -222,6 +224,7 @@ def rerank_search_candidates(method: str, space, ctx, opts: RerankOptions,
         info["rerank"] = None
         return found[0]
     candidates = [(f"search-{i + 1}", masks) for i, masks in enumerate(found[:opts.rerank_top])]
+    candidates += list(extra)
     if opts.rerank_criteria:
         candidates += criterion_candidates(space, ctx.budget)
     t0 = time.perf_counter()
