@@ -180,16 +180,19 @@ def test_ablations_run_and_meet_the_budget(space, options):
 
 
 @pytest.mark.parametrize("flops,per_update,expected", [
-    (41e6, 10, 300),     # ResNet-20 on CIFAR-10
+    (0.5e6, 10, 600),    # a small net: the ceiling
+    (41e6, 10, 600),     # ResNet-20 on CIFAR-10: 300 * 130 / 41 = 951 -> the ceiling
+    (70e6, 10, 560),     # ResNet-32 on CIFAR-10 (70M MACs): 557 -> whole updates
+    (127e6, 10, 310),    # ResNet-56 on CIFAR-10: 307 -> whole updates
     (130e6, 10, 300),    # the reference cost
     (314e6, 10, 120),    # VGG-16-BN on CIFAR-10: 300 * 130 / 314 = 124 -> whole updates
     (149e6, 7, 259),     # torchvision ResNet-18 at 64 px, updates of 7 episodes
     (4.12e9, 10, 50),    # ResNet-50 at 224 px: the floor
 ])
-def test_default_episodes_shrink_with_the_cost_per_image(flops, per_update, expected):
+def test_default_episodes_follow_the_cost_per_image(flops, per_update, expected):
     assert channel_gcn.default_episodes(flops, per_update) == expected
-    # on an accelerator a forward is cheap: the full default
-    assert channel_gcn.default_episodes(flops, per_update, "cuda") == 300
+    # on an accelerator a forward is cheap: the ceiling
+    assert channel_gcn.default_episodes(flops, per_update, "cuda") == 600
 
 
 def test_search_without_episodes_uses_the_default_and_says_so(space, monkeypatch, caplog):
