@@ -107,7 +107,7 @@ class ChannelGCNOptions(RerankOptions):
                                   "nothing unless rerank_greedy; 0 = off", minimum=0)
     rerank_greedy: bool = option(False, "re-ranking also considers the greedy mask with the best "
                                  "held-out score over the search (candidate 'greedy-heldout'; "
-                                 "needs heldout_samples > 0 and rerank_top > 0)")
+                                 "needs heldout_samples > 0, rerank_top > 0 and the RL search)")
     ppo: bool = option(False, "PPO-clip instead of REINFORCE")
     ppo_epochs: int = option(4, "PPO epochs per update", minimum=1)
     ppo_clip: float = option(0.2, "PPO clip range", minimum=0.0)
@@ -355,10 +355,9 @@ def _rerank(run: "_ChannelSearch", best: List[torch.Tensor], info: Dict[str, Any
     if run.opts.rerank_greedy:
         greedy = run.state.get("best_heldout")
         if greedy is None:
-            logger.warning("%s: rerank_greedy: no greedy mask was scored on held-out data "
-                           "(heldout_samples=0, no val_loader, search=random, or a search "
-                           "resumed from a checkpoint without them)", NAME)
-        elif not any(mask_key(greedy[1]) == mask_key(m) for m in found[:run.opts.rerank_top]):
+            logger.warning("%s: rerank_greedy: no greedy mask was scored on held-out data (no "
+                           "val_loader, or a search resumed from a checkpoint without them)", NAME)
+        else:  # rerank() scores it once, under the search's name, if it is one of their masks
             extra.append(("greedy-heldout", greedy[1]))
     return rerank_search_candidates(NAME, run.space, run.ctx, run.opts, found, info, extra=extra)
 
