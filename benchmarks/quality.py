@@ -27,7 +27,9 @@ Results: ``--out`` (default ``runs/quality``): ``quality.jsonl`` (one line per r
 with ``--resume``), ``quality.json`` and ``quality.md``. ``--from-rows A.jsonl B.jsonl`` runs
 nothing and prints the table of rows written by several runs (e.g. the committed rows under
 ``benchmarks/results/``), paired by seed; ``--reference NAME`` pairs against one candidate (the
-full method, when the others are its ablations) instead of the best baseline. Without the
+full method, when the others are its ablations) instead of the best baseline; ``A.jsonl@TAG``
+appends ``@TAG`` to the candidate names of that file (the same candidate from two runs, e.g. on
+two hosts or with two budgets of episodes, side by side). Without the
 shared CIFAR-10 files (and without ``--synthetic``) the run is skipped with exit 0.
 """
 from __future__ import annotations
@@ -277,7 +279,11 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     budget, seed) that appears again only adds the fine-tune lengths its first row lacks
     (:func:`_merge_lengths`); ``fail(message)`` otherwise."""
     rows, keys, first = [], {}, {}  # first: (candidate, budget, seed) -> (where, its row)
-    for path in paths:
+    for spec in paths:
+        try:
+            path, tag = split_rows_tag(spec)
+        except ValueError as e:
+            fail(str(e))
         if not os.path.isfile(path):
             fail(f"--from-rows: no such file: {path}")
         with open(path) as f:
@@ -285,6 +291,8 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
                 if not line.strip():
                     continue
                 r = json.loads(line)
+                if tag:
+                    r["candidate"] = f"{r['candidate']}@{tag}"
                 at = f"{path}:{n}"
                 ident = (r["candidate"], r["flops_budget"], r["seed"])
                 key = {k: v for k, v in (r.get("finetune") or {}).items() if k != "epochs"}
@@ -306,6 +314,17 @@ def rows_from_files(paths: Sequence[str], fail) -> Tuple[List[dict], List[int]]:
     return rows, epochs
 
 
+def split_rows_tag(spec: str) -> Tuple[str, str]:
+    """``--from-rows`` ``PATH@TAG`` -> (PATH, TAG); a plain path (or one whose ``@`` is part of
+    an existing file's name) -> (path, "")."""
+    path, at, tag = spec.rpartition("@")
+    if not at or not path or "/" in tag or os.path.isfile(spec):
+        return spec, ""
+    if not tag:
+        raise ValueError(f"--from-rows: {spec!r} ends in '@' without a tag")
+    return path, tag
+
+
 def _merge_lengths(first: dict, again: dict, where: str, fail) -> None:
     """A second row of a (candidate, budget, seed) adds the fine-tune lengths the first lacks
     (e.g. a later run of the same search with ``--finetune-epochs 0 5``): allowed only for the
@@ -316,7 +335,8 @@ def _merge_lengths(first: dict, again: dict, where: str, fail) -> None:
     same_model = all(first.get(k) == again.get(k) for k in ("acc_ft0", "flops_kept"))
     clash = [k for k in lengths if k in first and first[k] != again[k]]
     if not new:
-        fail(f"--from-rows: {where} appears twice with no fine-tune length the first lacks")
+        fail(f"--from-rows: {where} appears twice with no fine-tune length the first lacks "
+             "(to show both runs side by side, tag a file: PATH@TAG)")
     if not same_model or clash:
         fail(f"--from-rows: {where} are not the same pruned model"
              + (f" ({', '.join(clash)} differ)" if clash else " (acc_ft0 or flops_kept differ)"))
@@ -405,8 +425,8 @@ def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int],
         for e in epochs:
             key = f"acc_ft{e}"
             pool = [n for n in names if n in baselines or n.startswith("tp:")]
-            if reference is not None:
-                if reference in names:
+            if reference is not None:  # (a --from-rows reference may lack this length)
+                if reference in names and any(key in r for r in by[reference].values()):
                     best[e] = reference
             else:  # baselines with this length (a --from-rows table may lack it for some)
                 pool = [n for n in pool if any(key in r for r in by[n].values())]
@@ -424,21 +444,22 @@ def summarize(rows: List[dict], baselines: Sequence[str], epochs: Sequence[int],
                 have = [r[key] for r in runs if key in r]
                 row[key] = mean_ci(have) if have else None
                 row[f"n_ft{e}"] = len(have)
+                if e in best:  # named in every row; "-" in the table where there is none
+                    row[f"vs_ft{e}"] = best[e]
                 if have and e in best and best[e] != n:
                     seeds = sorted(s for s in set(by[n]) & set(by[best[e]])
                                    if key in by[n][s] and key in by[best[e]][s])
                     diffs = [by[n][s][key] - by[best[e]][s][key] for s in seeds]
                     row[f"diff_ft{e}"] = (mean_ci(diffs) if diffs else (float("nan"),) * 2)
-                    row[f"vs_ft{e}"] = best[e]
             out.append(row)
     return out
 
 
-def _pm(v: Optional[Tuple[float, float]]) -> str:
+def _pm(v: Optional[Tuple[float, float]], signed: bool = False) -> str:
     if v is None:  # this length was not run for this candidate
         return "-"
     m, h = v
-    return f"{100 * m:.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}")
+    return f"{100 * m:{'+' if signed else ''}.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}")
 
 
 def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
@@ -463,8 +484,11 @@ def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
                 cells.append(_pm(r[f"acc_ft{e}"]) + fewer)
                 d = r.get(f"diff_ft{e}")
                 own = "reference" if r["candidate"] == meta.get("reference") else "best"
-                cells.append("-" if r[f"acc_ft{e}"] is None else
-                             own if d is None else f"{_pm(d)} vs {r[f'vs_ft{e}']}")
+                if d is not None:
+                    cells.append(f"{_pm(d, signed=True)} vs {r[f'vs_ft{e}']}")
+                else:  # the reference / best itself, or nothing to pair with at this length
+                    is_own = r["acc_ft" + str(e)] is not None and r.get(f"vs_ft{e}") == r["candidate"]
+                    cells.append(own if is_own else "-")
             cells.append(f"{r['search_time_s']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -587,7 +611,8 @@ def main(argv=None) -> int:
                         "others being its ablations) instead of the best baseline")
     p.add_argument("--from-rows", nargs="+", default=None, metavar="JSONL",
                    help="run nothing: print the table of the rows in these quality.jsonl files "
-                        "(several runs, e.g. a method and its ablations run apart), paired by seed")
+                        "(several runs, e.g. a method and its ablations run apart), paired by "
+                        "seed; PATH@TAG appends @TAG to that file's candidate names")
     args = p.parse_args(argv)
     if args.from_rows:
         rows, epochs = rows_from_files(args.from_rows, p.error)

@@ -204,3 +204,26 @@ def test_from_rows_refuses_what_cannot_be_paired(tmp_path, capsys):
         with pytest.raises(SystemExit):
             quality.main(["--from-rows"] + argv)
         assert message in capsys.readouterr().err
+
+
+def test_from_rows_tags_keep_the_same_candidate_of_two_runs_apart(tmp_path, capsys):
+    """PATH@TAG: the same candidate from two runs (e.g. 300 and 600 episodes) is paired, not
+    refused as a duplicate; a trailing '@' without a tag is an error."""
+    a = _write_rows(tmp_path / "a.jsonl", [_row("full", s, 0.70) for s in range(3)])
+    longer = {"epochs": [0, 1, 5], "lr": 0.01, "amp": "bf16"}
+    b = _write_rows(tmp_path / "b.jsonl", [_row("full", s, 0.72 + s / 100, longer, acc_ft5=0.8)
+                                           for s in range(3)])
+    rows, _ = quality.rows_from_files([a + "@300", b + "@600"], pytest.fail)
+    assert sorted({r["candidate"] for r in rows}) == ["full@300", "full@600"]
+    assert quality.main(["--from-rows", a + "@300", b + "@600", "--reference", "full@300"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out  # no 5-epoch figure for the reference: "-", not a difference
+    full600 = next(line for line in out.splitlines() if line.startswith("| full@600 |"))
+    assert full600.split(" | ")[-3:-1] == ["80.00 ± 0.00", "-"]
+    assert "| full@600 | 3 |" in out and "| +3.00 ± 2.48 vs full@300 |" in out  # 0.73 - 0.70
+    with pytest.raises(SystemExit):
+        quality.main(["--from-rows", a + "@", b])
+    assert "without a tag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the untagged duplicate still names the way out
+        quality.main(["--from-rows", a, a])
+    assert "PATH@TAG" in capsys.readouterr().err
