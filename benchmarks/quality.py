@@ -545,6 +545,32 @@ def greedy_curve_lines(rows: List[dict]) -> List[str]:
             "|---|---|---|"] + out
 
 
+def spread_lines(rows: List[dict], epochs: Sequence[int]) -> List[str]:
+    """Markdown lines: per FLOPs budget and fine-tune length, the range of test accuracy over
+    every row (every candidate and seed), and the correlation of each length with the accuracy
+    before fine-tuning. It bounds what any choice of mask can gain over the best baseline at that
+    setting: a mean 1 point above the best baseline needs runs above the best ever seen."""
+    out = []
+    for flops in sorted({r["flops_budget"] for r in rows}, reverse=True):
+        at = [r for r in rows if r["flops_budget"] == flops]
+        for e in epochs:
+            pairs = [(r["acc_ft0"], r[f"acc_ft{e}"]) for r in at
+                     if f"acc_ft{e}" in r and "acc_ft0" in r]
+            if len(pairs) < 3:
+                continue
+            before = torch.tensor([a for a, _ in pairs], dtype=torch.float64)
+            after = torch.tensor([b for _, b in pairs], dtype=torch.float64)
+            corr = float(torch.corrcoef(torch.stack([before, after]))[0, 1])
+            out.append(f"| {flops} | {e} | {len(pairs)} | {100 * before.min():.2f}-"
+                       f"{100 * before.max():.2f} | {100 * after.min():.2f}-{100 * after.max():.2f}"
+                       f" | {100 * after.std():.2f} | {corr:.2f} |")
+    if not out:
+        return []
+    return ["", "Spread over every row (all candidates and seeds):", "",
+            "| FLOPs budget | fine-tune epochs | rows | before FT, min-max | after, min-max "
+            "| after, std | corr. with before FT |", "|---|---|---|---|---|---|---|"] + out
+
+
 def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -> int:
     """``--from-rows``: the markdown table of rows written by earlier runs."""
     names = list(dict.fromkeys(r["candidate"] for r in rows))
@@ -558,6 +584,7 @@ def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -
             "reference": args.reference}
     print(markdown(summarize(rows, baselines, epochs, args.reference), epochs, meta))
     print("\n".join(greedy_curve_lines(rows)))
+    print("\n".join(spread_lines(rows, [e for e in epochs if e > 0])))
     return 0
 
 

@@ -227,3 +227,18 @@ def test_from_rows_tags_keep_the_same_candidate_of_two_runs_apart(tmp_path, caps
     with pytest.raises(SystemExit):  # the untagged duplicate still names the way out
         quality.main(["--from-rows", a, a])
     assert "PATH@TAG" in capsys.readouterr().err
+
+
+def test_from_rows_prints_the_spread_over_every_row(tmp_path, capsys):
+    """The range after fine-tuning over all candidates and seeds, and its correlation with the
+    accuracy before: what bounds any mask choice's gain at that setting."""
+    rows = [_row(n, s, 0.70 + k / 100 + s / 1000) for s in range(3)
+            for k, n in enumerate(("a", "b"))]
+    for r in rows:  # before fine-tuning in the same order as after it: correlation 1
+        r["acc_ft0"] = r["acc_ft1"] - 0.4
+    a = _write_rows(tmp_path / "a.jsonl", rows)
+    assert quality.main(["--from-rows", a]) == 0
+    spread = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("| 0.5 | 1 |"))
+    assert spread.split(" | ")[2:5] == ["6", "30.00-31.20", "70.00-71.20"]
+    assert spread.endswith("| 1.00 |")
