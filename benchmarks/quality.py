@@ -483,12 +483,12 @@ def markdown(summary: List[dict], epochs: Sequence[int], meta: dict) -> str:
                 fewer = f" ({n_e} seeds)" if 0 < n_e < r["n"] else ""
                 cells.append(_pm(r[f"acc_ft{e}"]) + fewer)
                 d = r.get(f"diff_ft{e}")
-                own = "reference" if r["candidate"] == meta.get("reference") else "best"
                 if d is not None:
                     cells.append(f"{_pm(d, signed=True)} vs {r[f'vs_ft{e}']}")
-                else:  # the reference / best itself, or nothing to pair with at this length
-                    is_own = r["acc_ft" + str(e)] is not None and r.get(f"vs_ft{e}") == r["candidate"]
-                    cells.append(own if is_own else "-")
+                elif r[f"acc_ft{e}"] is not None and r.get(f"vs_ft{e}") == r["candidate"]:
+                    cells.append("reference" if r["candidate"] == meta.get("reference") else "best")
+                else:  # not run at this length, or nothing to pair with there
+                    cells.append("-")
             cells.append(f"{r['search_time_s']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
