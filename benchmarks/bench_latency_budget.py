@@ -26,10 +26,17 @@ first, then the same BN re-estimation and fine-tune for each over ``--seeds``; a
 95% interval, and the paired difference to the latency-budgeted model. Target: the
 latency-budgeted model >= 0.5 point more accurate.
 
+Part 3 (``--time-rows``): the searches. ``benchmarks/quality.py`` runs a search under a latency
+budget (a variant such as ``channel-gcn:flops=none,latency=0.5,latency_threads=1``) and under a
+FLOPs budget, with the quality protocol's fine-tune; this part rebuilds each row's compact model
+from its recorded widths, times all of them and the original in alternation, and prints measured
+ms, speed-up, FLOPs kept and the accuracies paired by seed against the latency-budgeted search.
+
 Usage:
     python benchmarks/bench_latency_budget.py                       # all models, 1/2 threads, batch 1/8
     python benchmarks/bench_latency_budget.py --models resnet56 --threads 1 --batches 1
     python benchmarks/bench_latency_budget.py --accuracy --threads 1 --batches 1 --finetune-threads 2
+    python benchmarks/bench_latency_budget.py --time-rows runs/q/quality.jsonl --threads 1 --batches 1
     python benchmarks/bench_latency_budget.py --device cuda --threads 1 --batches 1 64  # on a GPU
 
 Timings on a loaded, shared machine are noisy: with one thread the default clock is the CPU time
@@ -255,6 +262,91 @@ def accuracy_at_equal_latency(args) -> List[Dict]:
     return rows
 
 
+def time_searched_rows(args) -> List[Dict]:
+    """Part 3 (``--time-rows``): the compact models of ``benchmarks/quality.py`` rows (a search
+    under ``latency=L`` next to the same search under a FLOPs budget, run by quality.py), rebuilt
+    from the widths each row recorded (latency depends on the widths only, not on which channels
+    were kept), timed together with the original in alternation on one idle machine, and their
+    accuracies paired by seed against ``--reference`` (the latency-budgeted candidate)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import load_model, mean_ci, rows_from_files  # noqa: E402
+
+    from gcnprune_fast.latency.measure import Timer
+
+    def fail(msg):
+        sys.exit(f"bench_latency_budget.py: {msg}")
+
+    rows, epochs = rows_from_files(args.time_rows, fail)
+    for r in rows:  # a candidate run at several --flops is several candidates here
+        if "flops=" not in r["candidate"]:  # (unless the variant sets its own, e.g. flops=none)
+            r["candidate"] += f" @flops={r['flops_budget']}"
+    if args.candidates:
+        missing = set(args.candidates) - {r["candidate"] for r in rows}
+        if missing:
+            fail(f"--candidates not in the rows: {sorted(missing)}")
+        rows = [r for r in rows if r["candidate"] in args.candidates]
+    rows = [r for r in rows if r["seed"] in args.seeds]
+    unsized = sorted({r["candidate"] for r in rows if "widths" not in r})
+    if unsized:  # Torch-Pruning's rows record no widths
+        print(f"skipped (no widths recorded): {', '.join(unsized)}")
+        rows = [r for r in rows if "widths" in r]
+    if not rows:
+        fail("no rows with widths to time")
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    reference = args.reference or next((n for n in names if "latency=" in n), names[0])
+    if reference not in names:
+        fail(f"--reference {reference!r} is not one of the candidates {names}")
+    threads, batch = args.threads[0], args.batches[0]
+    torch.set_num_threads(threads)
+    ns = argparse.Namespace(checkpoint=args.checkpoint, model=args.model)
+    model = load_model(ns, 10, 3)
+    space = PruningSpace(model, torch.randn(2, 3, 32, 32), round_to=1)
+    scores = [s["l1"] for s in space.weight_stats()]
+    nets = {"original": model}
+    for r in rows:
+        if len(r["widths"]) != space.num_groups:
+            fail(f"{r['candidate']} seed {r['seed']}: {len(r['widths'])} widths, {args.model} has "
+                 f"{space.num_groups} groups (another --model?)")
+        nets[(r["candidate"], r["seed"])] = space.prune(masks_from_counts(scores, r["widths"]))
+    print(f"timing {len(nets)} models ({threads} thread(s), batch {batch}, best of "
+          f"{args.rounds} alternating rounds)", flush=True)
+    best = time_models_alternating(nets, torch.zeros(batch, 3, 32, 32),
+                                   timer=Timer(threads=threads), threads=threads,
+                                   rounds=args.rounds, runner_rounds=3)
+    original_ms = best["original"][0] * 1e3
+    out = []
+    for r in rows:
+        ms = best[(r["candidate"], r["seed"])][0] * 1e3
+        out.append(dict(candidate=r["candidate"], seed=r["seed"], measured_ms=ms,
+                        original_ms=original_ms, speedup=original_ms / ms,
+                        flops_kept=r["flops_kept"], timed_by=best[(r["candidate"], r["seed"])][1],
+                        **{f"acc_ft{e}": r[f"acc_ft{e}"] for e in epochs if f"acc_ft{e}" in r}))
+    by = {n: {o["seed"]: o for o in out if o["candidate"] == n} for n in names}
+    print(f"\n{args.model}: original {original_ms:.3f} ms (timed by {best['original'][1]}); "
+          f"paired differences: {reference} minus the row, same seed, 95% t-interval")
+    head = "| candidate | seeds | measured ms | speed-up | FLOPs kept | " + " | ".join(
+        f"after {e} ep | diff {e} ep" for e in epochs) + " |"
+    print(head + "\n|" + "---|" * (head.count("|") - 1))
+    for n in names:
+        mine = by[n]
+        cells = [n, str(len(mine)), "%.3f" % mean_ci([o["measured_ms"] for o in mine.values()])[0],
+                 "%.2fx" % mean_ci([o["speedup"] for o in mine.values()])[0],
+                 "%.3f" % mean_ci([o["flops_kept"] for o in mine.values()])[0]]
+        for e in epochs:
+            key = f"acc_ft{e}"
+            have = [o[key] * 100 for o in mine.values() if key in o]
+            cells.append("%.2f ± %.2f" % mean_ci(have) if have else "-")
+            seeds = [s for s in mine if s in by[reference] and key in mine[s]
+                     and key in by[reference][s]]
+            if n == reference or not seeds:
+                cells.append("")
+            else:
+                cells.append("%+.2f ± %.2f" % mean_ci(
+                    [(by[reference][s][key] - mine[s][key]) * 100 for s in seeds]))
+        print("| " + " | ".join(cells) + " |")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet56", "vgg16_bn", "mobilenet_v2"])
@@ -284,10 +376,20 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-amp", choices=["none", "bf16"], default="none",
                    help="part 2: fine-tune under CPU bf16 autocast (evaluation in fp32)")
     p.add_argument("--bisect-steps", type=int, default=6)
+    p.add_argument("--time-rows", nargs="+", default=None, metavar="JSONL",
+                   help="part 3: time the compact models of these quality.py rows (PATH@TAG as "
+                        "quality.py --from-rows) and pair their accuracies by seed")
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="part 3: only these candidates of the rows")
+    p.add_argument("--reference", default=None,
+                   help="part 3: the candidate the others are paired against (default: the "
+                        "first with a latency budget)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     rows: List[Dict] = []
-    if args.accuracy:
+    if args.time_rows:
+        rows = time_searched_rows(args)
+    elif args.accuracy:
         rows = accuracy_at_equal_latency(args)
     else:
         for name in args.models:

@@ -13,7 +13,8 @@ Protocol (docs/QUALITY.md):
   method makes among candidates), the test set only for the reported numbers. Fine-tuning uses the
   search split with augmentation (never the selection or test images).
 - every variant (``method`` or ``method:key=value,...`` for options, e.g. ablations; prune()'s
-  ``reconstruct`` / ``reconstruct_images`` too, e.g. ``l1:reconstruct=all``) and every
+  ``reconstruct`` / ``reconstruct_images`` too, e.g. ``l1:reconstruct=all``, and a latency
+  budget, e.g. ``channel-gcn:flops=none,latency=0.5,latency_threads=1``) and every
   Torch-Pruning pruner (the ratio bisected to the same FLOPs budget) is followed by the same BN
   re-estimation (after a ``reconstruct`` refit: the original statistics or re-estimated ones,
   whichever scores better on the selection split) and the same fine-tune loop (SGD momentum 0.9,
@@ -144,6 +145,34 @@ def parse_variant(text: str) -> Tuple[str, Dict[str, str]]:
     return method, opts
 
 
+def _optional_float(text: str) -> Optional[float]:
+    return None if text.lower() == "none" else float(text)
+
+
+# prune() arguments a variant may set next to its method's options, typed here (method options
+# are parsed by the method). ``flops=none`` drops the --flops limit for that candidate, e.g.
+# ``channel-gcn:flops=none,latency=0.5,latency_threads=1`` (a latency budget alone), whose rows
+# then sit in the --flops slot they are compared in.
+PRUNE_ARGUMENTS = {"reconstruct": str, "reconstruct_images": int, "flops": _optional_float,
+                   "latency": float, "latency_threads": int, "latency_batch": int,
+                   "latency_cache_dir": str, "round_to": int}
+
+
+def split_prune_arguments(text: str, opts: Dict[str, str]) -> Dict[str, object]:
+    """Pop prune()'s own arguments out of a variant's options (typed; a clear error names the
+    variant); what is left in ``opts`` are the method's options."""
+    out = {}
+    for key, kind in PRUNE_ARGUMENTS.items():
+        if key in opts:
+            value = opts.pop(key)
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"variant {text!r}: {key}={value!r} is not a valid "
+                                 f"{getattr(kind, '__name__', kind).lstrip('_')}") from None
+    return out
+
+
 def run_variant(text: str, model, loaders, flops: float, seed: int, args):
     """One of our methods (with options): (compact model, facts)."""
     from gcnprune_fast import prune
@@ -151,8 +180,10 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
 
     method, opts = parse_variant(text)
     spec = get_method(method)
-    if "reconstruct_images" in opts:  # a prune() argument, not a method option: typed here
-        opts["reconstruct_images"] = int(opts["reconstruct_images"])
+    prune_args = split_prune_arguments(text, opts)
+    budget = {"flops": prune_args.pop("flops", flops)}
+    if "latency" in prune_args:
+        budget["latency"] = prune_args.pop("latency")
     if args.episodes and spec.has_option("episodes") and "episodes" not in opts:
         opts["episodes"] = str(args.episodes)
     search, selection = loaders
@@ -160,12 +191,13 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
         # per method, budget and seed, not per option set: variants that differ only in options
         # read after the search (e.g. graph-pruning's final selection) reuse its checkpoint, and
         # the fingerprint refuses one written by other work
-        ckpt = os.path.join(args.checkpoint_root, f"{method}-f{flops}-s{seed}")
+        tag = "".join(f"-{k[0]}{v}" for k, v in budget.items())
+        ckpt = os.path.join(args.checkpoint_root, f"{method}{tag}-s{seed}")
         opts.update(checkpoint_dir=ckpt, resume=os.path.isdir(ckpt) and any(
             f.endswith(".pt") for f in os.listdir(ckpt)))
     t0 = time.perf_counter()
-    res = prune(model, search, method=method, flops=flops, val_loader=selection,
-                train_loader=search, eval_batches=2, seed=seed, progress=not args.no_progress,
+    res = prune(model, search, method=method, val_loader=selection, train_loader=search,
+                eval_batches=2, seed=seed, progress=not args.no_progress, **budget, **prune_args,
                 **opts)
     r = res.report
     return res.model, {"flops_kept": r["flops_after"] / r["flops_before"],
@@ -185,7 +217,10 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
                        "search_loop_time_s": r.get("search_loop_time_s"),
                        "rerank_time_s": r.get("rerank_time_s"),
                        "reconstruct_time_s": r.get("reconstruct_time_s"),
-                       "widths": [w["after"] for w in r["widths"]]}
+                       "widths": [w["after"] for w in r["widths"]],
+                       # under a latency budget: predicted / measured ms before and after
+                       **{k: v for k, v in r.items() if k.startswith("latency_")
+                          and k != "latency_table"}}
 
 
 def _tp_importance(tp, name: str):
@@ -654,8 +689,12 @@ def main(argv=None) -> int:
         args.variants += [f"{default_method()}:{a}" for a in ABLATIONS]
     for v in args.variants:  # fail before any work
         method, opts = parse_variant(v)
-        check_reconstruct(opts.pop("reconstruct", None),
-                          int(opts.pop("reconstruct_images", RECONSTRUCT_IMAGES)))
+        try:
+            prune_args = split_prune_arguments(v, opts)
+        except ValueError as e:
+            p.error(str(e))
+        check_reconstruct(prune_args.get("reconstruct"),
+                          prune_args.get("reconstruct_images", RECONSTRUCT_IMAGES))
         get_method(method).parse_options(opts)
     if not args.synthetic and not all(os.path.isfile(os.path.join(args.data_root, f"{s}.npz"))
                                       for s in ("train", "test")):

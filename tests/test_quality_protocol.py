@@ -26,6 +26,16 @@ def test_parse_variant():
         quality.parse_variant("m:lr")
 
 
+def test_variants_carry_typed_prune_arguments():
+    opts = quality.parse_variant("channel-gcn:flops=none,latency=0.5,latency_threads=1,lr=0")[1]
+    assert quality.split_prune_arguments("v", opts) == {"flops": None, "latency": 0.5,
+                                                        "latency_threads": 1}
+    assert opts == {"lr": "0"}  # the method's own options stay
+    assert quality.split_prune_arguments("v", {"flops": "0.3"}) == {"flops": 0.3}
+    with pytest.raises(ValueError, match="latency_threads='two'"):
+        quality.split_prune_arguments("v", {"latency_threads": "two"})
+
+
 def test_summary_pairs_by_seed_against_the_best_baseline():
     rows = []
     for seed, (a, b, c) in enumerate([(0.50, 0.60, 0.62), (0.52, 0.61, 0.64), (0.51, 0.59, 0.60)]):
