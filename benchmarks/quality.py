@@ -181,9 +181,7 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
     method, opts = parse_variant(text)
     spec = get_method(method)
     prune_args = split_prune_arguments(text, opts)
-    budget = {"flops": prune_args.pop("flops", flops)}
-    if "latency" in prune_args:
-        budget["latency"] = prune_args.pop("latency")
+    prune_args.setdefault("flops", flops)  # the variant's own flops= (e.g. none) wins
     if args.episodes and spec.has_option("episodes") and "episodes" not in opts:
         opts["episodes"] = str(args.episodes)
     search, selection = loaders
@@ -191,14 +189,14 @@ def run_variant(text: str, model, loaders, flops: float, seed: int, args):
         # per method, budget and seed, not per option set: variants that differ only in options
         # read after the search (e.g. graph-pruning's final selection) reuse its checkpoint, and
         # the fingerprint refuses one written by other work
-        tag = "".join(f"-{k[0]}{v}" for k, v in budget.items())
+        tag = f"-f{prune_args['flops']}" + (f"-l{prune_args['latency']}"
+                                            if "latency" in prune_args else "")
         ckpt = os.path.join(args.checkpoint_root, f"{method}{tag}-s{seed}")
         opts.update(checkpoint_dir=ckpt, resume=os.path.isdir(ckpt) and any(
             f.endswith(".pt") for f in os.listdir(ckpt)))
     t0 = time.perf_counter()
     res = prune(model, search, method=method, val_loader=selection, train_loader=search,
-                eval_batches=2, seed=seed, progress=not args.no_progress, **budget, **prune_args,
-                **opts)
+                eval_batches=2, seed=seed, progress=not args.no_progress, **prune_args, **opts)
     r = res.report
     return res.model, {"flops_kept": r["flops_after"] / r["flops_before"],
                        "params_kept": r["params_after"] / r["params_before"],
@@ -628,6 +626,7 @@ def print_table_from_rows(rows: List[dict], epochs: Sequence[int], args, fail) -
 
 def main(argv=None) -> int:
     from gcnprune_fast.methods import get_method, method_names
+    from gcnprune_fast.methods.allocation import check_budget_ratio
     from gcnprune_fast.space.reconstruct import RECONSTRUCT_IMAGES, check_reconstruct
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -693,6 +692,11 @@ def main(argv=None) -> int:
             prune_args = split_prune_arguments(v, opts)
         except ValueError as e:
             p.error(str(e))
+        for kind in ("flops", "latency"):  # a ratio in (0, 1], or flops=none
+            try:
+                check_budget_ratio(kind, prune_args.get(kind))
+            except ValueError as e:
+                p.error(f"variant {v!r}: {e}")
         check_reconstruct(prune_args.get("reconstruct"),
                           prune_args.get("reconstruct_images", RECONSTRUCT_IMAGES))
         get_method(method).parse_options(opts)

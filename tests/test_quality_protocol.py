@@ -36,6 +36,12 @@ def test_variants_carry_typed_prune_arguments():
         quality.split_prune_arguments("v", {"latency_threads": "two"})
 
 
+def test_variant_budgets_are_checked_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        quality.main(["--synthetic", "50", "--variants", "l1:latency=1.5"])
+    assert "variant 'l1:latency=1.5': latency=1.5 is outside (0, 1]" in capsys.readouterr().err
+
+
 def test_summary_pairs_by_seed_against_the_best_baseline():
     rows = []
     for seed, (a, b, c) in enumerate([(0.50, 0.60, 0.62), (0.52, 0.61, 0.64), (0.51, 0.59, 0.60)]):
